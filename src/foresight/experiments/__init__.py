@@ -1,0 +1,1 @@
+"""One module per paper claim; each registers itself with foresight.core.registry."""
