@@ -1,0 +1,27 @@
+"""Language models: Gemma 2 (model, presets, HF checkpoint I/O, tokenizer, KV cache, generation).
+
+Example (random weights; `Gemma2.from_pretrained(dir)` reads an HF checkpoint instead)::
+
+    import torch
+    from foresight.lm import Gemma2, Gemma2Config, generate
+
+    model = Gemma2(Gemma2Config.tiny()).eval()
+    prompt = torch.tensor([[2, 17, 99]])                          # [B, T] token ids, <bos> first
+    logits = model(prompt).logits                                 # [1, 3, 256], soft-capped fp32
+    tokens = generate(model, prompt, max_new_tokens=8)            # [1, 11], greedy
+    model.save_pretrained("/tmp/gemma2-tiny")                     # loads in transformers too
+"""
+
+from foresight.lm.cache import Gemma2Cache
+from foresight.lm.gemma2 import Gemma2, Gemma2Config, Gemma2Output, alternating_layer_types
+from foresight.lm.generate import generate, generate_stream
+
+__all__ = [
+    "Gemma2",
+    "Gemma2Cache",
+    "Gemma2Config",
+    "Gemma2Output",
+    "alternating_layer_types",
+    "generate",
+    "generate_stream",
+]

@@ -1,0 +1,18 @@
+"""Shared, tested building blocks (norms, rotary embeddings, soft-capping, attention backends)."""
+
+from foresight.nn.attention import BACKENDS, AttentionMask, attention, eager_attention
+from foresight.nn.norms import RMSNorm
+from foresight.nn.rope import RotaryEmbedding, apply_rope, rotate_half
+from foresight.nn.softcap import softcap
+
+__all__ = [
+    "BACKENDS",
+    "AttentionMask",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "apply_rope",
+    "attention",
+    "eager_attention",
+    "rotate_half",
+    "softcap",
+]

@@ -1,0 +1,113 @@
+"""Generation: sampling controls, stop tokens, streaming, and the `foresight generate` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+import torch
+from gemma2_testing import make_json_tokenizer
+
+from foresight.lm import generate, generate_stream
+from foresight.lm.generate import TextStreamer, add_generate_arguments, generate_cli, run_generate, select_next_token
+from foresight.lm.tokenizer import Gemma2Tokenizer
+
+PROMPT = torch.tensor([[2, 17, 99, 45, 3]])
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy(tiny_model):
+    greedy = generate(tiny_model, PROMPT, max_new_tokens=12)
+    assert torch.equal(generate(tiny_model, PROMPT, max_new_tokens=12, do_sample=True, top_k=1, seed=0), greedy)
+    assert torch.equal(generate(tiny_model, PROMPT, max_new_tokens=12, do_sample=True, top_p=1e-6, seed=0), greedy)
+
+
+def test_seeded_sampling_is_reproducible(tiny_model):
+    kw = dict(max_new_tokens=16, do_sample=True, temperature=1.5)
+    a = generate(tiny_model, PROMPT, seed=1, **kw)
+    b = generate(tiny_model, PROMPT, seed=1, **kw)
+    c = generate(tiny_model, PROMPT, generator=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.tensor([[4.0, 3.0, 2.0, -1.0, -2.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = {int(select_next_token(logits, do_sample=True, top_k=2, generator=g)) for _ in range(200)}
+    assert draws == {0, 1}
+    # probs ~ [0.66, 0.24, 0.09, ...]: top_p = 0.8 keeps the two tokens needed to reach 0.8.
+    draws = {int(select_next_token(logits, do_sample=True, top_p=0.8, generator=g)) for _ in range(200)}
+    assert draws == {0, 1}
+    with pytest.raises(ValueError, match="temperature must be > 0 when sampling, got 0"):
+        select_next_token(logits, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 1.5"):
+        select_next_token(logits, do_sample=True, top_p=1.5)
+
+
+def test_stop_tokens_end_rows_and_pad_them(tiny_model):
+    free = generate(tiny_model, PROMPT.repeat(2, 1), max_new_tokens=10)
+    stop = int(free[0, PROMPT.shape[1] + 3])  # the 4th generated token
+    first_hit = (free[0, PROMPT.shape[1] :] == stop).nonzero()[0, 0]
+    out = generate(tiny_model, PROMPT.repeat(2, 1), max_new_tokens=10, stop_token_ids=[stop], pad_token_id=0)
+    assert out.shape[1] == PROMPT.shape[1] + first_hit + 1  # every row stopped: the loop ended early
+    assert int(out[0, -1]) == stop
+
+
+def test_streaming_callback_and_iterator_agree(tiny_model):
+    seen = []
+    out = generate(tiny_model, PROMPT, max_new_tokens=7, streamer=seen.append)
+    assert torch.equal(torch.stack(seen, dim=1), out[:, PROMPT.shape[1] :])
+    streamed = list(generate_stream(tiny_model, PROMPT, max_new_tokens=7))
+    assert torch.equal(torch.stack(streamed, dim=1), out[:, PROMPT.shape[1] :])
+
+
+def test_prompt_longer_than_max_position_embeddings(tiny_model):
+    too_long = torch.zeros(1, 513, dtype=torch.long)
+    with pytest.raises(ValueError, match="prompt of 513 tokens is longer than max_position_embeddings=512"):
+        generate(tiny_model, too_long, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"prompt \(500\) \+ max_new_tokens \(20\) exceeds"):
+        generate(tiny_model, too_long[:, :500], max_new_tokens=20)
+
+
+def test_text_streamer_prints_only_new_text(tmp_path):
+    make_json_tokenizer(tmp_path)
+    tok = Gemma2Tokenizer.from_pretrained(tmp_path)
+    out = io.StringIO()
+    streamer = TextStreamer(tok, out=out, skip_ids=[tok.eos_id])
+    for i in tok.encode("hello world, the fox", add_bos=False) + [tok.eos_id]:
+        streamer(torch.tensor([i]))
+    assert out.getvalue() == "hello world, the fox" == streamer.text()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_model):
+    path = tmp_path_factory.mktemp("gemma2-cli")
+    tiny_model.save_pretrained(path)
+    make_json_tokenizer(path)
+    return path
+
+
+def _args(*argv):
+    return add_generate_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_cli_generates_text(checkpoint, capsys):
+    code = generate_cli(["--model", str(checkpoint), "--prompt", "hello world", "--max-new-tokens", "5"])
+    assert code == 0
+    assert len(capsys.readouterr().out) > 1
+
+
+def test_cli_chat_reads_turns_until_eof(checkpoint):
+    stdin, stdout = io.StringIO("hello model\nthe quick fox\n"), io.StringIO()
+    args = _args("--model", str(checkpoint), "--chat", "--max-new-tokens", "4", "--temperature", "0.8", "--seed", "3")
+    assert run_generate(args, stdin=stdin, stdout=stdout) == 0
+    assert stdout.getvalue().count("> ") == 3  # two turns answered, then EOF at the third prompt
+
+
+def test_cli_reports_errors(checkpoint, tmp_path, capsys):
+    assert run_generate(_args("--model", str(checkpoint))) == 2  # neither --prompt nor --chat
+    assert run_generate(_args("--model", str(tmp_path), "--prompt", "hi")) == 1
+    assert "no config.json" in capsys.readouterr().err
+    long_prompt = "the quick brown fox " * 200
+    assert run_generate(_args("--model", str(checkpoint), "--prompt", long_prompt, "--max-new-tokens", "1")) == 1
+    assert "longer than max_position_embeddings" in capsys.readouterr().err
