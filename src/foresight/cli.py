@@ -182,15 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands whose modules may pull heavy imports; registered only if the module is present."""
-    try:
-        from foresight.lm import generate as lm_generate
-    except ImportError:
-        return
-    if hasattr(lm_generate, "add_generate_arguments"):
-        sp = sub.add_parser("generate", help="generate text with a Gemma 2 checkpoint (HF layout)")
-        lm_generate.add_generate_arguments(sp)
-        sp.set_defaults(fn=lambda a: lm_generate.run_generate(a))
+    """Commands that live with their area (the LM commands live in foresight.lm)."""
+    import importlib
+
+    # import_module, not `from foresight.lm import generate`: the package re-exports a function of that name
+    lm_generate = importlib.import_module("foresight.lm.generate")
+    sp = sub.add_parser("generate", help="generate text with a Gemma 2 checkpoint (HF layout)")
+    lm_generate.add_generate_arguments(sp)
+    sp.set_defaults(fn=lm_generate.run_generate)
 
 
 def main(argv: list[str] | None = None) -> int:
