@@ -299,7 +299,7 @@ def test_deep_encoder_aligns_with_top_eigenvectors_from_samples():
 def test_ema_update_and_least_squares_predictor():
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     expected = [(p + q) / 2 for p, q in zip(a.parameters(), b.parameters())]
-    SP.ema_update(a, b, decay=0.5)
+    SP.ema_update(a, b, decay=0.5)  # re-exported from foresight.nn.ema
     assert all(torch.allclose(p, e) for p, e in zip(a.parameters(), expected))
     X, Y = torch.randn(50, 3, generator=gen(37), dtype=F64), torch.randn(50, 3, generator=gen(38), dtype=F64)
     assert torch.allclose(SP.least_squares_predictor(X, Y, ridge=0.0), torch.linalg.lstsq(X, Y).solution)

@@ -24,7 +24,6 @@ of a switching sequence, n Monte-Carlo samples.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foresight.nn.ema import ema_update, make_target
 from foresight.rl.mdp import FiniteMDP, greedy_policy, policy_transition
 
 # ------------------------------------------------------------------------------------------------
@@ -570,10 +570,8 @@ def categorical_td_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """Polyak averaging ``θ̄ ← (1 − τ) θ̄ + τ θ`` (``tau = 1`` copies)."""
-    with torch.no_grad():
-        for pt, po in zip(target.parameters(), online.parameters()):
-            pt.lerp_(po, tau)
+    """Polyak averaging ``θ̄ ← (1 − τ) θ̄ + τ θ`` (``tau = 1`` copies): the shared EMA with decay 1 − τ."""
+    ema_update(target, online, 1.0 - tau)
 
 
 def train_categorical_ghm(
@@ -616,7 +614,7 @@ def train_categorical_ghm(
     dtype = next(net.parameters()).dtype
     features, policies = features.to(dtype), policies.to(dtype)
     g = torch.tensor(list(gammas), dtype=dtype)[None, :, None]  # [1, H, 1]
-    target_net = copy.deepcopy(net).requires_grad_(False) if target != "none" else net
+    target_net = make_target(net) if target != "none" else net
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     # linear decay to lr_final_frac·lr: Adam's step noise otherwise sets an error floor
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -872,7 +870,7 @@ def train_mixture_ghm(
         _check_discount("head discount", g)
     dtype = next(model.parameters()).dtype
     gamma = torch.tensor([g for _, g in heads], dtype=dtype)  # [H]
-    target = copy.deepcopy(model).requires_grad_(False)
+    target = make_target(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     rows, cols = torch.arange(batch_size)[:, None], torch.arange(H)[None, :]
     losses = []

@@ -33,7 +33,6 @@ gradient-descent discretisation and drifts at O(h), as the notes observed (1.7e-
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -41,6 +40,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from foresight.nn.ema import ema_update, make_target
 from foresight.rl.mdp import orthonormal_basis
 
 State = tuple[Tensor, ...]
@@ -440,13 +440,6 @@ class MLPEncoder(nn.Module):
         return self.net(obs)
 
 
-def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
-    """Polyak averaging ``θ_target ← decay · θ_target + (1 − decay) · θ_online`` (in place)."""
-    with torch.no_grad():
-        for t, o in zip(target.parameters(), online.parameters()):
-            t.lerp_(o, 1.0 - decay)
-
-
 def least_squares_predictor(inputs: Tensor, targets: Tensor, ridge: float = 1e-6) -> Tensor:
     """``argmin_P ‖inputs P − targets‖²`` on a batch (detached) - [k, k]; a relative ridge keeps it defined."""
     X, Y = inputs.detach(), targets.detach()
@@ -496,8 +489,8 @@ def train_deep_self_predictive(obs: Tensor, T: Tensor, d: Tensor, cfg: DeepSelfP
         enc_b = MLPEncoder(obs_dim, cfg.hidden, cfg.k) if cfg.bidirectional else None
     pred = nn.Parameter(torch.eye(cfg.k))  # the forward predictor; identity start = "predict no change"
     pred_b = nn.Parameter(torch.eye(cfg.k)) if cfg.bidirectional else None
-    tgt = copy.deepcopy(enc).requires_grad_(False) if cfg.target == "ema" else None
-    tgt_b = copy.deepcopy(enc_b).requires_grad_(False) if (cfg.target == "ema" and enc_b is not None) else None
+    tgt = make_target(enc) if cfg.target == "ema" else None
+    tgt_b = make_target(enc_b) if (cfg.target == "ema" and enc_b is not None) else None
     enc_params = list(enc.parameters()) + (list(enc_b.parameters()) if enc_b is not None else [])
     opt = torch.optim.SGD(enc_params, lr=cfg.lr)
     pred_params = [pred] + ([pred_b] if pred_b is not None else [])
