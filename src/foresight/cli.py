@@ -130,7 +130,7 @@ def _import_dataset_modules() -> None:
     """Datasets register themselves when their area's loader module is imported."""
     import importlib
 
-    for mod in ("foresight.graph.datasets",):
+    for mod in ("foresight.graph.datasets", "foresight.lm.text_data"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError:
@@ -190,6 +190,15 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("generate", help="generate text with a Gemma 2 checkpoint (HF layout)")
     lm_generate.add_generate_arguments(sp)
     sp.set_defaults(fn=lm_generate.run_generate)
+
+    from foresight.lm import train_cli
+
+    sp = sub.add_parser("train-lm", help="pretrain a Gemma 2 LM by next-token prediction (resumable; torchrun)")
+    train_cli.add_train_arguments(sp)
+    sp.set_defaults(fn=train_cli.run_train)
+    sp = sub.add_parser("distill", help="train a student LM by distillation from a Gemma 2 teacher")
+    train_cli.add_distill_arguments(sp)
+    sp.set_defaults(fn=train_cli.run_distill)
 
 
 def main(argv: list[str] | None = None) -> int:
