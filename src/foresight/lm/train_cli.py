@@ -1,6 +1,6 @@
 """Command-line front ends of the LM trainer: ``foresight train-lm`` and ``foresight distill``.
 
-The lead wires these into ``foresight.cli``; they also run standalone, which is how ``torchrun`` starts
+``foresight.cli`` exposes these as subcommands; they also run standalone, which is how ``torchrun`` starts
 them::
 
     python -m foresight.lm.train_cli train-lm --corpus tinyshakespeare --out runs/lm --steps 2000
