@@ -1,0 +1,160 @@
+"""The two Half-Hop experiments at tiny scale: valid verdicts from their rules, and kill -9 / resume.
+
+Needs the graph data (``$FORESIGHT_DATA`` holding geom-gcn/, heterophilous-graphs/ and planetoid/, or the
+repository's sibling ``../shared/data``); skipped with the reason otherwise.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from foresight.cli import main
+from foresight.core.data import get_dataset, locate
+from foresight.core.registry import VERDICTS
+from foresight.experiments import halfhop_heterophily as hh
+from foresight.experiments import halfhop_ssl as ssl
+
+
+def data_root() -> Path | None:
+    sibling = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    root = None
+    for name in ("geom-gcn", "heterophilous-graphs", "planetoid"):
+        spec = get_dataset(name)
+        found = locate(spec, [f.path for f in spec.files]) or locate(spec, [f.path for f in spec.files], sibling)
+        if found is None:
+            return None
+        root = found.parent
+    return root
+
+
+ROOT = data_root()
+needs_data = pytest.mark.skipif(
+    ROOT is None, reason="graph data files not found: set FORESIGHT_DATA to a folder holding geom-gcn/, "
+    "heterophilous-graphs/ and planetoid/ (see `foresight data`)")
+
+
+# -- verdict rules and configs (no data) ----------------------------------------------------------
+def test_heterophily_verdict_rule_thresholds():
+    assert hh.verdict_rule([0.1, 0.2, -0.1])[0] == "reproduced"  # 2/3
+    assert hh.verdict_rule([0.1, -0.2, -0.1])[0] == "partial"  # 1/3
+    assert hh.verdict_rule([0.0, -0.2, -0.1])[0] == "not reproduced"  # a tie is not an improvement
+    assert "2/3" in hh.verdict_rule([1.0])[1]
+
+
+def test_ssl_verdict_rule_thresholds():
+    assert ssl.verdict_rule({"a": 0.01, "b": 0.02, "c": -0.01})[0] == "reproduced"
+    assert ssl.verdict_rule({"a": 0.01, "b": -0.02, "c": -0.01, "d": -0.1})[0] == "not reproduced"  # 1/4
+    assert ssl.verdict_rule({"a": 0.01, "b": -0.02})[0] == "partial"
+
+
+def test_config_validation_names_the_value():
+    with pytest.raises(ValueError, match=r"splits must be distinct ids in 0..9, got \(10,\)"):
+        hh.HeterophilyConfig(splits=(10,))
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
+        hh.HeterophilyConfig(p=1.5)
+    with pytest.raises(ValueError, match=r"not divisible by heads=8"):
+        hh.HeterophilyConfig(hidden=20)
+    with pytest.raises(ValueError, match="backbones=.*not allowed"):
+        hh.HeterophilyConfig(backbones=("gin",))
+    with pytest.raises(ValueError, match="must include 'fd\\+ed' and a Half-Hop one"):
+        ssl.SSLConfig(augmentations=("none", "fd+ed"))
+    with pytest.raises(ValueError, match=r"edge_drop_1 must be in \[0, 1\), got 1.0"):
+        ssl.SSLConfig(edge_drop_1=1.0)
+    for scale in ("tiny", "quick", "full"):
+        hh.HeterophilyConfig.preset(scale)
+        ssl.SSLConfig.preset(scale)
+
+
+def test_view_augmentations_compose_drop_and_half_hop():
+    cfg = ssl.SSLConfig()
+    a1, a2 = ssl.view_augmentations(cfg, "fd+ed+hh")
+    assert (a1.feature_mask, a1.edge_drop, a1.half_hop_p) == (0.2, 0.2, 0.75)
+    assert (a2.feature_mask, a2.edge_drop, a2.half_hop_p) == (0.1, 0.3, 0.75)
+    a1, _ = ssl.view_augmentations(cfg, "hh")
+    assert (a1.feature_mask, a1.edge_drop, a1.half_hop_p) == (0.0, 0.0, 0.75)
+    a1, _ = ssl.view_augmentations(cfg, "none")
+    assert (a1.feature_mask, a1.edge_drop, a1.half_hop_p) == (0.0, 0.0, None)
+
+
+# -- tiny runs ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hh_tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hh") / "r"
+    assert main(["run", "halfhop-heterophily", "--scale", "tiny", "--out", str(out), "--no-progress",
+                 "--data-dir", str(ROOT)]) == 0
+    return out
+
+
+@needs_data
+def test_heterophily_tiny_run(hh_tiny):
+    out = hh_tiny
+    res = json.loads((out / "results.json").read_text())
+    assert res["verdict"] in VERDICTS and res["system"] == "Half-Hop"
+    m = res["metrics"]
+    deltas = [m[f"{d}/gcn"]["delta"] for d in ("texas", "cornell")]
+    assert res["verdict"] == hh.verdict_rule(deltas)[0]
+    assert m["pairs_total"] == 2 and len(res["table"]) == 2
+    assert len(m["texas/gcn"]["base_test"]) == 2 and 0 <= m["texas/gcn"]["hh_test_mean"] <= 1
+    assert m["datasets"]["cornell"]["source"].startswith("yandex-research")
+    assert m["datasets"]["texas"]["undirected"] is True and len(m["datasets"]["texas"]["checksum"]) == 64
+    assert (out / "figures" / "accuracy.png").stat().st_size > 1000
+    assert "Cornell is the Yandex cornell.npz" in (out / "REPORT.md").read_text()
+
+
+@needs_data
+def test_heterophily_resume_reuses_finished_pairs(hh_tiny):
+    before = json.loads((hh_tiny / "results.json").read_text())["metrics"]
+    log = (hh_tiny / "metrics.jsonl").read_text()
+    assert main(["run", "halfhop-heterophily", "--resume", str(hh_tiny), "--no-progress"]) == 0
+    assert json.loads((hh_tiny / "results.json").read_text())["metrics"] == before
+    assert (hh_tiny / "metrics.jsonl").read_text() == log  # no pair was trained again
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "foresight.cli", "run", "halfhop-ssl", *args, "--no-progress", "--threads", "1",
+            "--data-dir", str(ROOT)]
+
+
+@needs_data
+def test_ssl_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    # the uninterrupted reference runs alongside the one that gets killed
+    full = subprocess.Popen(_cli("--scale", "tiny", "--out", str(full_dir)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    victim = subprocess.Popen(_cli("--scale", "tiny", "--out", str(killed_dir)), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed_dir / "checkpoints" / "bgrl.safetensors"
+    deadline = time.time() + 120
+    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert ckpt.exists() and victim.poll() is None, "the run ended before its first checkpoint"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed_dir / "results.json").exists()  # killed mid-training
+
+    resumed = subprocess.run(_cli("--resume", str(killed_dir)), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert full.wait(timeout=300) == 0, full.stderr.read().decode()[-2000:]
+
+    a = json.loads((full_dir / "results.json").read_text())
+    b = json.loads((killed_dir / "results.json").read_text())
+    assert a["metrics"] == b["metrics"]
+    assert a["verdict"] == b["verdict"] and a["table"] == b["table"]
+    # the metrics log was cut back to the checkpoint and continued: identical line for line
+    assert (full_dir / "metrics.jsonl").read_text() == (killed_dir / "metrics.jsonl").read_text()
+
+    # and the result itself is well formed
+    assert a["verdict"] in VERDICTS
+    assert a["verdict"] == ssl.verdict_rule(a["metrics"]["delta_hh_vs_fd_ed"])[0]
+    assert set(a["metrics"]["delta_hh_vs_fd_ed"]) == {"cora", "texas"}
+    assert {"cora/fd+ed", "cora/fd+ed+hh", "texas/fd+ed", "texas/fd+ed+hh"} <= set(a["metrics"])
+    for fig in a["figures"]:
+        assert (full_dir / "figures" / fig).stat().st_size > 1000

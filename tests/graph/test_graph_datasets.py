@@ -1,0 +1,187 @@
+"""Graph dataset loaders: shapes, counts and split sizes from the SOURCE.md files, sources, safety.
+
+Tests that read data need the pinned files under ``$FORESIGHT_DATA`` (or the user cache, or the
+repository's sibling ``../shared/data``); without them they are skipped with the reason.
+"""
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from foresight.core.data import get_dataset, locate
+from foresight.graph.datasets import (
+    GEOM_GCN_COMMIT,
+    HETEROPHILIC,
+    PLANETOID_COMMIT,
+    YANDEX_COMMIT,
+    load_dataset,
+    load_geom_gcn,
+    load_planetoid,
+    read_planetoid_pickle,
+)
+
+
+def data_root() -> Path | None:
+    """A folder holding geom-gcn/, heterophilous-graphs/ and planetoid/ (no download is attempted)."""
+    sibling = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    for name in ("geom-gcn", "heterophilous-graphs", "planetoid"):
+        spec = get_dataset(name)
+        found = locate(spec, [f.path for f in spec.files]) or locate(spec, [f.path for f in spec.files], sibling)
+        if found is None:
+            return None
+        root = found.parent
+    return root
+
+
+ROOT = data_root()
+needs_data = pytest.mark.skipif(
+    ROOT is None, reason="graph data files not found: set FORESIGHT_DATA to a folder holding geom-gcn/, "
+    "heterophilous-graphs/ and planetoid/ (see `foresight data`)")
+
+# from ../shared/data/*/SOURCE.md: nodes, features, classes, undirected edges, split-0 train/val/test
+EXPECTED = {
+    "texas": (183, 1703, 5, 279, (87, 59, 37)),
+    "wisconsin": (251, 1703, 5, 450, (120, 80, 51)),
+    "cornell": (183, 1703, 5, 277, (87, 59, 37)),
+    "film": (7600, 932, 5, 26659, (3648, 2432, 1520)),
+    "chameleon": (2277, 2325, 5, 31371, (1092, 729, 456)),
+    "squirrel": (5201, 2089, 5, 198353, (2496, 1664, 1041)),
+    "cora": (2708, 1433, 7, 5278, (1192, 796, 497)),
+    "citeseer": (3327, 3703, 6, 4552, (1596, 1065, 666)),
+}
+
+
+@needs_data
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_shapes_counts_and_split_sizes(name):
+    data, meta = load_dataset(name, ROOT)
+    n, f, c, und_edges, split0 = EXPECTED[name]
+    assert data.x.shape == (n, f) and data.x.dtype == torch.float32
+    assert data.y.shape == (n,) and int(data.y.max()) + 1 == c
+    for key in ("train_mask", "val_mask", "test_mask"):
+        assert data[key].shape == (n, 10) and data[key].dtype == torch.bool
+    assert tuple(int(data[k][:, 0].sum()) for k in ("train_mask", "val_mask", "test_mask")) == split0
+    # masks are disjoint within every split
+    assert int((data.train_mask.int() + data.val_mask.int() + data.test_mask.int()).max()) == 1
+    # undirected convention: symmetric, deduplicated, no self-loops
+    ei = data.edge_index
+    assert ei.size(1) == 2 * und_edges
+    assert not (ei[0] == ei[1]).any()
+    pairs = set(map(tuple, ei.t().tolist()))
+    assert len(pairs) == ei.size(1) and all((v, u) in pairs for u, v in pairs)
+    assert meta.undirected and not meta.self_loops and meta.num_splits == 10
+    assert meta.num_nodes == n and meta.num_classes == c and meta.num_edges == ei.size(1)
+    assert "48/32/20" in meta.split
+    assert len(meta.checksum) == 64 and all(len(s) == 64 for _, _, s in meta.files)
+
+
+@needs_data
+def test_directed_convention_keeps_stored_direction_and_self_loops():
+    data, meta = load_geom_gcn("chameleon", ROOT, undirected=False)
+    # SOURCE.md: 36101 unique directed lines, 50 of them self-loops
+    assert data.edge_index.size(1) == 36101 and not meta.undirected and meta.self_loops
+    assert int((data.edge_index[0] == data.edge_index[1]).sum()) == 50
+    film, _ = load_geom_gcn("actor", ROOT, undirected=False)  # duplicate lines collapse
+    assert film.edge_index.size(1) == 30019
+    with pytest.raises(ValueError, match="cornell .* only undirected"):
+        load_geom_gcn("cornell", ROOT, undirected=False)
+
+
+@needs_data
+def test_cornell_comes_from_yandex_not_the_texas_copy():
+    texas, _ = load_geom_gcn("texas", ROOT)
+    cornell, meta = load_geom_gcn("cornell", ROOT)
+    assert "cornell.npz" in meta.source and "yandex" in meta.source
+    assert torch.bincount(cornell.y).tolist() == [38, 16, 30, 82, 17]
+    assert torch.bincount(texas.y).tolist() == [33, 1, 18, 101, 30]
+    assert not torch.equal(cornell.x, texas.x)
+
+
+@needs_data
+def test_film_features_are_index_lists_and_rows_follow_node_ids():
+    data, _ = load_geom_gcn("film", ROOT)
+    assert (data.x.sum(1) > 0).all() and set(data.x.unique().tolist()) == {0.0, 1.0}
+    # the first line of the file is node 4873 with features 521,92,111,77,770 and label 3
+    assert data.x[4873].nonzero().flatten().tolist() == [77, 92, 111, 521, 770] and int(data.y[4873]) == 3
+
+
+@needs_data
+def test_planetoid_public_split_and_citeseer_padding():
+    cora, _ = load_planetoid("cora", ROOT, split="public")
+    assert tuple(int(cora[k].sum()) for k in ("train_mask", "val_mask", "test_mask")) == (140, 500, 1000)
+    assert cora.train_mask.shape == (2708, 1) and torch.bincount(cora.y[cora.train_mask[:, 0]]).tolist() == [20] * 7
+    citeseer, meta = load_planetoid("citeseer", ROOT, split="public")
+    assert citeseer.num_nodes == 3327 and "15 isolated" in meta.notes
+    assert int((citeseer.x.sum(1) == 0).sum()) >= 15
+    with pytest.raises(ValueError, match="split must be 'geom-gcn' or 'public', got 'random'"):
+        load_planetoid("cora", ROOT, split="random")
+
+
+@needs_data
+def test_cora_unconnected_nodes_are_in_no_geom_gcn_mask():
+    cora, meta = load_planetoid("cora", ROOT)
+    lines = (ROOT / "geom-gcn" / "unconnected_nodes" / "cora_unconnected_nodes.txt").read_text().split()
+    ids = torch.tensor([int(v) for v in lines[1:]])
+    assert len(ids) == 223 and "223 unconnected" in meta.notes
+    anywhere = cora.train_mask | cora.val_mask | cora.test_mask  # [N, 10]
+    assert not anywhere[ids].any() and anywhere.sum(0).eq(2708 - 223).all()
+
+
+@needs_data
+def test_a_modified_file_is_refused(tmp_path):
+    for rel in ["new_data/texas", "splits"]:
+        shutil.copytree(ROOT / "geom-gcn" / rel, tmp_path / "geom-gcn" / rel)
+    edges = tmp_path / "geom-gcn" / "new_data" / "texas" / "out1_graph_edges.txt"
+    os.chmod(edges, 0o644)
+    edges.write_text(edges.read_text() + "0\t1\n")
+    with pytest.raises(ValueError, match="out1_graph_edges.txt has sha256 .* expected 0fe85183"):
+        load_geom_gcn("texas", tmp_path)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="unknown dataset 'pubmed'"):
+        load_planetoid("pubmed")
+    with pytest.raises(ValueError, match="unknown dataset 'minesweeper'"):
+        load_geom_gcn("minesweeper")
+
+
+def test_registered_files_are_pinned_and_hashed():
+    commits = {"geom-gcn": GEOM_GCN_COMMIT, "heterophilous-graphs": YANDEX_COMMIT, "planetoid": PLANETOID_COMMIT}
+    for name, commit in commits.items():
+        spec = get_dataset(name)
+        assert spec.files
+        for f in spec.files:
+            assert f.url.startswith("https://raw.githubusercontent.com/") and f"/{commit}/" in f.url
+            assert f.url.endswith("/" + f.path) and len(f.sha256) == 64
+    geom = {f.path for f in get_dataset("geom-gcn").files}
+    for name in HETEROPHILIC:
+        assert all(f"splits/{name}_split_0.6_0.2_{k}.npz" in geom for k in range(10))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("payload", [_Evil(), pickle.loads(pickle.dumps(eval))])
+def test_restricted_unpickler_refuses_foreign_globals(tmp_path, payload):
+    path = tmp_path / "ind.evil.x"
+    path.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load global"):
+        read_planetoid_pickle(path)
+
+
+def test_restricted_unpickler_reads_allowed_globals(tmp_path):
+    import collections
+
+    # protocol 2 writes Python-2 module names (``__builtin__.list``), like the Planetoid ``graph`` files
+    raw = pickle.dumps(collections.defaultdict(list, {0: [1], 1: [0]}), protocol=2)
+    assert b"c__builtin__\nlist" in raw
+    path = tmp_path / "ind.toy.graph"
+    path.write_bytes(raw)
+    assert read_planetoid_pickle(path) == {0: [1], 1: [0]}
+    # (numpy/scipy objects are covered by loading the real files in the data tests above)
