@@ -10,33 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from foresight.cli import main
-from foresight.core.data import get_dataset, locate
 from foresight.core.registry import VERDICTS
 from foresight.experiments import halfhop_heterophily as hh
 from foresight.experiments import halfhop_ssl as ssl
-
-
-def data_root() -> Path | None:
-    sibling = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    root = None
-    for name in ("geom-gcn", "heterophilous-graphs", "planetoid"):
-        spec = get_dataset(name)
-        found = locate(spec, [f.path for f in spec.files]) or locate(spec, [f.path for f in spec.files], sibling)
-        if found is None:
-            return None
-        root = found.parent
-    return root
-
-
-ROOT = data_root()
-needs_data = pytest.mark.skipif(
-    ROOT is None, reason="graph data files not found: set FORESIGHT_DATA to a folder holding geom-gcn/, "
-    "heterophilous-graphs/ and planetoid/ (see `foresight data`)")
+from graph_data import ROOT, needs_data
 
 
 # -- verdict rules and configs (no data) ----------------------------------------------------------

@@ -7,12 +7,11 @@ repository's sibling ``../shared/data``); without them they are skipped with the
 import os
 import pickle
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from foresight.core.data import get_dataset, locate
+from foresight.core.data import get_dataset
 from foresight.graph.datasets import (
     GEOM_GCN_COMMIT,
     HETEROPHILIC,
@@ -23,24 +22,7 @@ from foresight.graph.datasets import (
     load_planetoid,
     read_planetoid_pickle,
 )
-
-
-def data_root() -> Path | None:
-    """A folder holding geom-gcn/, heterophilous-graphs/ and planetoid/ (no download is attempted)."""
-    sibling = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    for name in ("geom-gcn", "heterophilous-graphs", "planetoid"):
-        spec = get_dataset(name)
-        found = locate(spec, [f.path for f in spec.files]) or locate(spec, [f.path for f in spec.files], sibling)
-        if found is None:
-            return None
-        root = found.parent
-    return root
-
-
-ROOT = data_root()
-needs_data = pytest.mark.skipif(
-    ROOT is None, reason="graph data files not found: set FORESIGHT_DATA to a folder holding geom-gcn/, "
-    "heterophilous-graphs/ and planetoid/ (see `foresight data`)")
+from graph_data import ROOT, needs_data
 
 # from ../shared/data/*/SOURCE.md: nodes, features, classes, undirected edges, split-0 train/val/test
 EXPECTED = {
