@@ -11,18 +11,10 @@ import pytest
 import torch
 
 from foresight.lm import train_cli
-from foresight.lm.text_data import train_tokenizer
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    text = "".join(f"{i} little pigs went to market and {i % 7} came home again.\n" for i in range(400))
-    (d / "corpus.txt").write_text(text)
-    train_tokenizer([text], 300, d / "tokenizer.json")
-    return d
 
 
 def _args(corpus, out, *extra):

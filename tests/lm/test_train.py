@@ -151,13 +151,6 @@ def test_resume_refuses_a_different_schedule(tmp_path):
 # -- the CLI and the SIGKILL test --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    text = "".join(f"line {i}: the cat sat on the mat and the dog sat on the log.\n" for i in range(600))
-    (d / "corpus.txt").write_text(text)
-    train_tokenizer([text], 300, d / "tokenizer.json")
-    return d
 
 
 def _cli_args(corpus, out, *extra):
