@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foresight.nn.attention import BACKENDS, AttentionMask, attention
+from foresight.nn.linear import Linear, linear, row_product_is_faster, tune_row_products
 from foresight.nn.norms import RMSNorm
 from foresight.nn.rope import RotaryEmbedding, apply_rope
 from foresight.nn.softcap import softcap
@@ -204,10 +205,10 @@ class Gemma2Attention(nn.Module):
         self.scale = config.query_pre_attn_scalar**-0.5
         self.softcap = config.attn_logit_softcap
         D, H, K, E = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-        self.q_proj = nn.Linear(D, H * E, bias=False)
-        self.k_proj = nn.Linear(D, K * E, bias=False)
-        self.v_proj = nn.Linear(D, K * E, bias=False)
-        self.o_proj = nn.Linear(H * E, D, bias=False)
+        self.q_proj = Linear(D, H * E, bias=False)
+        self.k_proj = Linear(D, K * E, bias=False)
+        self.v_proj = Linear(D, K * E, bias=False)
+        self.o_proj = Linear(H * E, D, bias=False)
         self.window = config.sliding_window if self.layer_type == SLIDING else None
 
     def extra_repr(self) -> str:
@@ -243,9 +244,9 @@ class Gemma2MLP(nn.Module):
     def __init__(self, config: Gemma2Config):
         super().__init__()
         D, F_ = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(D, F_, bias=False)
-        self.up_proj = nn.Linear(D, F_, bias=False)
-        self.down_proj = nn.Linear(F_, D, bias=False)
+        self.gate_proj = Linear(D, F_, bias=False)
+        self.up_proj = Linear(D, F_, bias=False)
+        self.down_proj = Linear(F_, D, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
@@ -301,12 +302,14 @@ class Gemma2(nn.Module):
         super().__init__()
         self.config = config
         self.set_attn_backend(attn_backend)
+        self._normalizers: dict[torch.dtype, float] = {}
         D, V = config.hidden_size, config.vocab_size
         self.embed = nn.Embedding(V, D)
         self.layers = nn.ModuleList(Gemma2Block(config, i) for i in range(config.num_layers))
         self.final_norm = RMSNorm(D, config.rms_norm_eps)
         # Tied by default: the LM head reads self.embed.weight (no second [V, D] matrix).
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(D, V, bias=False)
+        self.lm_head = None if config.tie_word_embeddings else Linear(D, V, bias=False)
+        self.head_row_product = False  # see tune_decode
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.reset_parameters()
 
@@ -349,7 +352,23 @@ class Gemma2(nn.Module):
         All references multiply by a tensor of that dtype (HF PR #29402, gemma_pytorch f499fd4),
         so the rounded value *is* the model; multiplying by the exact float would shift the 9B/27B.
         """
-        return torch.tensor(math.sqrt(self.config.hidden_size), dtype=dtype).item()
+        if dtype not in self._normalizers:  # cached: .item() would break a torch.compile graph
+            self._normalizers[dtype] = torch.tensor(math.sqrt(self.config.hidden_size), dtype=dtype).item()
+        return self._normalizers[dtype]
+
+    def tune_decode(self, min_numel: int = 1 << 20) -> dict[str, bool]:
+        """Choose, per weight, the faster one-row product for CPU decoding.
+
+        Times `F.linear` against a compiled streaming reduction on each weight with >= min_numel
+        entries (`foresight.nn.linear`, measured once per shape); the choice only affects inputs of
+        one row on CPU. `generate` calls this on CPU. Returns {weight: reduction chosen}.
+        """
+        choices = tune_row_products(self.modules(), min_numel)
+        head = self.lm_head_weight.detach()
+        if head.numel() >= min_numel:
+            self.head_row_product = row_product_is_faster(head)
+            choices[f"lm_head({head.shape[0]}, {head.shape[1]})"] = self.head_row_product
+        return choices
 
     @classmethod
     def from_pretrained(
@@ -437,7 +456,7 @@ class Gemma2(nn.Module):
         if logits_to_keep > 0:
             x = x[:, -logits_to_keep:]  # norm and head are per-token: slicing first saves work
         x = self.final_norm(x)
-        logits = F.linear(x, self.lm_head_weight)  # [B, T_keep, V]
+        logits = linear(x, self.lm_head_weight, row_product=self.head_row_product)  # [B, T_keep, V]
         logits = softcap(logits.float(), cfg.final_logit_softcap)
         return Gemma2Output(logits=logits, cache=cache, hidden_states=None if hidden is None else tuple(hidden))
 

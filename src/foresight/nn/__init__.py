@@ -1,7 +1,9 @@
-"""Shared, tested building blocks (norms, rotary embeddings, soft-capping, attention backends, EMA targets)."""
+"""Shared, tested building blocks (norms, rotary embeddings, soft-capping, attention backends, EMA targets,
+a linear layer with a compiled one-row CPU path)."""
 
 from foresight.nn.attention import BACKENDS, AttentionMask, attention, eager_attention
 from foresight.nn.ema import ema_update, make_target
+from foresight.nn.linear import Linear, linear, row_product_is_faster, tune_row_products
 from foresight.nn.norms import RMSNorm
 from foresight.nn.rope import RotaryEmbedding, apply_rope, rotate_half
 from foresight.nn.softcap import softcap
@@ -9,13 +11,17 @@ from foresight.nn.softcap import softcap
 __all__ = [
     "BACKENDS",
     "AttentionMask",
+    "Linear",
     "RMSNorm",
     "RotaryEmbedding",
     "apply_rope",
     "attention",
     "eager_attention",
     "ema_update",
+    "linear",
     "make_target",
     "rotate_half",
+    "row_product_is_faster",
     "softcap",
+    "tune_row_products",
 ]
