@@ -7,11 +7,12 @@ import io
 
 import pytest
 import torch
-from gemma2_testing import make_json_tokenizer
+from gemma2_testing import make_json_tokenizer, random_gemma2
 
-from foresight.lm import generate, generate_stream
+from foresight.lm import Gemma2Config, generate, generate_stream
 from foresight.lm.generate import TextStreamer, add_generate_arguments, generate_cli, run_generate, select_next_token
 from foresight.lm.tokenizer import Gemma2Tokenizer
+from foresight.nn.linear import Linear
 
 PROMPT = torch.tensor([[2, 17, 99, 45, 3]])
 
@@ -20,6 +21,37 @@ def test_top_k_1_and_tiny_top_p_equal_greedy(tiny_model):
     greedy = generate(tiny_model, PROMPT, max_new_tokens=12)
     assert torch.equal(generate(tiny_model, PROMPT, max_new_tokens=12, do_sample=True, top_k=1, seed=0), greedy)
     assert torch.equal(generate(tiny_model, PROMPT, max_new_tokens=12, do_sample=True, top_p=1e-6, seed=0), greedy)
+
+
+def test_compiled_decode_and_row_products_match_eager_greedy():
+    """The compiled static-cache decoder, and one-row products as compiled reductions (forced on
+    every weight here; on real sizes `tune_decode` measures which is faster), give the eager
+    tokens: past the window, batch 1 and a left-padded batch."""
+    model = random_gemma2(Gemma2Config.tiny())
+    ids = torch.tensor([[0, 0, 7, 8, 9, 10, 11], [2, 17, 99, 45, 3, 5, 6]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    n = model.config.sliding_window + 6
+    eager = [generate(model, PROMPT, max_new_tokens=n), generate(model, ids, mask, max_new_tokens=n)]
+    assert torch.equal(generate(model, PROMPT, max_new_tokens=n, compile=True), eager[0])
+    assert torch.equal(generate(model, ids, mask, max_new_tokens=n, compile=True), eager[1])
+    model.head_row_product = True
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.row_product = True
+    assert model.tune_decode() == {}  # tiny weights are below min_numel: the forced choices stay
+    assert torch.equal(generate(model, PROMPT, max_new_tokens=n), eager[0])
+    assert torch.equal(generate(model, ids, mask, max_new_tokens=n), eager[1])  # batch 2: BLAS path
+    with torch.inference_mode():
+        logits = model(PROMPT, logits_to_keep=1).logits
+    model.head_row_product = False
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.row_product = False
+    with torch.inference_mode():
+        blas = model(PROMPT, logits_to_keep=1).logits
+    torch.testing.assert_close(logits, blas, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(logits, blas)  # the one-row head product really took the reduction path
+    model.__dict__.pop("_static_decoders")
 
 
 def test_seeded_sampling_is_reproducible(tiny_model):
@@ -95,6 +127,17 @@ def test_cli_generates_text(checkpoint, capsys):
     code = generate_cli(["--model", str(checkpoint), "--prompt", "hello world", "--max-new-tokens", "5"])
     assert code == 0
     assert len(capsys.readouterr().out) > 1
+
+
+def test_cli_compile_flag_gives_the_same_greedy_text(checkpoint):
+    outs = []
+    for extra in ([], ["--compile"]):
+        stdout = io.StringIO()
+        args = _args("--model", str(checkpoint), "--prompt", "the fox", "--max-new-tokens", "12", *extra)
+        assert run_generate(args, stdout=stdout) == 0
+        outs.append(stdout.getvalue())
+    assert _args("--model", "m", "--compile").compile is True
+    assert outs[0] == outs[1] and len(outs[0]) > 1
 
 
 def test_cli_chat_reads_turns_until_eof(checkpoint):

@@ -106,6 +106,8 @@ def generate_stream(
         pad = 0
     sample_kw = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
 
+    if device.type == "cpu":
+        model.tune_decode()  # one-row products: BLAS or a compiled reduction, whichever is faster here
     if compile:
         decoder = StaticDecoder.for_model(model, B, T + max_new_tokens)
         cache = decoder.cache
@@ -241,6 +243,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: float32 on CPU (bf16 matmuls are slow there), bfloat16 on CUDA",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with a static cache and a torch.compile'd step (CUDA graphs on GPU); the first reply compiles",
+    )
     return parser
 
 
@@ -279,6 +286,7 @@ def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         seed=args.seed,
         stop_token_ids=stop_ids,
         pad_token_id=tokenizer.pad_id,
+        compile=args.compile,
     )
 
     def reply(ids: list[int]) -> str:
