@@ -43,6 +43,21 @@ def test_tiny_left_padded_logits_match_transformers(tiny_model):
 
 
 @torch.inference_mode()
+def test_tiny_bf16_logits_are_as_close_to_fp32_as_transformers_bf16():
+    """bf16 on CPU: rounding differs from HF's (logits, RoPE dtype), so compare error sizes: our
+    bf16 model must sit no further from the fp32 model than transformers' bf16 model does."""
+    fp32 = random_gemma2(Gemma2Config.tiny())
+    model = random_gemma2(Gemma2Config.tiny()).to(torch.bfloat16)
+    hf = hf_twin(model)
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(3))
+    exact = fp32(ids).logits
+    ours, ref = model(ids).logits, hf(ids).logits.float()
+    assert (ref - exact).abs().mean() > 1e-3  # bf16 rounding is visible at all
+    assert (ours - exact).abs().mean() <= (ref - exact).abs().mean()
+    assert (ours - exact).abs().max() <= 1.5 * (ref - exact).abs().max()
+
+
+@torch.inference_mode()
 def test_2b_dimensions_logits_match_transformers():
     # 2B widths (D 2304, H 8, K 4, E 256, F 9216), 2 layers; W shrunk to 16 so 40 tokens exceed it.
     # The vocab is shrunk here for speed; the next test runs the real 256000 vocab.
