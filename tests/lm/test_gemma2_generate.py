@@ -23,10 +23,17 @@ def test_top_k_1_and_tiny_top_p_equal_greedy(tiny_model):
     assert torch.equal(generate(tiny_model, PROMPT, max_new_tokens=12, do_sample=True, top_p=1e-6, seed=0), greedy)
 
 
+def _force_row_products(model, rows):
+    model.head_row_products = rows
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.row_products = rows
+
+
 def test_compiled_decode_and_row_products_match_eager_greedy():
-    """The compiled static-cache decoder, and one-row products as compiled reductions (forced on
+    """The compiled static-cache decoder, and few-row products as compiled reductions (forced on
     every weight here; on real sizes `tune_decode` measures which is faster), give the eager
-    tokens: past the window, batch 1 and a left-padded batch."""
+    tokens: past the window, batch 1 and a left-padded batch of 2, eager and compiled."""
     model = random_gemma2(Gemma2Config.tiny())
     ids = torch.tensor([[0, 0, 7, 8, 9, 10, 11], [2, 17, 99, 45, 3, 5, 6]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
@@ -34,23 +41,17 @@ def test_compiled_decode_and_row_products_match_eager_greedy():
     eager = [generate(model, PROMPT, max_new_tokens=n), generate(model, ids, mask, max_new_tokens=n)]
     assert torch.equal(generate(model, PROMPT, max_new_tokens=n, compile=True), eager[0])
     assert torch.equal(generate(model, ids, mask, max_new_tokens=n, compile=True), eager[1])
-    model.head_row_product = True
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.row_product = True
-    assert model.tune_decode() == {}  # tiny weights are below min_numel: the forced choices stay
-    assert torch.equal(generate(model, PROMPT, max_new_tokens=n), eager[0])
-    assert torch.equal(generate(model, ids, mask, max_new_tokens=n), eager[1])  # batch 2: BLAS path
+    _force_row_products(model, (1, 2))
+    assert model.tune_decode(rows=2) == {}  # tiny weights are below min_numel: the forced choices stay
+    for compile in (False, True):
+        assert torch.equal(generate(model, PROMPT, max_new_tokens=n, compile=compile), eager[0])
+        assert torch.equal(generate(model, ids, mask, max_new_tokens=n, compile=compile), eager[1])
     with torch.inference_mode():
-        logits = model(PROMPT, logits_to_keep=1).logits
-    model.head_row_product = False
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.row_product = False
-    with torch.inference_mode():
-        blas = model(PROMPT, logits_to_keep=1).logits
+        logits = model(ids, mask, logits_to_keep=1).logits  # 2 rows at the head: the reduction
+        _force_row_products(model, ())
+        blas = model(ids, mask, logits_to_keep=1).logits
     torch.testing.assert_close(logits, blas, rtol=1e-5, atol=1e-5)
-    assert not torch.equal(logits, blas)  # the one-row head product really took the reduction path
+    assert not torch.equal(logits, blas)  # the head product really took the reduction path
     model.__dict__.pop("_static_decoders")
 
 

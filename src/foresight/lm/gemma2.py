@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foresight.nn.attention import BACKENDS, AttentionMask, attention
-from foresight.nn.linear import Linear, linear, row_product_is_faster, tune_row_products
+from foresight.nn.linear import Linear, linear, row_product_is_faster, tune_row_products, with_rows
 from foresight.nn.norms import RMSNorm
 from foresight.nn.rope import RotaryEmbedding, apply_rope
 from foresight.nn.softcap import softcap
@@ -309,7 +309,7 @@ class Gemma2(nn.Module):
         self.final_norm = RMSNorm(D, config.rms_norm_eps)
         # Tied by default: the LM head reads self.embed.weight (no second [V, D] matrix).
         self.lm_head = None if config.tie_word_embeddings else Linear(D, V, bias=False)
-        self.head_row_product = False  # see tune_decode
+        self.head_row_products: tuple[int, ...] = ()  # see tune_decode
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.reset_parameters()
 
@@ -356,18 +356,20 @@ class Gemma2(nn.Module):
             self._normalizers[dtype] = torch.tensor(math.sqrt(self.config.hidden_size), dtype=dtype).item()
         return self._normalizers[dtype]
 
-    def tune_decode(self, min_numel: int = 1 << 20) -> dict[str, bool]:
-        """Choose, per weight, the faster one-row product for CPU decoding.
+    def tune_decode(self, rows: int = 1, min_numel: int = 1 << 20) -> dict[str, bool]:
+        """Choose, per weight, the faster CPU product for `rows` rows (decoding a batch of `rows`).
 
         Times `F.linear` against a compiled streaming reduction on each weight with >= min_numel
-        entries (`foresight.nn.linear`, measured once per shape); the choice only affects inputs of
-        one row on CPU. `generate` calls this on CPU. Returns {weight: reduction chosen}.
+        entries (`foresight.nn.linear`, measured once per shape and row count); the choice only
+        affects inputs of exactly `rows` rows on CPU. `generate` calls this on CPU with its batch
+        size. Returns {weight: reduction chosen}.
         """
-        choices = tune_row_products(self.modules(), min_numel)
+        choices = tune_row_products(self.modules(), rows, min_numel)
         head = self.lm_head_weight.detach()
         if head.numel() >= min_numel:
-            self.head_row_product = row_product_is_faster(head)
-            choices[f"lm_head({head.shape[0]}, {head.shape[1]})"] = self.head_row_product
+            use = row_product_is_faster(head, rows)
+            self.head_row_products = with_rows(self.head_row_products, rows, use)
+            choices[f"lm_head({head.shape[0]}, {head.shape[1]})"] = use
         return choices
 
     @classmethod
@@ -456,7 +458,7 @@ class Gemma2(nn.Module):
         if logits_to_keep > 0:
             x = x[:, -logits_to_keep:]  # norm and head are per-token: slicing first saves work
         x = self.final_norm(x)
-        logits = linear(x, self.lm_head_weight, row_product=self.head_row_product)  # [B, T_keep, V]
+        logits = linear(x, self.lm_head_weight, row_products=self.head_row_products)  # [B, T_keep, V]
         logits = softcap(logits.float(), cfg.final_logit_softcap)
         return Gemma2Output(logits=logits, cache=cache, hidden_states=None if hidden is None else tuple(hidden))
 

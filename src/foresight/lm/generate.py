@@ -107,7 +107,7 @@ def generate_stream(
     sample_kw = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
 
     if device.type == "cpu":
-        model.tune_decode()  # one-row products: BLAS or a compiled reduction, whichever is faster here
+        model.tune_decode(rows=B)  # B-row products: BLAS or a compiled reduction, whichever is faster here
     if compile:
         decoder = StaticDecoder.for_model(model, B, T + max_new_tokens)
         cache = decoder.cache
