@@ -1,7 +1,7 @@
 """Geometric horizon models (GHMs), geometric switching policies, their composition, and GGPI.
 
 Thakoor, Rowland, Borsa, Dabney, Munos & Barreto, "Generalised Policy Improvement with Geometric
-Policy Composition", ICML 2022 (arXiv 2206.08736). Derivations: /work/shared/papers/ghm_ggpi.md.
+Policy Composition", ICML 2022 (arXiv 2206.08736). Derivations: shared/papers/ghm_ggpi.md.
 
 Conventions (used everywhere in this module):
 

@@ -1,7 +1,7 @@
 """Self-predictive representation learning: BYOL-Π and bidirectional self-predictive learning.
 
 Tang et al., "Understanding Self-Predictive Learning for Reinforcement Learning", ICML 2023
-(arXiv 2212.03319). Derivations: /work/shared/papers/self_predictive.md §2-§4.
+(arXiv 2212.03319). Derivations: shared/papers/self_predictive.md §2-§4.
 
 Axis legend: ``...`` optional batch axes (e.g. many random MDPs integrated at once), S states,
 k representation width, n sampled transitions.

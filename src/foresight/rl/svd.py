@@ -2,7 +2,7 @@
 
 Paper: "Representations and Exploration for Deep Reinforcement Learning using Singular Value
 Decomposition", Chandak, Thakoor, Guo, Tang, Munos, Dabney, Borsa. ICML 2023 / arXiv 2305.00654.
-Derivations: /work/shared/papers/svd_representations.md §3-§5 (the loss below is its §3 family; the
+Derivations: shared/papers/svd_representations.md §3-§5 (the loss below is its §3 family; the
 paper's exact weighting could not be checked against the PDF).
 
 Axis legend: B batch, M reference batch, k rank, S states (S' next states), T time, O observation
