@@ -421,6 +421,20 @@ class Gemma2(nn.Module):
         logits_to_keep: int = 0,  # 0 = logits for every position, n = the last n positions only
         output_hidden_states: bool = False,
     ) -> Gemma2Output:
+        valid, masks, positions = self._inputs(input_ids, attention_mask, cache, position_ids)
+        x = self.embed(input_ids)  # [B, T, D]
+        x = x * self.normalizer(x.dtype)
+        cos, sin = self.rope(positions)  # [B, T, E] each, fp32
+        hidden = [x] if output_hidden_states else None
+        for block in self.layers:
+            x = block(x, cos, sin, masks[block.layer_type], cache, self.attn_backend)
+            if hidden is not None:
+                hidden.append(x)
+        logits = self._logits(x, logits_to_keep)
+        return Gemma2Output(logits=logits, cache=cache, hidden_states=None if hidden is None else tuple(hidden))
+
+    def _inputs(self, input_ids, attention_mask, cache, position_ids):
+        """Forward's set-up: (valid [B, T] bool or None, {layer type: AttentionMask}, RoPE positions [B, T])."""
         cfg = self.config
         B, T = input_ids.shape
         valid = None
@@ -430,7 +444,6 @@ class Gemma2(nn.Module):
                     f"attention_mask shape {tuple(attention_mask.shape)} does not cover input_ids {(B, T)}"
                 )
             valid = attention_mask[:, -T:].bool()  # [B, T]: only the new tokens' flags are needed
-
         if cache is None:
             if T > cfg.max_position_embeddings:
                 raise ValueError(f"sequence length {T} exceeds max_position_embeddings={cfg.max_position_embeddings}")
@@ -443,24 +456,15 @@ class Gemma2(nn.Module):
         else:
             # The cache checks the length limit, builds the masks and advances its own clock.
             masks, positions = cache.begin(T, valid)
-        if position_ids is not None:
-            positions = position_ids
+        return valid, masks, positions if position_ids is None else position_ids
 
-        x = self.embed(input_ids)  # [B, T, D]
-        x = x * self.normalizer(x.dtype)
-        cos, sin = self.rope(positions)  # [B, T, E] each, fp32
-        hidden = [x] if output_hidden_states else None
-        for block in self.layers:
-            x = block(x, cos, sin, masks[block.layer_type], cache, self.attn_backend)
-            if hidden is not None:
-                hidden.append(x)
-
+    def _logits(self, x: torch.Tensor, logits_to_keep: int) -> torch.Tensor:  # [B, T, D] -> [B, T_keep, V] fp32
+        """Final norm, tied head and soft-cap on the last `logits_to_keep` positions (0 = all)."""
         if logits_to_keep > 0:
             x = x[:, -logits_to_keep:]  # norm and head are per-token: slicing first saves work
         x = self.final_norm(x)
         logits = linear(x, self.lm_head_weight, row_products=self.head_row_products)  # [B, T_keep, V]
-        logits = softcap(logits.float(), cfg.final_logit_softcap)
-        return Gemma2Output(logits=logits, cache=cache, hidden_states=None if hidden is None else tuple(hidden))
+        return softcap(logits.float(), self.config.final_logit_softcap)
 
 
 def default_positions(valid: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
