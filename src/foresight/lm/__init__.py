@@ -15,12 +15,22 @@ Example (random weights; `Gemma2.from_pretrained(dir)` reads an HF checkpoint in
 from foresight.lm.cache import Gemma2Cache
 from foresight.lm.gemma2 import Gemma2, Gemma2Config, Gemma2Output, alternating_layer_types
 from foresight.lm.generate import generate, generate_stream
+from foresight.lm.moe_lm import MoELM, MoELMConfig, MoELMOutput, MoENextTokenObjective
+from foresight.lm.niah import CharVocab, NeedleTrainingData, NIAHResult, evaluate_niah
 
 __all__ = [
     "Gemma2",
     "Gemma2Cache",
     "Gemma2Config",
     "Gemma2Output",
+    "MoELM",
+    "MoELMConfig",
+    "MoELMOutput",
+    "MoENextTokenObjective",
+    "CharVocab",
+    "NeedleTrainingData",
+    "NIAHResult",
+    "evaluate_niah",
     "alternating_layer_types",
     "generate",
     "generate_stream",

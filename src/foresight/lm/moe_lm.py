@@ -1,0 +1,285 @@
+"""A sparse mixture-of-experts language model: the Gemma 2 decoder with routed expert FFNs.
+
+Gemini 1.5 Pro "is a sparse mixture-of-expert (MoE) Transformer-based model" (Gemini Team 2024, arXiv
+2403.05530; notes in shared/papers/gemini15_moe_long_context.md). The report discloses no MoE recipe, so
+this module puts the standard layer (`foresight.nn.moe.SparseMoE`: Switch / ST-MoE / Mixtral) into the
+Gemma 2 decoder (`foresight.lm.gemma2`). Only the delta is written here:
+
+    MoEBlock(Gemma2Block)   the same attention sublayer and four RMSNorms; the FFN is a SparseMoE
+    MoELM(Gemma2)           the same embedding, RoPE, masks, final norm, tied head and soft-cap; the
+                            blocks in `moe_layers` are MoEBlocks, the others stay dense Gemma2Blocks
+
+Axis legend (as in gemma2.py): B batch, T tokens, D hidden, F intermediate size of ONE expert (= the
+dense FFN's), V vocab, E experts, k experts per token, N = B*T, L_moe MoE blocks.
+
+Losses: every MoE block returns its load-balancing loss (normalised: 1 under uniform routing) and its
+router z-loss, unweighted. The model averages each over the MoE blocks (MegaBlocks' per-layer
+convention, so the size of the auxiliary term does not grow with depth) and
+``moe_loss = aux_loss_coef * aux_loss + z_loss_coef * z_loss`` is what training adds to the
+cross-entropy (`MoENextTokenObjective`).
+
+Compute matching: ``MoELMConfig.base`` is a complete Gemma2Config whose ``intermediate_size`` is the
+width of ONE expert, so ``Gemma2(config.base)`` is the dense twin. With top-1 routing it runs the
+same FFN FLOPs per token as the MoE model (plus the [D, E] router), i.e. the same active parameters up
+to ``D * E`` per MoE block; with top-k every token runs k experts (see `num_active_params`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from foresight.lm.distill import LMLoss, next_token_loss
+from foresight.lm.gemma2 import Gemma2, Gemma2Block, Gemma2Config
+from foresight.nn.attention import AttentionMask
+from foresight.nn.moe import MoEConfig, MoEOutput, SparseMoE
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MoELMConfig:
+    """A Gemma 2 decoder (``base``) whose FFN is a sparse MoE (``moe``) in the blocks ``moe_layers``."""
+
+    base: Gemma2Config  # every dense part; base.intermediate_size = F of ONE expert
+    moe: MoEConfig = field(default_factory=MoEConfig)  # router, experts, k, capacity, loss coefficients
+    # Block indices whose FFN is a SparseMoE, explicit per layer (like Gemma2Config.layer_types).
+    # None -> every block (Switch replaces every other FFN; Mixtral, and the default here, every one).
+    moe_layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, Gemma2Config):
+            raise ValueError(f"base must be a Gemma2Config, got {type(self.base).__name__}")
+        if not isinstance(self.moe, MoEConfig):
+            raise ValueError(f"moe must be a MoEConfig, got {type(self.moe).__name__}")
+        L = self.base.num_layers
+        layers = tuple(range(L)) if self.moe_layers is None else tuple(self.moe_layers)
+        if not layers:
+            raise ValueError("moe_layers is empty; name at least one block (a model without MoE is a Gemma2)")
+        for i in layers:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < L:
+                raise ValueError(f"moe_layers entry {i!r} is not a block index in [0, {L})")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"moe_layers {layers} repeats a block")
+        object.__setattr__(self, "moe_layers", tuple(sorted(layers)))
+
+    @classmethod
+    def tiny(cls, **moe_overrides) -> MoELMConfig:
+        """Gemma2Config.tiny() (4 blocks, D=64, F=128 per expert) with 4 experts, top-2, in every block."""
+        return cls(base=Gemma2Config.tiny(), moe=MoEConfig(**{"num_experts": 4, "top_k": 2, **moe_overrides}))
+
+    @classmethod
+    def small(cls, vocab_size: int = 128, max_position_embeddings: int = 2048) -> MoELMConfig:
+        """A char-level-sized toy (6 blocks, D=128, 8 Switch experts of F=512, top-1) for CPU experiments."""
+        base = Gemma2Config.tiny(
+            vocab_size=vocab_size,
+            hidden_size=128,
+            intermediate_size=512,
+            num_layers=6,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=32,
+            query_pre_attn_scalar=32.0,
+            sliding_window=128,
+            max_position_embeddings=max_position_embeddings,
+            pad_token_id=None,
+            bos_token_id=None,
+            eos_token_ids=(),
+        )
+        return cls(base=base, moe=MoEConfig(num_experts=8, top_k=1, gating="softmax"))
+
+    def replace(self, **changes) -> MoELMConfig:
+        return replace(self, **changes)
+
+    @property
+    def num_moe_layers(self) -> int:
+        return len(self.moe_layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------
+
+
+class MoEBlock(Gemma2Block):
+    """A Gemma2Block whose `mlp` is a SparseMoE: same norms and attention, routed FFN.
+
+    The padding flags reach the router, so pads are neither routed nor counted in the losses.
+    """
+
+    def __init__(self, config: MoELMConfig, layer_idx: int):
+        super().__init__(config.base, layer_idx)
+        self.mlp = SparseMoE(config.base.hidden_size, config.base.intermediate_size, config.moe)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, T, D]
+        cos: torch.Tensor,  # [B, T, E]
+        sin: torch.Tensor,  # [B, T, E]
+        mask: AttentionMask,
+        cache=None,
+        backend: str = "eager",
+        valid: torch.Tensor | None = None,  # [B, T] bool, False = padding
+    ) -> tuple[torch.Tensor, MoEOutput]:
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, cache, backend))
+        moe = self.mlp(self.mlp_norm(x), valid)
+        return x + self.post_mlp_norm(moe.hidden), moe
+
+
+@dataclass
+class MoELMOutput:
+    """What `MoELM.forward` returns (losses unweighted except `moe_loss`)."""
+
+    logits: torch.Tensor  # [B, T_keep, V] float32, soft-capped
+    aux_loss: torch.Tensor  # scalar: load-balancing loss, mean over MoE blocks (1 = perfectly uniform)
+    z_loss: torch.Tensor  # scalar: router z-loss, mean over MoE blocks
+    moe_loss: torch.Tensor  # scalar: aux_loss_coef * aux_loss + z_loss_coef * z_loss (add it to the CE)
+    expert_fraction: torch.Tensor  # [L_moe, E] detached: share of valid token-slots per expert, per block
+    dropped_fraction: torch.Tensor  # scalar detached: share of valid token-slots dropped, mean over blocks
+    expert_index: tuple[torch.Tensor, ...] = ()  # L_moe tensors [N, k]: the experts each token chose
+    cache: object | None = None  # the Gemma2Cache passed in (updated in place), or None
+
+
+class MoELM(Gemma2):
+    """Gemma 2 with SparseMoE FFNs in ``config.moe_layers``; see the module docstring.
+
+    ``self.config`` stays the base Gemma2Config (the KV cache and `generate` read it);
+    ``self.moe_config`` is the full MoELMConfig.
+    """
+
+    def __init__(self, config: MoELMConfig, attn_backend: str = "eager"):
+        if not isinstance(config, MoELMConfig):
+            raise ValueError(f"config must be a MoELMConfig, got {type(config).__name__}")
+        super().__init__(config.base, attn_backend)  # the dense twin, initialised as Gemma2(config.base)
+        self.moe_config = config
+        for i in config.moe_layers:
+            dense, block = self.layers[i], MoEBlock(config, i)
+            # Keep the twin's attention and norms, so that under one seed MoELM(config) and
+            # Gemma2(config.base) start from the same shared weights and differ only in the FFNs.
+            for name in ("attn_norm", "attn", "post_attn_norm", "mlp_norm", "post_mlp_norm"):
+                setattr(block, name, getattr(dense, name))
+            if not self.embed.weight.is_meta:
+                block.mlp.reset_parameters(config.base.initializer_range)
+            self.layers[i] = block
+
+    def reset_parameters(self, std: float | None = None) -> None:
+        """Gemma2's init (router included: it is a Linear) plus Normal(0, std) for the expert tensors."""
+        super().reset_parameters(std)
+        if self.embed.weight.is_meta:
+            return
+        std = self.config.initializer_range if std is None else std
+        for module in self.modules():
+            if isinstance(module, SparseMoE):
+                module.reset_parameters(std)
+
+    # --- parameter counts (compute matching) ------------------------------------------------
+
+    def num_params(self) -> int:
+        """Every parameter (the tied LM head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def num_active_params(self) -> int:
+        """Parameters one token uses: all but the (E - k) experts it is not routed to, in every MoE block.
+
+        Top-1 (Switch): equals ``Gemma2(config.base)``'s count plus the routers' ``D * E`` per MoE block.
+        """
+        E, k = self.moe_config.moe.num_experts, self.moe_config.moe.top_k
+        inactive = 0
+        for i in self.moe_config.moe_layers:
+            moe = self.layers[i].mlp
+            inactive += (moe.gate_up_proj.numel() + moe.down_proj.numel()) // E * (E - k)
+        return self.num_params() - inactive
+
+    # --- forward -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, T] long
+        attention_mask: torch.Tensor | None = None,  # [B, T] or [B, past + T]; 1 = real, 0 = pad
+        cache=None,  # Gemma2Cache, updated in place
+        position_ids: torch.Tensor | None = None,  # [B, T]
+        logits_to_keep: int = 0,  # 0 = every position, n = the last n
+    ) -> MoELMOutput:
+        valid, masks, positions = self._inputs(input_ids, attention_mask, cache, position_ids)
+        x = self.embed(input_ids)  # [B, T, D]
+        x = x * self.normalizer(x.dtype)
+        cos, sin = self.rope(positions)  # [B, T, E] each, fp32
+        routed: list[tuple[SparseMoE, MoEOutput]] = []
+        for block in self.layers:
+            mask = masks[block.layer_type]
+            if isinstance(block, MoEBlock):
+                x, moe = block(x, cos, sin, mask, cache, self.attn_backend, valid)
+                routed.append((block.mlp, moe))
+            else:
+                x = block(x, cos, sin, mask, cache, self.attn_backend)
+
+        logits = self._logits(x, logits_to_keep)  # Gemma2's final norm, tied head and soft-cap
+
+        n = len(routed)
+        return MoELMOutput(
+            logits=logits,
+            aux_loss=sum(o.aux_loss for _, o in routed) / n,
+            z_loss=sum(o.z_loss for _, o in routed) / n,
+            moe_loss=sum(m.loss(o) for m, o in routed) / n,
+            expert_fraction=torch.stack([o.expert_fraction for _, o in routed]),  # [L_moe, E]
+            dropped_fraction=sum(o.dropped_fraction for _, o in routed) / n,
+            expert_index=tuple(o.expert_index for _, o in routed),
+            cache=cache,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Training objective
+# ---------------------------------------------------------------------------------------------
+
+
+class MoENextTokenObjective:
+    """Next-token CE plus the model's weighted MoE losses, for `foresight.lm.train.Trainer`.
+
+    ``loss = CE + moe_loss`` (``ce`` alone is what the trainer logs as "ce"). The router diagnostics of
+    every call are accumulated; `pop_stats` returns their means since the previous call and resets
+    them (the trainer's LMLoss has no field for them, so the experiment merges them into its log).
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._calls = 0
+
+    def __call__(self, model, input_ids, targets, window_ids) -> LMLoss:
+        out = model(input_ids)
+        ce = next_token_loss(out.logits, targets)
+        with torch.no_grad():
+            frac = out.expert_fraction  # [L_moe, E]
+            stats = {
+                "aux_loss": out.aux_loss.item(),
+                "z_loss": out.z_loss.item(),
+                "moe_loss": out.moe_loss.item(),
+                "expert_fraction_min": frac.min().item(),
+                "expert_fraction_max": frac.max().item(),
+                "dropped_fraction": float(out.dropped_fraction),
+            }
+        for key, value in stats.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        self._calls += 1
+        return LMLoss(loss=ce + out.moe_loss, ce=ce.detach())
+
+    def pop_stats(self) -> dict[str, float]:
+        """Mean of each router diagnostic over the calls since the last pop ({} if none)."""
+        calls, sums = self._calls, self._sums
+        self._sums, self._calls = {}, 0
+        return {key: value / calls for key, value in sums.items()} if calls else {}
+
+    def __repr__(self) -> str:
+        return "MoENextTokenObjective()"
+
+
+def moe_lm_param_counts(model: nn.Module) -> dict[str, int]:
+    """{"params", "active_params"} for a MoELM or a dense Gemma2 (active = all for a dense model)."""
+    if isinstance(model, MoELM):
+        return {"params": model.num_params(), "active_params": model.num_active_params()}
+    n = sum(p.numel() for p in model.parameters())
+    return {"params": n, "active_params": n}

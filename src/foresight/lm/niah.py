@@ -1,0 +1,329 @@
+"""Needle in a haystack (NIAH) at character level: probes, a training sampler and a recall-grid evaluator.
+
+Protocol (gkamradt/LLMTest_NeedleInAHaystack, adapted as in shared/papers/gemini15_moe_long_context.md §7.4):
+
+    probe of context length L (characters = tokens) =
+        haystack[: cut] + NEEDLE + haystack[cut :]  +  QUESTION  +  ANSWER
+        └──────── len(haystack) = L - len(NEEDLE) - len(QUESTION) - len(ANSWER) ────────┘
+
+    NEEDLE   = " The secret word is {word}."      (word: random lowercase letters)
+    QUESTION = "\\nWhat is the secret word? The secret word is "
+    ANSWER   = "{word}."
+
+- The haystack is a contiguous slice of the corpus starting at a random offset.
+- Depth d%: the cut starts at ``int(len(haystack) * d / 100)`` and moves back to just after the previous
+  '.' (gkamradt's ``insert_needle``; to the very start if there is none); at d = 100 the needle goes at
+  the very end. So the needle always begins a sentence.
+- The answer is scored by EXACT MATCH of the greedy continuation of ``context + QUESTION`` over
+  ``len(ANSWER)`` characters (the word and its full stop). Greedy decoding reproduces the answer iff the
+  argmax at every answer position is right under teacher forcing (by induction over the answer: while
+  every earlier argmax is right, the greedy prefix IS the teacher-forced prefix), so one forward pass
+  of the whole probe scores it; no generation loop is needed.
+
+Training (`NeedleTrainingData`): each window holds one probe of random length L in
+[min_context, seq_len + 1] and random depth, followed by the corpus text that continues the haystack
+up to the window's ``seq_len + 1`` characters. The loss is taken on every character, so the model stays
+a language model of the corpus and learns retrieval from the answer characters. Window ``i`` depends
+only on ``(seed, i)``, so the Trainer's ``(seed, position)`` data order resumes exactly.
+
+The tinyshakespeare alphabet (65 characters) has one digit and no guarantee of every letter in every
+context, so the vocabulary is the corpus characters plus the characters of the templates and
+lowercase letters (`CharVocab.for_corpus`).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+NEEDLE = " The secret word is {word}."
+QUESTION = "\nWhat is the secret word? The secret word is "
+ANSWER = "{word}."
+WORD_ALPHABET = string.ascii_lowercase
+DEFAULT_DEPTHS = tuple(float(d) for d in range(0, 101, 10))  # 0, 10, ..., 100 (%)
+
+
+# ---------------------------------------------------------------------------------------------
+# Characters
+# ---------------------------------------------------------------------------------------------
+
+
+class CharVocab:
+    """Character-level tokenizer: id = index of the character in a sorted alphabet."""
+
+    def __init__(self, chars: str):
+        alphabet = sorted(set(chars))
+        if not alphabet:
+            raise ValueError("a CharVocab needs at least one character")
+        self.chars = "".join(alphabet)
+        self._index = {c: i for i, c in enumerate(alphabet)}
+        # Fast path for encode: a lookup table over code points (the alphabet is small).
+        self._table = np.full(max(map(ord, alphabet)) + 1, -1, dtype=np.int64)
+        self._table[[ord(c) for c in alphabet]] = np.arange(len(alphabet))
+
+    @classmethod
+    def for_corpus(cls, text: str) -> CharVocab:
+        """The corpus characters + lowercase letters + the characters of the needle/question templates."""
+        return cls(text + WORD_ALPHABET + NEEDLE + QUESTION + ANSWER + ".")
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __repr__(self) -> str:
+        return f"CharVocab(size={len(self)})"
+
+    def encode(self, text: str) -> np.ndarray:  # [len(text)] int64
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        ids = np.full(codes.shape, -1, dtype=np.int64)
+        inside = codes < len(self._table)
+        ids[inside] = self._table[codes[inside]]
+        if (ids < 0).any():
+            bad = sorted({text[i] for i in np.flatnonzero(ids < 0)[:20]})
+            raise ValueError(f"characters {bad!r} are not in the vocabulary ({len(self)} characters)")
+        return ids
+
+    def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes
+# ---------------------------------------------------------------------------------------------
+
+
+def probe_overhead(word_len: int) -> int:
+    """Characters a probe spends on needle, question and answer (context length minus haystack)."""
+    word = "x" * word_len
+    return len(NEEDLE.format(word=word)) + len(QUESTION) + len(ANSWER.format(word=word))
+
+
+def insert_needle(haystack: str, needle: str, depth_percent: float) -> tuple[str, int]:
+    """(haystack with the needle inserted, index where the needle starts); gkamradt's rule.
+
+    The cut starts at ``int(len(haystack) * depth_percent / 100)`` and moves back until the text before
+    it ends with '.', or to 0; at depth 100 the needle is appended.
+    """
+    if not 0.0 <= depth_percent <= 100.0:
+        raise ValueError(f"depth_percent must be in [0, 100], got {depth_percent!r}")
+    if depth_percent == 100.0:
+        return haystack + needle, len(haystack)
+    cut = int(len(haystack) * depth_percent / 100.0)
+    cut = haystack.rfind(".", 0, cut) + 1  # just after the last '.' before the cut; 0 if none
+    return haystack[:cut] + needle + haystack[cut:], cut
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One NIAH probe: ``text`` = context + QUESTION + answer, ``len(text)`` = the context length."""
+
+    text: str
+    word: str
+    depth: float  # requested depth (%)
+    needle_start: int  # index in `text` where NEEDLE begins
+    answer_len: int  # the last answer_len characters of `text` are the answer
+
+    @property
+    def answer(self) -> str:
+        return self.text[-self.answer_len :]
+
+
+def make_probe(source: str, offset: int, length: int, depth: float, word: str) -> Probe:
+    """A probe of exactly ``length`` characters whose haystack is ``source[offset : offset + H]``."""
+    if not word or any(c not in WORD_ALPHABET for c in word):
+        raise ValueError(f"word must be non-empty lowercase ascii letters, got {word!r}")
+    H = length - probe_overhead(len(word))
+    if H < 0:
+        raise ValueError(
+            f"context length {length} is shorter than the needle, question and answer "
+            f"({probe_overhead(len(word))} characters for a {len(word)}-letter word)"
+        )
+    if not 0 <= offset <= len(source) - H:
+        raise ValueError(f"offset {offset} leaves fewer than {H} haystack characters in a {len(source)}-char source")
+    context, start = insert_needle(source[offset : offset + H], NEEDLE.format(word=word), depth)
+    answer = ANSWER.format(word=word)
+    return Probe(context + QUESTION + answer, word, float(depth), start, len(answer))
+
+
+def random_word(rng: np.random.Generator, length: int) -> str:
+    return "".join(WORD_ALPHABET[i] for i in rng.integers(0, len(WORD_ALPHABET), size=length))
+
+
+def random_probe(rng: np.random.Generator, source: str, length: int, depth: float, word_len: int) -> Probe:
+    """A probe with a random word and a random haystack offset in ``source``."""
+    H = length - probe_overhead(word_len)
+    if len(source) < H + 1:
+        raise ValueError(f"source of {len(source)} characters is too short for a {length}-character probe")
+    word = random_word(rng, word_len)
+    offset = int(rng.integers(0, len(source) - H + 1))
+    return make_probe(source, offset, length, depth, word)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training windows
+# ---------------------------------------------------------------------------------------------
+
+
+class NeedleTrainingData:
+    """Training windows with one NIAH probe each; duck-types `PackedSequences` for the Trainer.
+
+    Window ``i`` (``seq_len + 1`` characters): a probe of length ``L ~ U[min_context, seq_len + 1]``,
+    depth ``~ U[0, 100]``, random word and haystack offset in ``text``, then the text that follows the
+    haystack. Everything is drawn from ``np.random.default_rng([seed, i])``. ``num_windows`` is the
+    size of the (virtual) epoch the Trainer shuffles over.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        vocab: CharVocab,
+        seq_len: int,
+        *,
+        min_context: int,
+        word_len: int = 5,
+        seed: int = 0,
+        num_windows: int = 1 << 20,
+    ):
+        if not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        if not isinstance(word_len, int) or word_len < 1:
+            raise ValueError(f"word_len must be a positive int, got {word_len!r}")
+        low = probe_overhead(word_len)
+        if not low <= min_context <= seq_len + 1:
+            raise ValueError(
+                f"min_context={min_context} must be in [{low} (needle + question + answer), "
+                f"seq_len + 1 = {seq_len + 1}]"
+            )
+        if len(text) < 2 * (seq_len + 1):
+            raise ValueError(f"text of {len(text)} characters is too short for windows of {seq_len + 1}")
+        if num_windows < 1:
+            raise ValueError(f"num_windows must be >= 1, got {num_windows}")
+        self.text, self.vocab, self.seq_len = text, vocab, seq_len
+        self.min_context, self.word_len, self.seed, self._n = min_context, word_len, seed, num_windows
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return (
+            f"NeedleTrainingData(n={self._n}, seq_len={self.seq_len}, min_context={self.min_context}, "
+            f"word_len={self.word_len}, seed={self.seed})"
+        )
+
+    def probe(self, i: int) -> tuple[Probe, str]:
+        """(the probe of window i, the text that fills the window after it)."""
+        if not 0 <= i < self._n:
+            raise IndexError(f"window {i} out of range [0, {self._n})")
+        rng = np.random.default_rng([self.seed, i])
+        W = self.seq_len + 1
+        length = int(rng.integers(self.min_context, W + 1))
+        depth = float(rng.uniform(0.0, 100.0))
+        word = random_word(rng, self.word_len)
+        H = length - probe_overhead(self.word_len)
+        fill = W - length
+        offset = int(rng.integers(0, len(self.text) - (H + fill) + 1))
+        probe = make_probe(self.text, offset, length, depth, word)
+        return probe, self.text[offset + H : offset + H + fill]
+
+    def window(self, i: int) -> np.ndarray:  # [seq_len + 1] int64
+        probe, rest = self.probe(i)
+        return self.vocab.encode(probe.text + rest)
+
+    def batch(self, ids: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, targets), both [B, seq_len] int64."""
+        w = torch.from_numpy(np.stack([self.window(int(i)) for i in ids]))  # [B, seq_len + 1]
+        return w[:, :-1], w[:, 1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def answer_exact_match(logits: torch.Tensor, ids: torch.Tensor, answer_len: int) -> torch.Tensor:
+    """[B] bool: greedy decoding would reproduce the last ``answer_len`` tokens of each row.
+
+    logits [B, T_keep, V] are the model's logits for the LAST T_keep >= answer_len + 1 positions of
+    ids [B, T]; the answer token at position t is predicted by the logits at t - 1.
+    """
+    if logits.shape[1] < answer_len + 1:
+        raise ValueError(f"need logits for the last {answer_len + 1} positions, got {logits.shape[1]}")
+    pred = logits[:, -(answer_len + 1) : -1].argmax(-1)  # [B, answer_len]
+    return (pred == ids[:, -answer_len:]).all(-1)
+
+
+@dataclass
+class NIAHResult:
+    """Recall of a NIAH grid: ``recall[i, j]`` = share of needles retrieved at lengths[i], depths[j]."""
+
+    lengths: tuple[int, ...]
+    depths: tuple[float, ...]
+    recall: np.ndarray  # [n_lengths, n_depths] float
+    needles: int  # probes per cell
+
+    def mean(self, max_length: int | None = None) -> float:
+        """Mean recall over the cells with length <= max_length (all cells if None)."""
+        rows = [i for i, L in enumerate(self.lengths) if max_length is None or L <= max_length]
+        return float(self.recall[rows].mean()) if rows else float("nan")
+
+    def min(self, max_length: int | None = None) -> float:
+        rows = [i for i, L in enumerate(self.lengths) if max_length is None or L <= max_length]
+        return float(self.recall[rows].min()) if rows else float("nan")
+
+    def to_dict(self) -> dict:
+        return {
+            "lengths": list(self.lengths),
+            "depths": list(self.depths),
+            "recall": self.recall.tolist(),
+            "needles": self.needles,
+        }
+
+
+@torch.no_grad()
+def evaluate_niah(
+    model: torch.nn.Module,
+    text: str,
+    vocab: CharVocab,
+    *,
+    lengths: Sequence[int],
+    depths: Sequence[float] = DEFAULT_DEPTHS,
+    needles: int = 5,
+    word_len: int = 5,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: Callable | None = None,
+) -> NIAHResult:
+    """Exact-match recall over ``lengths`` x ``depths`` with ``needles`` random probes per cell.
+
+    Probes are drawn from ``text`` (use held-out text) with ``default_rng([seed, length, cell])``, so the
+    grid does not depend on the model, the batch size or the order of the lengths. ``model(ids,
+    logits_to_keep=n).logits`` must give the last n positions' logits (Gemma2, MoELM).
+    """
+    if needles < 1:
+        raise ValueError(f"needles must be >= 1, got {needles}")
+    if not lengths or not depths:
+        raise ValueError(f"need at least one length and one depth, got {list(lengths)} and {list(depths)}")
+    model.eval()
+    answer_len = len(ANSWER.format(word="x" * word_len))
+    recall = np.zeros((len(lengths), len(depths)))
+    it = progress(lengths, desc="NIAH lengths") if progress is not None else lengths
+    for i, length in enumerate(it):
+        probes, where = [], []
+        for j, depth in enumerate(depths):
+            rng = np.random.default_rng([seed, int(length), j])
+            for _ in range(needles):
+                probes.append(random_probe(rng, text, int(length), float(depth), word_len))
+                where.append(j)
+        hits = []
+        for s in range(0, len(probes), batch_size):
+            ids = torch.from_numpy(np.stack([vocab.encode(p.text) for p in probes[s : s + batch_size]])).to(device)
+            logits = model(ids, logits_to_keep=answer_len + 1).logits  # [b, answer_len + 1, V]
+            hits.append(answer_exact_match(logits, ids, answer_len).cpu())
+        hit = torch.cat(hits).numpy()
+        for j in range(len(depths)):
+            recall[i, j] = hit[np.asarray(where) == j].mean()
+    return NIAHResult(tuple(int(L) for L in lengths), tuple(float(d) for d in depths), recall, needles)

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+
+from foresight.lm.niah import (
+    ANSWER,
+    NEEDLE,
+    QUESTION,
+    CharVocab,
+    NeedleTrainingData,
+    answer_exact_match,
+    evaluate_niah,
+    insert_needle,
+    make_probe,
+    probe_overhead,
+)
+
+torch.set_num_threads(1)
+
+HAY = "First line. Second one is here. Third!\nFourth sentence ends. Fifth is long and keeps going. " * 40
+
+
+def test_insert_needle_moves_back_to_the_previous_full_stop():
+    hay = "aaaa. bbbb. cccc"
+    # depth 50% -> cut at int(16 * 0.5) = 8 ("aaaa. bb|bb"), moved back to just after "aaaa."
+    text, start = insert_needle(hay, "<N>", 50.0)
+    assert start == 5 and text == "aaaa.<N> bbbb. cccc"
+    # exactly at a sentence end: the cut stays there only if the text before it ends with '.'
+    text, start = insert_needle(hay, "<N>", 68.75)  # int(16 * 0.6875) = 11, hay[:11] = "aaaa. bbbb."
+    assert start == 11 and text == "aaaa. bbbb.<N> cccc"
+    # no '.' before the cut -> the very start; depth 100 -> the very end
+    assert insert_needle(hay, "<N>", 20.0) == ("<N>aaaa. bbbb. cccc", 0)
+    assert insert_needle(hay, "<N>", 0.0) == ("<N>aaaa. bbbb. cccc", 0)
+    assert insert_needle(hay, "<N>", 100.0) == ("aaaa. bbbb. cccc<N>", 16)
+    with pytest.raises(ValueError, match=r"depth_percent must be in \[0, 100\], got 101"):
+        insert_needle(hay, "<N>", 101)
+
+
+def test_probe_layout_length_and_depth():
+    L = 200
+    probe = make_probe(HAY, offset=3, length=L, depth=50.0, word="quiet")
+    needle = NEEDLE.format(word="quiet")
+    assert len(probe.text) == L
+    assert probe.text.endswith(QUESTION + "quiet.") and probe.answer == "quiet." == ANSWER.format(word="quiet")
+    assert probe.text[probe.needle_start : probe.needle_start + len(needle)] == needle
+    H = L - probe_overhead(5)
+    hay = HAY[3 : 3 + H]
+    # the needle starts a sentence: the haystack before it ends with '.', at the last '.' before depth 50%
+    assert probe.text[: probe.needle_start] == hay[: probe.needle_start]
+    assert hay[probe.needle_start - 1] == "." and "." not in hay[probe.needle_start : int(H * 0.5)]
+    # and the rest of the haystack follows the needle unchanged
+    rest = probe.text[probe.needle_start + len(needle) : -len(QUESTION) - len("quiet.")]
+    assert rest == hay[probe.needle_start :]
+    with pytest.raises(ValueError, match="context length 60 is shorter than the needle, question and answer"):
+        make_probe(HAY, 0, 60, 50.0, "quiet")
+    with pytest.raises(ValueError, match="word must be non-empty lowercase ascii letters, got 'Quiet'"):
+        make_probe(HAY, 0, 200, 50.0, "Quiet")
+
+
+def test_char_vocab_round_trip_and_unknown_characters():
+    vocab = CharVocab.for_corpus("ABC def.")
+    assert set("abcdefghijklmnopqrstuvwxyz?\n") <= set(vocab.chars)
+    ids = vocab.encode("The secret word is zq.")
+    assert ids.dtype == np.int64 and vocab.decode(ids) == "The secret word is zq."
+    with pytest.raises(ValueError, match=r"characters \['é'\] are not in the vocabulary"):
+        vocab.encode("café")
+
+
+def test_training_sampler_is_deterministic_per_seed_and_holds_one_probe():
+    vocab = CharVocab.for_corpus(HAY)
+    a = NeedleTrainingData(HAY, vocab, 128, min_context=90, seed=3)
+    b = NeedleTrainingData(HAY, vocab, 128, min_context=90, seed=3)
+    c = NeedleTrainingData(HAY, vocab, 128, min_context=90, seed=4)
+    x1, y1 = a.batch([5, 0, 77])
+    x2, y2 = b.batch([5, 0, 77])
+    assert x1.shape == y1.shape == (3, 128) and x1.dtype == torch.long
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are the inputs shifted by one
+    assert not torch.equal(a.batch([5])[0], c.batch([5])[0])
+    lengths = set()
+    for i in range(40):
+        probe, rest = a.probe(i)
+        assert 90 <= len(probe.text) <= 129 and len(probe.text) + len(rest) == 129
+        assert vocab.decode(a.window(i)) == probe.text + rest
+        assert probe.text.count("The secret word is") == 2  # needle and question, nothing else
+        lengths.add(len(probe.text))
+    assert len(lengths) > 10  # context lengths vary
+    with pytest.raises(ValueError, match=r"min_context=20 must be in \[77"):
+        NeedleTrainingData(HAY, vocab, 128, min_context=20)
+
+
+def test_exact_match_scores_every_answer_position():
+    V = 5
+    ids = torch.tensor([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])  # the answer = last 2 tokens: 3, 4
+    logits = torch.zeros(3, 3, V)  # logits for the last 3 positions (2, 3, 4)
+    logits[:, 0, 3] = 1.0  # position 2 predicts 3
+    logits[:, 1, 4] = 1.0  # position 3 predicts 4
+    logits[1, 1, 4], logits[1, 1, 0] = 0.0, 1.0  # row 1: second answer token wrong
+    logits[2, 0, 3], logits[2, 0, 1] = 0.0, 1.0  # row 2: first answer token wrong
+    logits[:, 2, 2] = 9.0  # the prediction after the answer does not count
+    assert answer_exact_match(logits, ids, 2).tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="need logits for the last 3 positions, got 2"):
+        answer_exact_match(logits[:, 1:], ids, 2)
+
+
+class _Oracle(torch.nn.Module):
+    """Reads the needle from the context: the word after the FIRST "secret word is " (a perfect retriever),
+    optionally failing when the needle starts after fail_after % of the haystack."""
+
+    def __init__(self, vocab: CharVocab, fail_after: float | None = None):
+        super().__init__()
+        self.vocab, self.fail_after = vocab, fail_after
+
+    def forward(self, ids, logits_to_keep=0):
+        B, T = ids.shape
+        logits = torch.zeros(B, T, len(self.vocab))
+        for b in range(B):
+            text = self.vocab.decode(ids[b])
+            key = "secret word is "
+            start = text.index(key) + len(key)
+            word = text[start : text.index(".", start) + 1]
+            haystack = T - probe_overhead(len(word) - 1)
+            needle_start = start - len(NEEDLE[:-1].format(word=""))
+            late = self.fail_after is not None and needle_start >= self.fail_after * haystack / 100
+            for t, c in enumerate(word):
+                logits[b, T - len(word) - 1 + t, self.vocab.encode("x" if late else c)[0]] = 1.0
+        return type("Out", (), {"logits": logits[:, -logits_to_keep:] if logits_to_keep else logits})
+
+
+def test_evaluator_grid_with_a_perfect_and_a_partial_retriever():
+    vocab = CharVocab.for_corpus(HAY)
+    kw = dict(lengths=(100, 200), depths=(0.0, 50.0, 100.0), needles=3, batch_size=4)
+    perfect = evaluate_niah(_Oracle(vocab), HAY, vocab, **kw)
+    assert perfect.recall.shape == (2, 3) and perfect.recall.min() == 1.0 and perfect.mean() == 1.0
+    partial = evaluate_niah(_Oracle(vocab, fail_after=75.0), HAY, vocab, **kw)
+    # only the needles at depth 100 start after 75% of the haystack
+    assert partial.recall[:, 2].tolist() == [0.0, 0.0] and partial.recall[:, :2].min() == 1.0
+    assert partial.mean(max_length=100) == pytest.approx(2 / 3) and partial.min() == 0.0
+    assert partial.to_dict()["lengths"] == [100, 200]
+    # the probes depend on the seed only, not on the batch size
+    again = evaluate_niah(_Oracle(vocab, fail_after=75.0), HAY, vocab, **{**kw, "batch_size": 7})
+    np.testing.assert_array_equal(again.recall, partial.recall)
+    with pytest.raises(ValueError, match="needles must be >= 1, got 0"):
+        evaluate_niah(_Oracle(vocab), HAY, vocab, **{**kw, "needles": 0})
