@@ -1,0 +1,607 @@
+"""Gemini 1.5: a sparse MoE language model beats its compute-matched dense twin and finds needles in haystacks.
+
+Gemini 1.5 Pro is "a sparse mixture-of-expert (MoE) Transformer-based model" that needs "significantly
+less training compute" than Gemini 1.0 Ultra, with "near-perfect retrieval (>99%)" of a needle in a
+haystack up to millions of tokens (notes: shared/papers/gemini15_moe_long_context.md §1, §7). The report
+does not disclose its MoE recipe, so the Switch Transformer's comparison stands in for the compute claim.
+Claims checked at toy scale, char-level on tinyshakespeare:
+
+    (a) a sparse MoE LM (top-1 Switch routing over E experts in every block) reaches a lower validation
+        NLL than the dense model with the same active parameters per token (the same Gemma 2 decoder
+        with ONE expert-sized FFN), trained on the same tokens in the same order;
+    (b) the MoE LM retrieves the needle (exact match of the greedy answer) in >= 99% of the probes of
+        every (context length, depth) cell up to its trained context length. Lengths of 2x and 4x the
+        trained context are reported as extrapolation and are not part of the rule: nothing in the
+        training (RoPE positions, attention spans) covers them, and Gemini's long-context ability came
+        from training on long contexts.
+
+Protocol:
+    1. Char vocabulary of the corpus (+ lowercase letters); the last ``val_fraction`` is held out.
+    2. Training windows of ``seq_len + 1`` characters, each with one needle probe of random length and
+       depth (`foresight.lm.niah.NeedleTrainingData`); the loss is next-character CE on every character
+       (+ the weighted load-balancing and z-losses for the MoE).
+    3. Dense twin and MoE model: same seed, data order, optimiser and schedule.
+    4. Validation NLL on plain held-out text windows along training; NIAH grid (lengths x depths x
+       ``niah_needles`` probes, haystacks from held-out text) for both models after training.
+Verdict: "reproduced" iff (a) and (b) hold, "partial" iff one does, "not reproduced" iff neither.
+Phases (dense, moe, niah) are checkpointed; ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from foresight.core.checkpoint import atomic_write_text, load_checkpoint
+from foresight.core.config import Config, check_scale
+from foresight.core.data import DataNotFoundError
+from foresight.core.registry import Result, experiment
+from foresight.core.report import plot_bars, plot_lines
+from foresight.core.run import Run
+from foresight.lm.niah import DEFAULT_DEPTHS, probe_overhead
+from foresight.lm.train import RunStore
+
+
+@dataclass(frozen=True)
+class Gemini15MoEConfig(Config):
+    corpus: str = "auto"  # "auto" = tinyshakespeare if it resolves, else the built-in stdlib docstrings
+    val_fraction: float = 0.1  # the last 10% of the characters
+    seq_len: int = 256  # trained context (characters)
+    min_context: int = 0  # shortest training probe; 0 = needle + question + answer + 8 characters
+    word_len: int = 5  # letters of the secret word
+    # model: Gemma 2 blocks (alternating local/global attention, soft-caps, GQA)
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    head_dim: int = 32
+    intermediate: int = 512  # F of the dense FFN and of EACH expert (top-1: same FLOPs per token)
+    sliding_window: int = 128
+    # MoE (Switch: top-1, un-renormalised softmax gate, alpha = 1e-2; ST-MoE z-loss 1e-3)
+    num_experts: int = 8
+    top_k: int = 1
+    gating: str = "softmax"
+    capacity_factor: float = 0.0  # 0: dropless (one machine; no train/eval mismatch)
+    router_jitter: float = 0.0
+    aux_loss_coef: float = 1e-2
+    z_loss_coef: float = 1e-3
+    # optimisation (identical for both models)
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_fraction: float = 0.05
+    eval_points: int = 8  # validation passes per training run
+    eval_batches: int = 8  # validation batches of batch_size windows per pass
+    # NIAH grid; () = seq_len x (1/4, 1/2, 1, 2, 4), keeping lengths that fit a probe
+    niah_lengths: tuple[int, ...] = ()
+    niah_depths: tuple[float, ...] = DEFAULT_DEPTHS
+    niah_needles: int = 10  # probes per cell
+    precision: str = "auto"
+
+    choices: ClassVar[dict[str, tuple]] = {
+        "precision": ("auto", "bf16", "fp32"),
+        "gating": ("softmax", "topk_softmax"),
+    }
+
+    @classmethod
+    def preset(cls, scale: str) -> Gemini15MoEConfig:
+        check_scale(scale)
+        if scale == "tiny":
+            return cls(
+                seq_len=96,
+                hidden=32,
+                layers=2,
+                heads=2,
+                head_dim=16,
+                intermediate=64,
+                sliding_window=32,
+                num_experts=4,
+                steps=6,
+                batch_size=4,
+                eval_points=2,
+                eval_batches=1,
+                niah_depths=(0.0, 50.0, 100.0),
+                niah_needles=2,
+            )
+        if scale == "quick":
+            # sized for <= 6 minutes on one CPU thread (two trainings of ~2 minutes, then the grids)
+            return cls(
+                seq_len=128,
+                hidden=64,
+                layers=4,
+                heads=4,
+                head_dim=16,
+                intermediate=256,
+                sliding_window=64,
+                steps=900,
+                batch_size=16,
+                niah_lengths=(96, 128, 256, 512),
+            )
+        return cls()
+
+    def validate(self) -> None:
+        for name in (
+            "seq_len",
+            "word_len",
+            "hidden",
+            "layers",
+            "heads",
+            "head_dim",
+            "intermediate",
+            "sliding_window",
+            "num_experts",
+            "top_k",
+            "steps",
+            "batch_size",
+            "eval_points",
+            "niah_needles",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_experts < 2:
+            raise ValueError(f"num_experts must be >= 2 for a sparse model, got {self.num_experts}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        if self.heads % 2 and self.heads != 1:
+            raise ValueError(f"heads must be 1 or even (GQA with heads / 2 kv heads), got {self.heads}")
+        low = probe_overhead(self.word_len)
+        if self.min_context and not low <= self.min_context <= self.seq_len + 1:
+            raise ValueError(f"min_context={self.min_context} must be 0 or in [{low}, seq_len + 1]")
+        if self.seq_len + 1 < low + 8:
+            raise ValueError(f"seq_len={self.seq_len} leaves no haystack: a probe needs {low} characters + 8")
+        for L in self.niah_lengths:
+            if L < low:
+                raise ValueError(f"niah_lengths entry {L} is shorter than a probe's {low} fixed characters")
+        if any(not 0.0 <= d <= 100.0 for d in self.niah_depths) or not self.niah_depths:
+            raise ValueError(f"niah_depths must be a non-empty tuple of percents in [0, 100], got {self.niah_depths}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not self.lr > 0 or not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"need lr > 0 and warmup_fraction in [0, 1), got {self.lr}, {self.warmup_fraction}")
+
+    # --- derived --------------------------------------------------------------------------------
+
+    def grid_lengths(self) -> tuple[int, ...]:
+        if self.niah_lengths:
+            return tuple(sorted(self.niah_lengths))
+        low = probe_overhead(self.word_len)
+        lengths = {int(self.seq_len * f) for f in (0.25, 0.5, 1, 2, 4)}
+        return tuple(sorted(L for L in lengths if L >= low + 8))
+
+    def shortest_probe(self) -> int:
+        return self.min_context or probe_overhead(self.word_len) + 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and data
+# ---------------------------------------------------------------------------------------------
+
+
+def _base_config(cfg: Gemini15MoEConfig, vocab_size: int):
+    from foresight.lm.gemma2 import Gemma2Config
+
+    return Gemma2Config.tiny(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        num_kv_heads=max(1, cfg.heads // 2),
+        head_dim=cfg.head_dim,
+        query_pre_attn_scalar=float(cfg.head_dim),
+        sliding_window=cfg.sliding_window,
+        max_position_embeddings=max((cfg.seq_len, *cfg.grid_lengths())),  # room for the extrapolation probes
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_ids=(),
+    )
+
+
+def _moe_config(cfg: Gemini15MoEConfig, vocab_size: int):
+    from foresight.lm.moe_lm import MoELMConfig
+    from foresight.nn.moe import MoEConfig
+
+    moe = MoEConfig(
+        num_experts=cfg.num_experts,
+        top_k=cfg.top_k,
+        gating=cfg.gating,
+        capacity_factor=cfg.capacity_factor,
+        router_jitter=cfg.router_jitter,
+        aux_loss_coef=cfg.aux_loss_coef,
+        z_loss_coef=cfg.z_loss_coef,
+    )
+    return MoELMConfig(base=_base_config(cfg, vocab_size), moe=moe)
+
+
+def _train_config(cfg: Gemini15MoEConfig, seed: int):
+    from foresight.lm.train import TrainConfig
+
+    return TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=max(1, int(cfg.warmup_fraction * cfg.steps)),
+        eval_every=max(1, cfg.steps // cfg.eval_points),
+        eval_batches=cfg.eval_batches,
+        checkpoint_every=max(1, cfg.steps // 4),
+        log_every=1,  # every step: the router diagnostics are per step
+        seed=seed,
+        precision=cfg.precision,
+        distributed="none",
+    )
+
+
+@dataclass
+class _Data:
+    vocab: object  # CharVocab
+    train_text: str
+    val_text: str
+    train: object  # NeedleTrainingData
+    val: object  # PackedSequences of plain held-out text
+    corpus: str
+    note: str
+
+
+def _load_data(cfg: Gemini15MoEConfig, run: Run) -> _Data:
+    from foresight.lm.niah import CharVocab, NeedleTrainingData
+    from foresight.lm.text_data import PackedSequences, load_corpus
+
+    corpus, note = cfg.corpus, ""
+    if corpus == "auto":
+        from foresight.core.data import resolve
+
+        try:
+            resolve("tinyshakespeare", ["input.txt"], data_dir=run.data_dir)
+            corpus = "tinyshakespeare"
+        except DataNotFoundError:
+            corpus = "builtin"
+            note = "tinyshakespeare was not available, so the built-in stdlib docstrings were used. "
+    text = "\n".join(load_corpus(corpus, run.data_dir))
+    vocab = CharVocab.for_corpus(text)
+    cut = int(round(len(text) * (1.0 - cfg.val_fraction)))
+    train_text, val_text = text[:cut], text[cut:]
+    need = 2 * max(cfg.grid_lengths())
+    if len(val_text) < need:
+        raise ValueError(f"{len(val_text)} held-out characters are too few for NIAH probes of {need // 2}")
+    train = NeedleTrainingData(
+        train_text, vocab, cfg.seq_len, min_context=cfg.shortest_probe(), word_len=cfg.word_len, seed=run.seed
+    )
+    val = PackedSequences(vocab.encode(val_text), cfg.seq_len)
+    return _Data(vocab, train_text, val_text, train, val, corpus, note)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable phases
+# ---------------------------------------------------------------------------------------------
+
+
+class _StatsStore(RunStore):
+    """A RunStore that adds the MoE objective's router diagnostics to every training line it logs."""
+
+    def __init__(self, run: Run, name: str, objective):
+        super().__init__(run, name)
+        self.objective = objective
+
+    def log(self, **metrics) -> None:
+        if "loss" in metrics and self.objective is not None:  # a training line (not a validation one)
+            metrics.update(self.objective.pop_stats())
+        super().log(**metrics)
+
+
+class _Phases:
+    """Named phases in a fixed order inside one Run, each resumable on its own.
+
+    A finished phase is read back from its checkpoint without side effects; for the first unfinished one
+    metrics.jsonl is trimmed to its checkpoint (by `Run.load_checkpoint`) or, without one, to where the
+    last finished phase ended, so a resumed run logs exactly what an uninterrupted one does.
+    """
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.finished_lines = 0
+
+    def _trim(self) -> None:
+        if self.run.resumed and self.run.metrics_path.exists():
+            lines = self.run.metrics_path.read_text().splitlines()[: self.finished_lines]
+            atomic_write_text(self.run.metrics_path, "".join(line + "\n" for line in lines))
+
+    def train(self, name, model, tcfg, data: _Data, objective=None):
+        from foresight.lm.train import Trainer
+
+        store = _StatsStore(self.run, name, objective)
+        if store.path.exists():
+            full = load_checkpoint(store.path)
+            if full["state"].get("done"):
+                model.load_state_dict(full["state"]["model"])
+                self.finished_lines = full["metrics_lines"]
+                return model, full["state"]["history"]
+        else:
+            self._trim()
+        config = model.moe_config if hasattr(model, "moe_config") else model.config
+        trainer = Trainer(
+            model,
+            tcfg,
+            data.train,
+            data.val,
+            objective=objective,
+            store=store,
+            device=self.run.device,
+            progress=self.run.progress,
+            desc=name,
+            tags={"phase": name},
+            extra_state={"model_config": dataclasses.asdict(config)},
+        )
+        result = trainer.fit()
+        self.finished_lines = len(self.run.metrics())
+        return trainer.module, result.history
+
+    def evaluate(self, name, fn):
+        """``fn() -> JSON-able dict`` run once; its result (and the lines it logged) are checkpointed."""
+        path = self.run.checkpoint_dir / f"{name}.safetensors"
+        if path.exists():
+            full = load_checkpoint(path)
+            self.finished_lines = full["metrics_lines"]
+            return full["state"]
+        self._trim()
+        state = fn()
+        self.run.save_checkpoint(name, state)
+        self.finished_lines = len(self.run.metrics())
+        return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements after training
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _expert_load(model, data: _Data, cfg: Gemini15MoEConfig, device) -> dict:
+    """Share of token-slots per expert in each MoE block, and in the last block per position bucket."""
+    model.eval()
+    n = min(len(data.val), max(1, cfg.eval_batches) * cfg.batch_size)
+    fractions, by_pos = [], []
+    buckets = min(8, cfg.seq_len)
+    E = cfg.num_experts
+    for s in range(0, n, cfg.batch_size):
+        x, _ = data.val.batch(np.arange(s, min(n, s + cfg.batch_size)))
+        out = model(x.to(device))
+        fractions.append(out.expert_fraction.cpu() * x.numel())
+        idx = out.expert_index[-1].view(x.shape[0], x.shape[1], -1).cpu()  # [B, T, k]
+        pos = (torch.arange(x.shape[1]) * buckets // x.shape[1]).view(1, -1, 1).expand_as(idx)
+        counts = torch.zeros(buckets, E)
+        counts.index_put_((pos.reshape(-1), idx.reshape(-1)), torch.ones(idx.numel()), accumulate=True)
+        by_pos.append(counts)
+    per_layer = torch.stack(fractions).sum(0) / (n * cfg.seq_len)  # [L_moe, E]
+    pos_counts = torch.stack(by_pos).sum(0)
+    per_pos = pos_counts / pos_counts.sum(-1, keepdim=True)  # [buckets, E]
+    return {"per_layer": per_layer.tolist(), "last_layer_by_position": per_pos.tolist(), "buckets": buckets}
+
+
+def _plot_recall(path, grids: dict[str, dict], trained: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.2), squeeze=False)
+    for ax, (label, g) in zip(axes[0], grids.items(), strict=True):
+        recall = np.asarray(g["recall"]).T  # [depths, lengths]
+        im = ax.imshow(recall, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+        ax.set_xticks(range(len(g["lengths"])), [f"{L}{'*' if L > trained else ''}" for L in g["lengths"]])
+        ax.set_yticks(range(len(g["depths"])), [f"{d:g}" for d in g["depths"]])
+        for (i, j), v in np.ndenumerate(recall):
+            ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=6)
+        ax.set(title=f"{label}: NIAH recall", xlabel="context length (chars; * = beyond training)",
+               ylabel="needle depth (%)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------
+
+
+@experiment(
+    name="gemini15-moe",
+    system="Gemini 1.5",
+    paper="Gemini 1.5 (Gemini Team 2024, arXiv 2403.05530)",
+    claim=(
+        "A sparse MoE LM reaches lower validation NLL than a dense LM with the same active parameters on the same "
+        "tokens, and retrieves a needle in a haystack near-perfectly (>= 99%) at every depth up to its context"
+    ),
+    config=Gemini15MoEConfig,
+)
+def run(cfg: Gemini15MoEConfig, run: Run) -> Result:
+    # Small models: one intra-op thread is faster, and on a shared CPU extra OpenMP threads spin-wait.
+    threads = torch.get_num_threads()
+    if run.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _run(cfg, run)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: Gemini15MoEConfig, run: Run) -> Result:
+    from foresight.lm.gemma2 import Gemma2
+    from foresight.lm.moe_lm import MoELM, MoENextTokenObjective
+    from foresight.lm.niah import evaluate_niah
+
+    data = _load_data(cfg, run)
+    V = len(data.vocab)
+    moe_cfg = _moe_config(cfg, V)
+    phases = _Phases(run)
+    tcfg = _train_config(cfg, run.seed)
+    base_seed = run.seed * 1000
+
+    torch.manual_seed(base_seed + 1)
+    dense, dense_hist = phases.train("dense", Gemma2(moe_cfg.base), tcfg, data)
+    torch.manual_seed(base_seed + 1)  # same seed: embeddings, attention and norms start identical
+    moe, moe_hist = phases.train("moe", MoELM(moe_cfg), tcfg, data, MoENextTokenObjective())
+
+    lengths = cfg.grid_lengths()
+
+    def measure() -> dict:
+        out = {}
+        for name, model in (("moe", moe), ("dense", dense)):
+            g = evaluate_niah(
+                model,
+                data.val_text,
+                data.vocab,
+                lengths=lengths,
+                depths=cfg.niah_depths,
+                needles=cfg.niah_needles,
+                word_len=cfg.word_len,
+                seed=run.seed,
+                batch_size=cfg.batch_size,
+                device=run.device,
+                progress=run.progress,
+            )
+            out[name] = g.to_dict()
+            for i, L in enumerate(g.lengths):
+                run.log(phase="niah", model=name, length=L, recall=float(g.recall[i].mean()),
+                        recall_by_depth=g.recall[i].tolist())
+        out["load"] = _expert_load(moe, data, cfg, run.device)
+        return out
+
+    measured = phases.evaluate("niah", measure)
+    grids = {k: measured[k] for k in ("moe", "dense")}
+    load = measured["load"]
+
+    # --- verdict ---------------------------------------------------------------------------------
+    T = cfg.seq_len
+    nll = {"moe": moe_hist[-1]["val_loss"], "dense": dense_hist[-1]["val_loss"]}
+
+    def recall(name: str, pick) -> list[float]:
+        g = grids[name]
+        return [v for L, row in zip(g["lengths"], g["recall"], strict=True) if pick(L) for v in row]
+
+    in_range = {k: recall(k, lambda L: L <= T) for k in grids}
+    claim_a = nll["moe"] < nll["dense"]
+    claim_b = bool(in_range["moe"]) and min(in_range["moe"]) >= 0.99
+    verdict = "reproduced" if claim_a and claim_b else "partial" if claim_a or claim_b else "not reproduced"
+
+    # --- numbers ---------------------------------------------------------------------------------
+    counts = {"moe": (moe.num_params(), moe.num_active_params())}
+    n_dense = sum(p.numel() for p in dense.parameters())
+    counts["dense"] = (n_dense, n_dense)
+    per_layer = np.asarray(load["per_layer"])  # [L_moe, E]
+    train_lines = [m for m in run.metrics() if m.get("phase") == "moe" and "aux_loss" in m]
+    last = train_lines[-1] if train_lines else {}
+    metrics = {
+        "moe_val_nll": nll["moe"],
+        "dense_val_nll": nll["dense"],
+        "moe_minus_dense_nll": nll["moe"] - nll["dense"],
+        "claim_a_lower_nll": claim_a,
+        "claim_b_niah": claim_b,
+        "moe_params": counts["moe"][0],
+        "moe_active_params": counts["moe"][1],
+        "dense_params": counts["dense"][0],
+        "train_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
+        "trained_context": T,
+        "corpus": data.corpus,
+        "vocab_size": V,
+        "final_aux_loss": last.get("aux_loss", float("nan")),
+        "final_z_loss": last.get("z_loss", float("nan")),
+        "val_expert_fraction_min": float(per_layer.min()),
+        "val_expert_fraction_max": float(per_layer.max()),
+    }
+    for name in grids:
+        metrics[f"{name}_niah_recall_in_range"] = float(np.mean(in_range[name])) if in_range[name] else float("nan")
+        metrics[f"{name}_niah_min_cell_in_range"] = min(in_range[name]) if in_range[name] else float("nan")
+        for L, row in zip(grids[name]["lengths"], grids[name]["recall"], strict=True):
+            metrics[f"{name}_niah_recall_{L}"] = float(np.mean(row))
+
+    table = []
+    for name, label in (("dense", "dense twin"), ("moe", f"MoE ({cfg.num_experts} experts, top-{cfg.top_k})")):
+        row = {
+            "model": label,
+            "params": counts[name][0],
+            "active params": counts[name][1],
+            "val NLL (nats/char)": nll[name],
+            f"NIAH recall <= {T}": metrics[f"{name}_niah_recall_in_range"],
+            f"min cell <= {T}": metrics[f"{name}_niah_min_cell_in_range"],
+        }
+        for L in lengths:
+            row[f"recall @{L}{'*' if L > T else ''}"] = metrics[f"{name}_niah_recall_{L}"]
+        table.append(row)
+
+    # --- figures ---------------------------------------------------------------------------------
+    _plot_recall(run.figure("niah_recall.png"), {"MoE": grids["moe"], "dense": grids["dense"]}, T)
+    plot_lines(
+        run.figure("val_nll_curves.png"),
+        {
+            label: ([h["tokens"] for h in hist], [h["val_loss"] for h in hist])
+            for label, hist in (("dense twin", dense_hist), ("MoE", moe_hist))
+        },
+        title="Validation NLL on held-out text while training",
+        xlabel="training tokens (characters)",
+        ylabel="validation NLL (nats/char)",
+    )
+    plot_bars(
+        run.figure("expert_load.png"),
+        [f"block {i}" for i in moe_cfg.moe_layers],
+        {f"expert {e}": per_layer[:, e].tolist() for e in range(cfg.num_experts)},
+        title=f"Share of tokens per expert on held-out text (uniform = {1 / cfg.num_experts:.3f})",
+        ylabel="fraction of token-slots",
+    )
+    steps = [m["step"] for m in train_lines]
+    plot_lines(
+        run.figure("router_diagnostics.png"),
+        {
+            "aux loss (1 = uniform)": (steps, [m["aux_loss"] for m in train_lines]),
+            "expert fraction max x E": (steps, [m["expert_fraction_max"] * cfg.num_experts for m in train_lines]),
+            "expert fraction min x E": (steps, [m["expert_fraction_min"] * cfg.num_experts for m in train_lines]),
+        },
+        title="MoE router while training (mean over blocks / extremes over blocks and experts)",
+        xlabel="step",
+        ylabel="value",
+    )
+
+    H = probe_overhead(cfg.word_len)
+    protocol = (
+        f"Corpus {data.corpus} at character level ({V} symbols; last {cfg.val_fraction:.0%} held out). "
+        f"Both models: Gemma 2 decoder, {cfg.layers} blocks, d={cfg.hidden}, {cfg.heads} heads of {cfg.head_dim}, "
+        f"local window {cfg.sliding_window}; dense FFN F={cfg.intermediate} vs {cfg.num_experts} experts of "
+        f"F={cfg.intermediate} each with top-{cfg.top_k} {cfg.gating} gating in every block "
+        f"(capacity factor {cfg.capacity_factor or 'dropless'}, aux {cfg.aux_loss_coef}, z {cfg.z_loss_coef}). "
+        f"Params: dense {counts['dense'][0]}, MoE {counts['moe'][0]} total / {counts['moe'][1]} active per token. "
+        f"Same init seed for shared parts, same {cfg.steps} AdamW steps x {cfg.batch_size} windows of {T} chars "
+        f"(lr {cfg.lr}, warmup-cosine), each window one needle probe of length U[{cfg.shortest_probe()}, {T + 1}] "
+        f"at depth U[0, 100]%, followed by more corpus text; CE on every character. Validation NLL on "
+        f"{min(len(data.val), cfg.eval_batches * cfg.batch_size)} plain held-out windows. NIAH: lengths "
+        f"{list(lengths)} x depths {list(cfg.niah_depths)} x {cfg.niah_needles} probes, haystacks from held-out "
+        f"text ({H} characters per probe are needle, question and answer), exact match of the greedy "
+        f"{cfg.word_len}-letter answer and its full stop."
+    )
+    notes = data.note + (
+        "Toy scale and a stand-in recipe: the Gemini 1.5 report discloses neither its MoE configuration nor its "
+        "training data, so claim (a) is checked Switch-style (equal active parameters and equal tokens, not "
+        "equal wall time: the MoE's dispatch costs extra on a CPU) and claim (b) only within a char-level "
+        "context of a few hundred characters that the training covers. Lengths marked * are beyond the "
+        "trained context (extrapolation; expected to fail with RoPE and no long-context training) and are "
+        "not in the rule. With n probes per cell, a cell passes the 99% bar only when all n are found. "
+        "Observed at quick scale (seed 0, 1.8M training characters): the MoE trailed its dense twin along the "
+        "whole curve (2.19 vs 2.06 nats/char at the end; Switch's un-renormalised top-1 gate starts near 1/E), "
+        "and neither model retrieved any needle: answer letters were at chance even for a dense model trained "
+        "3000 steps, while the same model learns a dense copy task in ~100 steps, so one 5-letter copy per "
+        "window is too sparse a signal for the retrieval circuit to form in a CPU budget."
+    )
+    return Result(
+        verdict=verdict,
+        rule=(
+            "(a) MoE final val NLL < dense-twin final val NLL; (b) MoE NIAH recall >= 0.99 in every (length, depth) "
+            "cell with length <= the trained context. reproduced: (a) and (b); partial: one of them; "
+            "not reproduced: neither"
+        ),
+        metrics=metrics,
+        table=table,
+        figures=["niah_recall.png", "val_nll_curves.png", "expert_load.png", "router_diagnostics.png"],
+        protocol=protocol,
+        notes=notes,
+    )
