@@ -275,9 +275,12 @@ class Gemma2Block(nn.Module):
         cache: Gemma2Cache | None = None,
         backend: str = "eager",
     ) -> torch.Tensor:  # [B, T, D]
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, cache, backend))
-        x = x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
-        return x
+        x = self.attention_sublayer(x, cos, sin, mask, cache, backend)
+        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+
+    def attention_sublayer(self, x, cos, sin, mask: AttentionMask, cache=None, backend: str = "eager") -> torch.Tensor:
+        """x + post_attn_norm(Attn(attn_norm(x))): the first residual half, shared by blocks with other FFNs."""
+        return x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, cache, backend))
 
 
 @dataclass

@@ -125,7 +125,7 @@ class MoEBlock(Gemma2Block):
         backend: str = "eager",
         valid: torch.Tensor | None = None,  # [B, T] bool, False = padding
     ) -> tuple[torch.Tensor, MoEOutput]:
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, cache, backend))
+        x = self.attention_sublayer(x, cos, sin, mask, cache, backend)
         moe = self.mlp(self.mlp_norm(x), valid)
         return x + self.post_mlp_norm(moe.hidden), moe
 
