@@ -18,13 +18,11 @@ Verdict: "reproduced" iff the distilled student's final NLL is below the NTP stu
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from foresight.core.checkpoint import atomic_write_text, load_checkpoint
 from foresight.core.config import Config, check_scale
 from foresight.core.data import DataNotFoundError
 from foresight.core.registry import Result, experiment
@@ -164,50 +162,6 @@ def _train_config(cfg: Gemma2DistillationConfig, tokens: int, lr: float, seed: i
     )
 
 
-class _Phases:
-    """Runs named training phases in a fixed order inside one Run, each resumable on its own.
-
-    A finished phase is read back from its checkpoint without side effects. For the first unfinished
-    one, ``Run.load_checkpoint`` restores its state (and trims metrics.jsonl to it); if it has no
-    checkpoint yet, metrics.jsonl is trimmed to where the last finished phase ended, so a resumed run
-    logs exactly what an uninterrupted one does.
-    """
-
-    def __init__(self, run: Run):
-        self.run = run
-        self.finished_lines = 0  # metrics.jsonl length when the last finished phase ended
-
-    def train(self, name, model, tcfg, data, objective=None):
-        from foresight.lm.train import RunStore, Trainer
-
-        store = RunStore(self.run, name)
-        if store.path.exists():
-            full = load_checkpoint(store.path)
-            if full["state"].get("done"):
-                model.load_state_dict(full["state"]["model"])
-                self.finished_lines = full["metrics_lines"]
-                return model, full["state"]["history"]
-        elif self.run.resumed and self.run.metrics_path.exists():
-            lines = self.run.metrics_path.read_text().splitlines()[: self.finished_lines]
-            atomic_write_text(self.run.metrics_path, "".join(line + "\n" for line in lines))
-        trainer = Trainer(
-            model,
-            tcfg,
-            data.train,
-            data.val,
-            objective=objective,
-            store=store,
-            device=self.run.device,
-            progress=self.run.progress,
-            desc=name,
-            tags={"phase": name},
-            extra_state={"model_config": dataclasses.asdict(model.config)},
-        )
-        result = trainer.fit()
-        self.finished_lines = len(self.run.metrics())
-        return trainer.module, result.history
-
-
 def _load_data(cfg: Gemma2DistillationConfig, run: Run):
     from foresight.lm.text_data import PackedSequences, prepare_text_data
 
@@ -245,30 +199,23 @@ def _load_data(cfg: Gemma2DistillationConfig, run: Run):
     config=Gemma2DistillationConfig,
 )
 def run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
-    # Small models: one intra-op thread is faster, and on a shared CPU extra OpenMP threads spin-wait
-    # (measured 20x slower with 2 threads under load on the dev box).
-    threads = torch.get_num_threads()
-    if run.device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with run.cpu_threads(1):  # small models: one intra-op thread is faster (see Run.cpu_threads)
         return _run(cfg, run)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
     from foresight.lm.distill import DistillationObjective, TopKCache
     from foresight.lm.gemma2 import Gemma2
-    from foresight.lm.train import autocast_dtype
+    from foresight.lm.train import PhaseRunner, autocast_dtype
 
     data, corpus, note = _load_data(cfg, run)
-    phases = _Phases(run)
+    phases = PhaseRunner(run)
     base_seed = run.seed * 1000
 
     teacher_cfg = _model_config(cfg, cfg.teacher_hidden, cfg.teacher_layers, cfg.teacher_heads)
     torch.manual_seed(base_seed + 1)
     teacher_tcfg = _train_config(cfg, cfg.teacher_tokens, cfg.teacher_lr, run.seed, eval_points=2)
-    teacher, teacher_hist = phases.train("teacher", Gemma2(teacher_cfg), teacher_tcfg, data)
+    teacher, teacher_hist = phases.train("teacher", Gemma2(teacher_cfg), teacher_tcfg, data.train, data.val)
     teacher.eval().requires_grad_(False)
     if cfg.topk:  # sparse: run the teacher once over every training window, reuse for every student
         cache = TopKCache.build(
@@ -294,7 +241,7 @@ def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
             torch.manual_seed(base_seed + 2)  # both methods start from the same student init
             # ... and see the same windows in the same order under the same schedule
             tcfg = _train_config(cfg, budget, cfg.student_lr, run.seed, cfg.eval_points)
-            _, hist = phases.train(f"{method}-{budget}", Gemma2(student_cfg), tcfg, data, objective)
+            _, hist = phases.train(f"{method}-{budget}", Gemma2(student_cfg), tcfg, data.train, data.val, objective)
             curves[method][budget] = hist
 
     final = {m: {b: curves[m][b][-1]["val_loss"] for b in cfg.student_budgets} for m in curves}

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
-from foresight.core.run import Run
+from foresight.core.run import Run, torch_threads
 from foresight.rl import ghm as G
 from foresight.rl.envs import BumpReward, compass_directions, point_nav_step
 from foresight.rl.mdp import (
@@ -640,12 +640,8 @@ def stage_nav(cfg: GGPIConfig, run: Run, seed: int) -> dict[str, Any]:
     config=GGPIConfig,
 )
 def run(cfg: GGPIConfig, run: Run) -> Result:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices and nets: one thread is faster, and the CPU is shared
-    try:
+    with torch_threads(1):  # tiny matrices and nets: one thread is faster, and the CPU is shared
         return _run(cfg, run)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: GGPIConfig, run: Run) -> Result:

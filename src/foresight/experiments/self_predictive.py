@@ -27,7 +27,7 @@ import torch
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
-from foresight.core.run import Run
+from foresight.core.run import Run, torch_threads
 from foresight.rl import mdp as M
 from foresight.rl import self_predictive as SP
 
@@ -594,7 +594,11 @@ def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_ini
     config=SelfPredictiveConfig,
 )
 def run(cfg: SelfPredictiveConfig, run: Run) -> Result:
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and leaves the other core free
+    with torch_threads(1):  # tiny matrices: one thread is faster, and leaves the other core free
+        return _run(cfg, run)
+
+
+def _run(cfg: SelfPredictiveConfig, run: Run) -> Result:
     state = run.load_checkpoint("parts") or {}
     parts: dict[str, Any] = dict(state.get("parts", {}))
     steps = (("a", part_non_collapse), ("b", part_spectral), ("c", part_bidirectional), ("d", part_deep))

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
-from foresight.core.run import Run
+from foresight.core.run import Run, torch_threads
 from foresight.rl import agents as AG
 from foresight.rl import gridworlds as GW
 from foresight.rl import mdp as M
@@ -434,12 +434,8 @@ SUB_TO_VERDICT = {"pass": "reproduced", "partial": "partial", "fail": "not repro
     config=SVDRepresentationsConfig,
 )
 def run(cfg: SVDRepresentationsConfig, run: Run) -> Result:
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, run)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _run_unit(cfg: SVDRepresentationsConfig, part: str, seed: int, arm: str) -> dict[str, Any]:

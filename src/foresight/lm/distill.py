@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,9 @@ class LMLoss:
     loss: torch.Tensor  # what to backpropagate
     ce: torch.Tensor  # next-token cross-entropy (nats/token) on the same batch
     kd: torch.Tensor | None = None  # τ²·KL(teacher ‖ student), when a teacher is present
+    # Further named scalars for the training log (e.g. MoE router diagnostics); the trainer averages
+    # each over the step's micro-batches (and ranks) and logs it under its name. Not backpropagated.
+    extra: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------

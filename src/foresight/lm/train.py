@@ -35,7 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -355,6 +355,7 @@ class Trainer:
         config: :class:`TrainConfig`.
         train, val: :class:`~foresight.lm.text_data.PackedSequences` (val may be None).
         objective: callable ``(model, input_ids, targets, window_ids) -> LMLoss``; default next-token.
+            The scalars in ``LMLoss.extra`` are averaged over the step and logged under their names.
         store: where checkpoints and metrics go (:class:`DirStore`, :class:`RunStore`;
             default :class:`NullStore`).
         extra_state: JSON-able values saved in every checkpoint (e.g. the model config, for loading later).
@@ -535,6 +536,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         kd_sum = torch.zeros((), device=self.device)
         ce_sum = torch.zeros((), device=self.device)
+        extra_sum: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
             x, y = self.train_data.batch(ids[m].numpy())  # [micro, T] each
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -546,6 +548,9 @@ class Trainer:
             ce_sum += out.ce
             if out.kd is not None:
                 kd_sum += out.kd
+            for key, value in out.extra.items():
+                value = torch.as_tensor(value, dtype=torch.float32, device=self.device).detach()
+                extra_sum[key] = extra_sum[key] + value if key in extra_sum else value
         grad_norm = self._clip()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -553,12 +558,13 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.position += self.cfg.batch_size
-        stats = torch.stack([loss_sum, ce_sum, kd_sum]) / self.accum
+        # One tensor for every scalar, so multi-rank runs average them in a single all-reduce.
+        stats = torch.stack([loss_sum, ce_sum, kd_sum, *extra_sum.values()]) / self.accum
         if self.world > 1:  # the mean over ranks = the mean over the global batch (equal sizes)
             dist.all_reduce(stats, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
             if self.device.type != "cuda":  # gloo has no AVG
                 stats /= self.world
-        loss, ce, kd = stats.tolist()
+        loss, ce, kd, *extra = stats.tolist()
         self.last_loss = loss
         metrics = {
             "step": self.step,
@@ -570,6 +576,7 @@ class Trainer:
         }
         if out.kd is not None:
             metrics["kd"] = kd
+        metrics.update(zip(extra_sum, extra, strict=True))
         return metrics
 
     def _clip(self) -> float:
@@ -654,3 +661,88 @@ class Trainer:
             train_seconds=t_train,
             tokens_per_second=tokens / t_train if t_train > 0 else 0.0,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Several trainings (and measurements) in one Run, each resumable on its own
+# ---------------------------------------------------------------------------------------------
+
+
+class PhaseRunner:
+    """Named phases of one :class:`foresight.core.run.Run`, run in a fixed order, each resumable on its own.
+
+    A phase is either a training (:meth:`train`: one :class:`Trainer` with the checkpoint ``name``) or a
+    measurement (:meth:`evaluate`: a function run once, its JSON-able result checkpointed). Call the phases
+    in the same order on every (re)start of the Run:
+
+    - a finished phase is read back from its checkpoint without side effects (no retraining, no logging);
+    - the first unfinished one with a checkpoint resumes from it (``Run.load_checkpoint`` restores the RNG
+      and trims metrics.jsonl to it); without a checkpoint, metrics.jsonl is trimmed to where the last
+      finished phase ended,
+
+    so a resumed Run logs exactly what an uninterrupted one does.
+    """
+
+    def __init__(self, run):
+        self.run = run
+        self.finished_lines = 0  # metrics.jsonl length when the last finished phase ended
+
+    def _trim(self) -> None:
+        """Drop the lines an interrupted, checkpoint-less phase logged."""
+        if self.run.resumed and self.run.metrics_path.exists():
+            lines = self.run.metrics_path.read_text().splitlines()[: self.finished_lines]
+            atomic_write_text(self.run.metrics_path, "".join(line + "\n" for line in lines))
+
+    def train(
+        self,
+        name: str,
+        model: nn.Module,
+        config: TrainConfig,
+        train: PackedSequences,
+        val: PackedSequences | None = None,
+        objective: Callable[..., LMLoss] | None = None,
+        model_config: Any = None,
+    ) -> tuple[nn.Module, list[dict]]:
+        """(the trained model, its validation history). Metrics lines carry ``phase=name``.
+
+        ``model_config`` (a dataclass; default ``model.config``) is saved in the checkpoint for loading later.
+        """
+        store = RunStore(self.run, name)
+        if store.path.exists():
+            full = load_checkpoint(store.path)
+            if full["state"].get("done"):
+                model.load_state_dict(full["state"]["model"])
+                self.finished_lines = full["metrics_lines"]
+                return model, full["state"]["history"]
+        else:
+            self._trim()
+        model_config = model.config if model_config is None else model_config
+        trainer = Trainer(
+            model,
+            config,
+            train,
+            val,
+            objective=objective,
+            store=store,
+            device=self.run.device,
+            progress=self.run.progress,
+            desc=name,
+            tags={"phase": name},
+            extra_state={"model_config": asdict(model_config)},
+        )
+        result = trainer.fit()
+        self.finished_lines = len(self.run.metrics())
+        return trainer.module, result.history
+
+    def evaluate(self, name: str, fn: Callable[[], dict]) -> dict:
+        """``fn() -> JSON-able dict``, run once; its result (and the lines it logged) are checkpointed."""
+        path = self.run.checkpoint_dir / f"{name}.safetensors"
+        if path.exists():
+            full = load_checkpoint(path)
+            self.finished_lines = full["metrics_lines"]
+            return full["state"]
+        self._trim()
+        state = fn()
+        self.run.save_checkpoint(name, state)
+        self.finished_lines = len(self.run.metrics())
+        return state
