@@ -1,10 +1,14 @@
 import json
 
 import pytest
+import torch
 
 from foresight.cli import main
 from foresight.core.registry import VERDICTS
-from foresight.experiments.gemini15_moe import Gemini15MoEConfig
+from foresight.experiments.gemini15_moe import Gemini15MoEConfig, _NeedleObjective, _twins
+from foresight.lm.niah import CharVocab, NeedleTrainingData, answer_weighted_loss
+
+torch.set_num_threads(1)
 
 
 def _log(out):
@@ -27,7 +31,7 @@ def test_tiny_scale_reports_both_claims_a_rule_based_verdict_and_resumes(tmp_pat
     b = m["moe_niah_min_cell_in_range"] >= 0.99
     assert (m["claim_a_lower_nll"], m["claim_b_niah"]) == (a, b)
     assert res["verdict"] == ("reproduced" if a and b else "partial" if a or b else "not reproduced")
-    # compute matching: top-1 MoE = dense twin + one router per block
+    # compute matching: k experts of width F / k per token = the dense twin + one router per block
     assert m["moe_active_params"] == m["dense_params"] + cfg["layers"] * cfg["hidden"] * cfg["num_experts"]
     assert m["moe_params"] > m["moe_active_params"]
     # the NIAH grid covers lengths up to 4x the trained context, the longer ones reported as extrapolation
@@ -43,7 +47,10 @@ def test_tiny_scale_reports_both_claims_a_rule_based_verdict_and_resumes(tmp_pat
     for x in moe_steps:
         assert {"aux_loss", "z_loss", "expert_fraction_min", "expert_fraction_max", "dropped_fraction"} <= set(x)
         assert x["expert_fraction_min"] <= 1 / cfg["num_experts"] <= x["expert_fraction_max"]
-    assert not any("aux_loss" in x for x in lines if x.get("phase") == "dense")
+        # both terms of the training loss are logged; loss = ce + w * answer_ce + moe_loss
+        assert x["loss"] == pytest.approx(x["ce"] + cfg["answer_weight"] * x["answer_ce"] + x["moe_loss"], rel=1e-5)
+    dense_steps = [x for x in lines if x.get("phase") == "dense" and "loss" in x]
+    assert len(dense_steps) == cfg["steps"] and all("answer_ce" in x and "aux_loss" not in x for x in dense_steps)
     assert {x["length"] for x in lines if x.get("phase") == "niah"} == set(lengths)
 
     # a finished run resumes to the same numbers without retraining or re-logging
@@ -70,4 +77,57 @@ def test_config_validation_names_the_bad_value():
         Gemini15MoEConfig(niah_lengths=(40, 256))
     with pytest.raises(ValueError, match=r"gating='switch' is not allowed"):
         Gemini15MoEConfig(gating="switch")
+    with pytest.raises(ValueError, match="intermediate=100 must be a multiple of top_k=3"):
+        Gemini15MoEConfig(intermediate=100, top_k=3)
+    with pytest.raises(ValueError, match="answer_weight must be >= 0, got -0.5"):
+        Gemini15MoEConfig(answer_weight=-0.5)
     assert Gemini15MoEConfig(seq_len=256).grid_lengths() == (128, 256, 512, 1024)  # 64 cannot hold a probe
+
+
+def test_twins_share_every_weight_but_the_ffns_and_match_active_parameters():
+    cfg = Gemini15MoEConfig.preset("tiny")
+    dense, moe = _twins(cfg, vocab_size=70, seed=3)
+    d, m = dense.state_dict(), moe.state_dict()
+    shared = [k for k in m if ".mlp." not in k]
+    assert shared and all(torch.equal(m[k], d[k]) for k in shared)
+    assert not any(k in d for k in m if ".mlp." in k)  # the FFNs differ: experts + router vs one FFN
+    # k experts of width F / k: the dense FFN's parameters per token, plus the [D, E] router per block
+    n_dense = sum(p.numel() for p in dense.parameters())
+    assert moe.num_active_params() == n_dense + cfg.layers * cfg.hidden * cfg.num_experts
+    assert moe.moe_config.base.intermediate_size * cfg.top_k == dense.config.intermediate_size == cfg.intermediate
+
+
+def test_objective_is_the_same_answer_weighted_loss_for_both_models_plus_the_moe_terms():
+    cfg = Gemini15MoEConfig.preset("tiny")
+    text = "Some text. It goes on and on, with full stops. " * 40
+    vocab = CharVocab.for_corpus(text)
+    data = NeedleTrainingData(text, vocab, cfg.seq_len, min_context=cfg.shortest_probe(), seed=0)
+    dense, moe = _twins(cfg, len(vocab), seed=0)
+    ids = [3, 1, 4]
+    x, y = data.batch(ids)
+    objective = _NeedleObjective(data, answer_weight=2.0)
+    mask = data.answer_mask(ids)
+    with torch.no_grad():
+        want, ce, answer_ce = answer_weighted_loss(dense(x).logits, y, mask, 2.0)
+        out = objective(dense, x, y, ids)
+        assert torch.allclose(out.loss, want) and torch.allclose(out.ce, ce)
+        assert set(out.extra) == {"answer_ce"} and torch.allclose(out.extra["answer_ce"], answer_ce)
+        routed = moe(x)
+        want, _, _ = answer_weighted_loss(routed.logits, y, mask, 2.0)
+        out = objective(moe, x, y, ids)
+        assert torch.allclose(out.loss, want + routed.moe_loss)
+        assert {"aux_loss", "z_loss", "moe_loss", "expert_fraction_min", "dropped_fraction"} <= set(out.extra)
+
+
+def test_the_thread_helper_the_experiments_share_restores_the_count_and_checks_it():
+    # (foresight.core.run.torch_threads / Run.cpu_threads; tested here until tests/core has a home for it)
+    from foresight.core.run import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="thread count must be an int >= 1, got 0"):
+        with torch_threads(0):
+            pass
+    assert torch.get_num_threads() == before

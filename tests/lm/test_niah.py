@@ -9,6 +9,7 @@ from foresight.lm.niah import (
     CharVocab,
     NeedleTrainingData,
     answer_exact_match,
+    answer_weighted_loss,
     evaluate_niah,
     insert_needle,
     make_probe,
@@ -142,3 +143,39 @@ def test_evaluator_grid_with_a_perfect_and_a_partial_retriever():
     np.testing.assert_array_equal(again.recall, partial.recall)
     with pytest.raises(ValueError, match="needles must be >= 1, got 0"):
         evaluate_niah(_Oracle(vocab), HAY, vocab, **{**kw, "needles": 0})
+
+
+def test_answer_mask_marks_exactly_the_answer_targets():
+    vocab = CharVocab.for_corpus(HAY)
+    data = NeedleTrainingData(HAY, vocab, 128, min_context=90, seed=1)
+    ids = list(range(12))
+    _, targets = data.batch(ids)
+    mask = data.answer_mask(ids)
+    assert mask.shape == (12, 128) and mask.dtype == torch.bool
+    for b, i in enumerate(ids):
+        probe, _ = data.probe(i)
+        assert mask[b].sum() == len(probe.answer) == 6
+        assert vocab.decode(targets[b][mask[b]]) == probe.answer  # the word and its full stop
+        # the answer's first target follows the question, i.e. the model sees the whole question
+        first = int(mask[b].nonzero()[0])
+        assert vocab.decode(targets[b][first - len(QUESTION) : first]) == QUESTION
+
+
+def test_answer_weighted_loss_adds_the_weighted_answer_ce():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5)
+    targets = torch.tensor([[0, 1, 2, 3], [4, 3, 2, 1]])
+    mask = torch.tensor([[False, False, True, True], [False, True, False, False]])
+    per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(2, 4)
+    loss, ce, answer_ce = answer_weighted_loss(logits, targets, mask, 2.5)
+    assert ce == pytest.approx(float(per.mean()))
+    assert answer_ce == pytest.approx(float((per[0, 2] + per[0, 3] + per[1, 1]) / 3))
+    assert loss == pytest.approx(float(ce + 2.5 * answer_ce))
+    zero, ce0, _ = answer_weighted_loss(logits, targets, mask, 0.0)  # weight 0: plain next-token CE
+    assert zero == ce0 == pytest.approx(float(per.mean()))
+    _, _, none = answer_weighted_loss(logits, targets, torch.zeros_like(mask), 1.0)
+    assert none == 0.0
+    with pytest.raises(ValueError, match="answer_weight must be >= 0, got -1"):
+        answer_weighted_loss(logits, targets, mask, -1.0)
+    with pytest.raises(ValueError, match=r"answer_mask \[2, 3\] disagree"):
+        answer_weighted_loss(logits, targets, mask[:, :3], 1.0)

@@ -22,9 +22,15 @@ Protocol (gkamradt/LLMTest_NeedleInAHaystack, adapted as in shared/papers/gemini
 
 Training (`NeedleTrainingData`): each window holds one probe of random length L in
 [min_context, seq_len + 1] and random depth, followed by the corpus text that continues the haystack
-up to the window's ``seq_len + 1`` characters. The loss is taken on every character, so the model stays
-a language model of the corpus and learns retrieval from the answer characters. Window ``i`` depends
-only on ``(seed, i)``, so the Trainer's ``(seed, position)`` data order resumes exactly.
+up to the window's ``seq_len + 1`` characters. Window ``i`` depends only on ``(seed, i)``, so the
+Trainer's ``(seed, position)`` data order resumes exactly. The loss (`answer_weighted_loss`) is
+
+    loss = CE(every character) + answer_weight * CE(the answer characters)
+
+The first term keeps the model a language model of the corpus. The answer is 1 + word_len of the
+~seq_len targets of a window (6 of 128 at quick scale), so on its own it is a few percent of the
+gradient; the second term gives retrieval a weight of its own, as synthetic-retrieval training does
+(loss on the answers). ``answer_weight = 0`` is plain next-character training.
 
 The tinyshakespeare alphabet (65 characters) has one digit and no guarantee of every letter in every
 context, so the vocabulary is the corpus characters plus the characters of the templates and
@@ -39,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 NEEDLE = " The secret word is {word}."
 QUESTION = "\nWhat is the secret word? The secret word is "
@@ -236,6 +243,43 @@ class NeedleTrainingData:
         """(input_ids, targets), both [B, seq_len] int64."""
         w = torch.from_numpy(np.stack([self.window(int(i)) for i in ids]))  # [B, seq_len + 1]
         return w[:, :-1], w[:, 1:]
+
+    def answer_mask(self, ids: Sequence[int] | np.ndarray) -> torch.Tensor:  # [B, seq_len] bool
+        """True at the targets that are answer characters (the word and its full stop) of each window.
+
+        Target t is window character t + 1, so a probe of length L has its answer at targets
+        [L - answer_len - 1, L - 1).
+        """
+        mask = torch.zeros(len(ids), self.seq_len, dtype=torch.bool)
+        for b, i in enumerate(ids):
+            probe, _ = self.probe(int(i))
+            L = len(probe.text)
+            mask[b, L - probe.answer_len - 1 : L - 1] = True
+        return mask
+
+
+def answer_weighted_loss(
+    logits: torch.Tensor,  # [B, T, V]
+    targets: torch.Tensor,  # [B, T] long
+    answer_mask: torch.Tensor,  # [B, T] bool, True at answer targets
+    answer_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, ce, answer_ce): ``loss = ce + answer_weight * answer_ce``.
+
+    ce: mean next-token CE over every target; answer_ce: mean over the answer targets (0 if none).
+    """
+    if logits.shape[:-1] != targets.shape or answer_mask.shape != targets.shape:
+        raise ValueError(
+            f"logits {list(logits.shape)}, targets {list(targets.shape)} and answer_mask "
+            f"{list(answer_mask.shape)} disagree on [B, T]"
+        )
+    if not answer_weight >= 0:
+        raise ValueError(f"answer_weight must be >= 0, got {answer_weight!r}")
+    per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")  # [B*T]
+    ce = per_token.mean()
+    mask = answer_mask.flatten().to(per_token.dtype)  # [B*T]
+    answer_ce = (per_token * mask).sum() / mask.sum().clamp_min(1.0)
+    return ce + answer_weight * answer_ce, ce, answer_ce
 
 
 # ---------------------------------------------------------------------------------------------
