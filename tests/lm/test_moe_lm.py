@@ -137,12 +137,13 @@ def test_objective_adds_the_weighted_moe_losses_and_trains():
     torch.testing.assert_close(res.ce, ce)
     torch.testing.assert_close(res.loss, ce + out.moe_loss)
     assert float(out.moe_loss.detach()) > 0
-    stats = objective.pop_stats()
+    stats = res.extra
     assert set(stats) == {
         "aux_loss", "z_loss", "moe_loss", "expert_fraction_min", "expert_fraction_max", "dropped_fraction"
     }
-    assert stats["aux_loss"] == pytest.approx(float(out.aux_loss.detach()), rel=1e-5)
-    assert objective.pop_stats() == {}  # reset after popping
+    assert float(stats["aux_loss"]) == pytest.approx(float(out.aux_loss.detach()), rel=1e-5)
+    assert float(stats["expert_fraction_max"]) == pytest.approx(float(out.expert_fraction.max()), rel=1e-6)
+    assert not any(torch.is_tensor(v) and v.requires_grad for v in stats.values())
 
     # zero coefficients: the loss is the CE alone
     plain = _model(aux_loss_coef=0.0, z_loss_coef=0.0)

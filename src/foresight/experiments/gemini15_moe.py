@@ -337,7 +337,7 @@ class _NeedleObjective:
         self.data, self.answer_weight = data, answer_weight
 
     def __call__(self, model, input_ids, targets, window_ids) -> LMLoss:
-        from foresight.lm.moe_lm import MoELMOutput
+        from foresight.lm.moe_lm import MoELMOutput, router_stats
         from foresight.lm.niah import answer_weighted_loss
 
         out = model(input_ids)
@@ -346,15 +346,7 @@ class _NeedleObjective:
         extra = {"answer_ce": answer_ce.detach()}
         if isinstance(out, MoELMOutput):
             loss = loss + out.moe_loss
-            frac = out.expert_fraction  # [L_moe, E]
-            extra.update(
-                aux_loss=out.aux_loss.detach(),
-                z_loss=out.z_loss.detach(),
-                moe_loss=out.moe_loss.detach(),
-                expert_fraction_min=frac.min(),
-                expert_fraction_max=frac.max(),
-                dropped_fraction=out.dropped_fraction,
-            )
+            extra.update(router_stats(out))
         return LMLoss(loss=loss, ce=ce.detach(), extra=extra)
 
     def __repr__(self) -> str:
