@@ -117,17 +117,3 @@ def test_objective_is_the_same_answer_weighted_loss_for_both_models_plus_the_moe
         out = objective(moe, x, y, ids)
         assert torch.allclose(out.loss, want + routed.moe_loss)
         assert {"aux_loss", "z_loss", "moe_loss", "expert_fraction_min", "dropped_fraction"} <= set(out.extra)
-
-
-def test_the_thread_helper_the_experiments_share_restores_the_count_and_checks_it():
-    # (foresight.core.run.torch_threads / Run.cpu_threads; tested here until tests/core has a home for it)
-    from foresight.core.run import torch_threads
-
-    before = torch.get_num_threads()
-    with torch_threads(2):
-        assert torch.get_num_threads() == 2
-    assert torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="thread count must be an int >= 1, got 0"):
-        with torch_threads(0):
-            pass
-    assert torch.get_num_threads() == before

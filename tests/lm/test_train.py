@@ -117,6 +117,28 @@ def test_any_module_with_the_logits_contract_trains():
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
 
 
+def test_objective_extras_are_averaged_over_micro_batches_and_logged():
+    from foresight.lm.distill import LMLoss, next_token_loss
+
+    class WithExtras:  # an objective reporting two extra scalars per micro-batch
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, model, input_ids, targets, window_ids):
+            ce = next_token_loss(model(input_ids).logits, targets)
+            marker = float(window_ids[0])
+            self.seen.append(marker)
+            return LMLoss(loss=ce, ce=ce.detach(), extra={"marker": torch.tensor(marker), "const": 2.5})
+
+    store, objective = NullStore(), WithExtras()
+    Trainer(_model(), _cfg(steps=3, micro_batch_size=2, eval_every=0), _data(), objective=objective, store=store).fit()
+    lines = [line for line in store.lines if "loss" in line]
+    assert len(lines) == 3 and len(objective.seen) == 6  # 2 micro-batches per step
+    for step, line in enumerate(lines):
+        assert line["const"] == pytest.approx(2.5)
+        assert line["marker"] == pytest.approx(sum(objective.seen[2 * step : 2 * step + 2]) / 2)
+
+
 def test_bf16_autocast_trains_on_cpu():
     tr = Trainer(_model(), _cfg(steps=3, precision="bf16"), _data(), _data(seed=1))
     assert tr.autocast_dtype == torch.bfloat16
