@@ -1,4 +1,5 @@
-"""Language models: Gemma 2 (model, presets, HF checkpoint I/O, tokenizer, KV cache, generation).
+"""Language models: Gemma 2 (model, presets, HF checkpoint I/O, tokenizer, KV cache, generation), the
+sparse-MoE LM built on it (Gemini 1.5 system) and a char-level needle-in-a-haystack evaluation.
 
 Example (random weights; `Gemma2.from_pretrained(dir)` reads an HF checkpoint instead)::
 
