@@ -9,7 +9,10 @@ minibatches. Exploration methods plug in through :class:`ExplorationHooks`:
 - ``observe(step)`` sees every transition (replay buffers, visit counters);
 - ``aux_loss(agent)`` -> a scalar added, times ``aux_coef``, to every PPO minibatch loss; its
   parameters (``hooks.parameters()``) join the agent's optimiser, and it may use ``agent.torso``;
-- ``after_update(agent)`` runs once after each PPO update (extra training, target networks, ...).
+- ``after_update(agent)`` runs once after each PPO update (extra training, target networks, ...);
+- ``rollout_reward(rollout, agent)`` -> ``[T, E]`` bonus (or None) computed once the whole rollout is
+  collected and before GAE, for methods whose bonus for step t depends on other steps of the
+  sequence (e.g. BYOL-Explore's multi-step world-model losses); it is added like the per-step bonus.
 
 Written for gymnasium ``VectorEnv``s with same-step autoreset (``info["final_obs"]``), e.g.
 :class:`foresight.rl.gridworlds.GridVectorEnv`. Observations go through :func:`space_encoder`.
@@ -155,6 +158,18 @@ class StepBatch:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Rollout:
+    """A whole rollout, as :meth:`ExplorationHooks.rollout_reward` sees it (the buffers are reused by
+    the next rollout: clone what you keep)."""
+
+    obs: Tensor  # [T, E, O] features of o_t
+    actions: Tensor  # [T, E] long
+    next_obs: Tensor  # [T, E, O] features of o_{t+1} (the true last observation where an episode ended)
+    dones: Tensor  # [T, E] bool, episode ended at step t (obs[t + 1] starts a new one)
+    rewards: Tensor  # [T, E] extrinsic rewards
+
+
 class ExplorationHooks(nn.Module):
     """No exploration: zero bonus, no auxiliary loss. Subclass and override what you need."""
 
@@ -169,6 +184,10 @@ class ExplorationHooks(nn.Module):
 
     def after_update(self, agent: ActorCritic) -> None:
         """Called once after each PPO update (extra training of the hook's own models, targets, ...)."""
+
+    def rollout_reward(self, rollout: Rollout, agent: ActorCritic) -> Tensor | None:
+        """``[T, E]`` bonus for a whole rollout, added (times ``int_coef``) before GAE; None adds nothing."""
+        return None
 
 
 class TabularCountBonus(ExplorationHooks):
@@ -300,6 +319,8 @@ def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationH
     act_buf = torch.zeros(T, E, dtype=torch.long)
     logp_buf = torch.zeros(T, E)
     rew_buf = torch.zeros(T, E)
+    ext_buf = torch.zeros(T, E)  # extrinsic part of rew_buf, for rollout_reward
+    next_buf = torch.zeros(T, E, obs_dim)  # true o_{t+1}, for rollout_reward
     done_buf = torch.zeros(T, E)
     val_buf = torch.zeros(T, E)
 
@@ -328,6 +349,7 @@ def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationH
                 true_next = np.array(raw_next, copy=True)
                 true_next[info["_final_obs"]] = np.asarray(info["final_obs"])[info["_final_obs"]]
             step = StepBatch(x, a, encode(true_next), true_next, torch.as_tensor(done), info)
+            next_buf[t] = step.next_obs
             bonus = hooks.intrinsic_reward(step, agent)
             hooks.observe(step)
             if on_step is not None:
@@ -335,7 +357,8 @@ def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationH
             int_sum += float(bonus.sum())
             obs_buf[t], act_buf[t], val_buf[t] = x, a, out.value
             logp_buf[t] = logp_all.gather(1, a[:, None])[:, 0]
-            rew_buf[t] = torch.as_tensor(r, dtype=torch.float32) + cfg.int_coef * bonus
+            ext_buf[t] = torch.as_tensor(r, dtype=torch.float32)
+            rew_buf[t] = ext_buf[t] + cfg.int_coef * bonus
             done_buf[t] = torch.as_tensor(done, dtype=torch.float32)
             ep_ret += r
             result.env_steps += E
@@ -346,6 +369,12 @@ def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationH
                 ep_ret[i] = 0.0
             x = encode(raw_next)
 
+        seq_bonus = hooks.rollout_reward(Rollout(obs_buf, act_buf, next_buf, done_buf.bool(), ext_buf), agent)
+        if seq_bonus is not None:
+            if seq_bonus.shape != (T, E):
+                raise ValueError(f"rollout_reward must return shape {(T, E)}, got {tuple(seq_bonus.shape)}")
+            rew_buf += cfg.int_coef * seq_bonus.detach()
+            int_sum += float(seq_bonus.sum())
         with torch.no_grad():
             next_value = agent(x).value
         adv, ret = compute_gae(rew_buf, val_buf, done_buf, next_value, cfg.gamma, cfg.gae_lambda)
@@ -397,7 +426,7 @@ def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationH
 
 
 __all__ = [
-    "ActorCritic", "ActorCriticOutput", "ExplorationHooks", "PPOConfig", "PPOResult", "SVDBonusHooks",
+    "ActorCritic", "ActorCriticOutput", "ExplorationHooks", "PPOConfig", "PPOResult", "Rollout", "SVDBonusHooks",
     "StepBatch", "TabularCountBonus", "compute_gae", "layer_init", "space_encoder", "train_ppo",
     "uniform_space_sampler",
 ]
