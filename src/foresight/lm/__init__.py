@@ -17,6 +17,7 @@ from foresight.lm.cache import Gemma2Cache
 from foresight.lm.gemma2 import Gemma2, Gemma2Config, Gemma2Output, alternating_layer_types
 from foresight.lm.generate import generate, generate_stream
 from foresight.lm.moe_lm import MoELM, MoELMConfig, MoELMOutput, MoENextTokenObjective
+from foresight.lm.multimodal import MultimodalConfig, MultimodalDecoder, MultimodalOutput
 from foresight.lm.niah import CharVocab, NeedleTrainingData, NIAHResult, evaluate_niah
 
 __all__ = [
@@ -28,6 +29,9 @@ __all__ = [
     "MoELMConfig",
     "MoELMOutput",
     "MoENextTokenObjective",
+    "MultimodalConfig",
+    "MultimodalDecoder",
+    "MultimodalOutput",
     "CharVocab",
     "NeedleTrainingData",
     "NIAHResult",
