@@ -1,0 +1,172 @@
+"""MABe 2022 format checks, the synthetic stand-in, features, readout and the ridge evaluator."""
+
+import os
+
+import numpy as np
+import pytest
+
+from foresight.behavior import mabe
+from foresight.core.data import ENV_OFFLINE, DataNotFoundError
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return mabe.synthetic_mouse_triplets(8, mabe.SyntheticSpec(frames=300), seed=3)
+
+
+def test_synthetic_clips_have_the_mabe_mouse_format_and_labels(clips):
+    mabe.validate_keypoints_file(clips, labelled=True)
+    assert clips["vocabulary"] == ["strain", "lights", "chases", "close"]
+    seqs = list(clips["sequences"].values())
+    assert len(seqs) == 8 and all(s["keypoints"].shape == (300, 3, 12, 2) for s in seqs)
+    kp = np.stack([s["keypoints"] for s in seqs])
+    assert kp.dtype == np.float32 and 0 < kp.min() and kp.max() < 850  # inside the 850 px arena
+    ann = np.stack([s["annotations"] for s in seqs])  # [8, 4, 300]
+    # sequence-level factors are constant per clip and balanced; frame-level labels vary within clips
+    assert (ann[:, :2] == ann[:, :2, :1]).all()
+    assert ann[:, 0, 0].sum() == 4 and ann[:, 1, 0].sum() == 4
+    assert 0 < ann[:, 2].mean() < 1 and 0 < ann[:, 3].mean() < 1
+    again = mabe.synthetic_mouse_triplets(8, mabe.SyntheticSpec(frames=300), seed=3)
+    assert all(np.array_equal(a["keypoints"], b["keypoints"]) for a, b in zip(seqs, again["sequences"].values()))
+
+
+def test_close_label_matches_the_geometry(clips):
+    s = next(iter(clips["sequences"].values()))
+    centre = s["keypoints"][:, :, 6]  # centre back ~ the body centre, +- tracking noise
+    d = np.linalg.norm(centre[:, :, None] - centre[:, None], axis=-1)
+    d[:, range(3), range(3)] = np.inf
+    far, near = d.min((1, 2)) > 95, d.min((1, 2)) < 85
+    assert (s["annotations"][3][far] == 0).all() and (s["annotations"][3][near] == 1).all()
+
+
+def test_slow_factors_show_in_long_averages():
+    spec = mabe.SyntheticSpec(frames=1800, turn_noise=0.05)
+    data = mabe.synthetic_mouse_triplets(8, spec, seed=0)
+    for s in data["sequences"].values():
+        kp = s["keypoints"].astype(np.float64)
+        body = kp[:, :, 0] - kp[:, :, 9]  # nose - tail base
+        dtheta = np.angle(np.exp(1j * np.diff(np.arctan2(body[..., 1], body[..., 0]), axis=0)))
+        strain = s["annotations"][0, 0]
+        # the mean turn over a whole clip has the strain's sign (walls add noise, so allow a margin)
+        assert np.sign(np.median(dtheta)) == (1 if strain == 1 else -1)
+
+
+def test_validators_name_what_is_wrong(clips):
+    with pytest.raises(ValueError, match="expected a dict with 'vocabulary' and 'sequences'"):
+        mabe.validate_keypoints_file({"sequences": {}})
+    bad = {"vocabulary": [], "sequences": {"a": {"keypoints": np.zeros((10, 3, 11, 2))}}}
+    with pytest.raises(ValueError, match=r"sequence a: keypoints must be \[T, 3, 12, 2\], got \(10, 3, 11, 2\)"):
+        mabe.validate_keypoints_file(bad)
+    bad = {"vocabulary": ["x"], "sequences": {"a": {"keypoints": np.zeros((10, 3, 12, 2)),
+                                                    "annotations": np.zeros((2, 10))}}}
+    with pytest.raises(ValueError, match=r"sequence a: annotations must be \[1, 10\], got \(2, 10\)"):
+        mabe.validate_keypoints_file(bad, labelled=True)
+    with pytest.raises(ValueError, match="missing_rate must be in"):
+        mabe.SyntheticSpec(missing_rate=1.0)
+
+
+def test_round_trip_through_an_npy_file(clips, tmp_path):
+    path = tmp_path / "mouse_triplet_train.npy"
+    np.save(path, np.array(clips, dtype=object), allow_pickle=True)
+    back = mabe.load_keypoints_file(path, labelled=True)
+    assert list(back["sequences"]) == list(clips["sequences"])
+
+
+def test_submission_validation_and_frame_map():
+    fmap = mabe.frame_number_map({"a": 3, "b": 2})
+    assert fmap == {"a": (0, 3), "b": (3, 5)}
+    good = {"frame_number_map": dict(fmap), "embeddings": np.zeros((5, 128), np.float32)}
+    mabe.validate_submission(good, fmap)
+    with pytest.raises(ValueError, match=r"embeddings must be \[5, <= 128\], got \[5, 129\]"):
+        mabe.validate_submission({**good, "embeddings": np.zeros((5, 129), np.float32)}, fmap)
+    with pytest.raises(ValueError, match="frame_number_map differs"):
+        mabe.validate_submission({**good, "frame_number_map": {"b": (0, 2), "a": (2, 5)}}, fmap)
+    nan = np.zeros((5, 4), np.float32)
+    nan[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        mabe.validate_submission({**good, "embeddings": nan}, fmap)
+    with pytest.raises(ValueError, match="float32"):
+        mabe.validate_submission({**good, "embeddings": np.zeros((5, 4))}, fmap)
+
+
+def test_evaluator_metadata_gives_the_split_proportions(tmp_path, monkeypatch):
+    data_dir = os.environ.get("FORESIGHT_DATA", "")
+    if not data_dir or not os.path.isdir(os.path.join(data_dir, "mabe2022-evaluator-metadata")):
+        pytest.skip("FORESIGHT_DATA does not hold the MABe 2022 evaluator metadata")
+    meta = mabe.load_task_metadata()
+    assert meta["split_sizes"] == {"UserTrain": 1600, "SubmissionTrain": 2668, "publicTest": 533, "privateTest": 535}
+    assert {"strain", "lights", "chases", "close"} <= set(meta["task_id_list"])
+    frac = mabe.split_fractions()
+    assert frac["SubmissionTrain"] == pytest.approx(2668 / 3736)
+    splits = mabe.assign_splits([f"s{i}" for i in range(40)], seed=0)
+    assert [list(splits.values()).count(k) for k in mabe.SPLITS] == [28, 6, 6]
+    with pytest.raises(ValueError, match="need at least 4 clips to split, got 3"):
+        mabe.assign_splits(["a", "b", "c"], seed=0)
+    # offline without the metadata: the published counts give the same proportions
+    monkeypatch.delenv("FORESIGHT_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(ENV_OFFLINE, "1")
+    with pytest.raises(DataNotFoundError, match="mabe2022-evaluator-metadata"):
+        mabe.load_task_metadata(data_dir=tmp_path / "empty")
+    assert mabe.split_fractions(data_dir=tmp_path / "empty") == pytest.approx(frac)
+
+
+def test_features_missing_frames_and_pooling():
+    kp = np.arange(1, 2 * 4 * 2 * 1 * 2 + 1, dtype=np.float32).reshape(2, 4, 2, 1, 2)  # [S, T, M, K, 2]
+    kp[0, 2, 1, 0, 0] = 0.0  # clip 0, frame 2, mouse 1 missing (x == 0)
+    x, action, valid = mabe.keypoint_features(kp)
+    assert x.shape == (4, 4, 4) and action.shape == (4, 4, 2)
+    assert np.array_equal(x[0, :, :2], kp[0, :, 0, 0])  # row s * M + a is clip s, animal a
+    assert np.allclose(action[0, 1:], np.diff(kp[0, :, 0, 0], axis=0)) and np.allclose(action[0, 0], action[0, 1])
+    # the missing frame and the step after it are invalid, their values zero
+    assert valid[1].tolist() == [True, True, False, False] and (x[1, 2, :2] == 0).all() and (action[1, 2:] == 0).all()
+    emb = np.random.default_rng(0).normal(size=(6, 5, 3))  # 2 clips x 3 mice
+    pooled = mabe.pool_animals(emb, 3)
+    assert pooled.shape == (2, 5, 6)
+    assert np.allclose(pooled[1, :, :3], emb[3:].mean(0)) and np.allclose(pooled[1, :, 3:], np.ptp(emb[3:], 0))
+    with pytest.raises(ValueError, match=r"keypoints must be \[clips, T, animals, keypoints, 2\]"):
+        mabe.keypoint_features(kp[0])
+
+
+def test_ridge_matches_the_closed_form_and_recovers_a_linear_rule():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 3.0 + 0.01 * rng.normal(size=200)
+    w, b = mabe.ridge_fit(X, y, alpha=1.0)
+    Xc, yc = X - X.mean(0), y - y.mean()
+    assert np.allclose(w, np.linalg.solve(Xc.T @ Xc + np.eye(3), Xc.T @ yc))
+    assert b == pytest.approx(y.mean() - X.mean(0) @ w)
+    assert mabe.balanced_weights(np.array([0, 0, 0, 1])).tolist() == [2 / 3, 2 / 3, 2 / 3, 2.0]
+    assert mabe.f1_binary(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"expected X \[N, D\] and y \[N\]"):
+        mabe.ridge_fit(X, y[:10])
+
+
+def test_linear_probe_decodes_separable_labels_and_not_noise():
+    rng = np.random.default_rng(1)
+    S, T = 30, 20
+    seq = np.repeat(rng.integers(0, 2, S)[:, None], T, 1).astype(float)  # [S, T]
+    frame = rng.integers(0, 2, (S, T)).astype(float)
+    noise = rng.integers(0, 2, (S, T)).astype(float)
+    emb = np.stack([seq + 0.1 * rng.normal(size=(S, T)), frame + 0.1 * rng.normal(size=(S, T)),
+                    rng.normal(size=(S, T))], -1)  # [S, T, 3]; no channel knows "noise"
+    labels = np.stack([seq, frame, noise], 1)  # [S, 3, T]
+    labels[0, 1, :5] = np.nan  # unlabelled frames are dropped
+    splits = list(mabe.assign_splits([str(i) for i in range(S)], seed=0).values())
+    scores = mabe.linear_probe(emb, labels, splits, ("seq", "frame", "noise"), ("seq",))
+    by = {s.task: s for s in scores}
+    assert by["seq"].f1 == 1.0 and by["seq"].pooled_f1 == 1.0 and by["frame"].f1 == 1.0
+    assert by["noise"].f1 < 0.8 and np.isnan(by["frame"].pooled_f1)
+    with pytest.raises(ValueError, match=r"labels must be \[30, 2, 20\]"):
+        mabe.linear_probe(emb, labels, splits, ("seq", "frame"), ())
+
+
+def test_oracle_slow_features_are_causal_moving_averages():
+    T = 6
+    kp = np.zeros((1, T, 3, 12, 2))
+    kp[..., 0, 0] = 1.0  # nose ahead of the tail base along +x: heading 0, no turning
+    kp[..., 6, 0] = 2.0 * np.arange(T)[None, :, None]  # centre back moves 2 px per frame
+    feats = mabe.oracle_slow_features(kp, window=3)  # [1, T, 2]
+    assert feats.shape == (1, T, 2) and np.allclose(feats[..., 0], 0.0)
+    # speeds 0, 2, 2, 2, 2, 2 (no step before frame 0); averages over the last <= 3 frames
+    assert np.allclose(feats[0, :, 1], [0.0, 1.0, 4 / 3, 2.0, 2.0, 2.0])
