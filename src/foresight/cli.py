@@ -130,7 +130,8 @@ def _import_dataset_modules() -> None:
     """Datasets register themselves when their area's loader module is imported."""
     import importlib
 
-    for mod in ("foresight.graph.datasets", "foresight.lm.text_data"):
+    modules = ("foresight.graph.datasets", "foresight.lm.text_data", "foresight.lm.mm_data", "foresight.behavior.mabe")
+    for mod in modules:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError:
