@@ -139,3 +139,18 @@ def test_bad_inputs_raise_value_errors_naming_the_value():
         env.step([0])
     with pytest.raises(ValueError, match="action_probs must be 4 probabilities"):
         GW.tmaze_trajectories(2, 3, 2, action_probs=(0.5, 0.5))
+
+
+def test_coverage_tracker_counts_cells_and_reads_coverage_at_checkpoints():
+    from types import SimpleNamespace
+
+    env = GW.GridVectorEnv(2)
+    W = env.free.shape[1]
+    tracker = GW.CoverageTracker(env, checkpoints=[2, 4, 6, 100])
+    for cells in ([[1, 1], [1, 2]], [[1, 1], [2, 1]], [[1, 1], [1, 1]]):  # (row, col) of 2 envs per step
+        nxt = np.array(cells)
+        tracker(SimpleNamespace(raw_next_obs=nxt, obs=np.zeros((2, 2))))
+    assert tracker.counts[1 * W + 1] == 4 and tracker.counts[1 * W + 2] == 1 and tracker.counts[2 * W + 1] == 1
+    assert tracker.counts.sum() == 6 and tracker.visited == 3
+    assert tracker.coverage == [2, 3, 3]  # after 2, 4 and 6 env steps
+    assert tracker.curve() == [2, 3, 3, 3]  # the checkpoint past the budget gets the final count

@@ -114,20 +114,10 @@ def run_arm(cfg: BYOLExploreExperimentConfig, arm: str, seed: int) -> dict[str, 
         torch.manual_seed(seed + 1)  # the world model's init; train_ppo reseeds for the agent
         byol = BE.BYOLExploreHooks(obs_dim, int(env.single_action_space.n), cfg.num_envs, cfg.byol_config())
         hooks = byol
-    counts = np.zeros(H * W)
     checkpoints = np.linspace(0, cfg.total_steps, cfg.curve_points + 1)[1:]
-    coverage: list[int] = []
-    seen = [0]
-
-    def on_step(step: AG.StepBatch) -> None:
-        np.add.at(counts, env.cell_index(step.raw_next_obs), 1)
-        seen[0] += step.obs.shape[0]
-        while len(coverage) < len(checkpoints) and seen[0] >= checkpoints[len(coverage)]:
-            coverage.append(int((counts > 0).sum()))
-
-    _, res = AG.train_ppo(env, ppo, hooks=hooks, seed=seed, on_step=on_step)
-    # total_steps need not be a multiple of a rollout: pad the last checkpoints with the final coverage
-    coverage += [int((counts > 0).sum())] * (len(checkpoints) - len(coverage))
+    tracker = GW.CoverageTracker(env, checkpoints)
+    _, res = AG.train_ppo(env, ppo, hooks=hooks, seed=seed, on_step=tracker)
+    coverage = tracker.curve()
     succ = np.asarray(res.episode_successes, dtype=float)
     rets = np.asarray(res.episode_returns, dtype=float)
     ends = np.asarray(res.episode_end_steps)

@@ -270,20 +270,10 @@ def part_c(cfg: SVDRepresentationsConfig, seed: int, arm: str) -> dict[str, Any]
                                  bonus_scale=cfg.c_bonus_scale)
         hooks = AG.SVDBonusHooks(explorer, share_torso=cfg.c_share_torso, extra_steps=cfg.c_extra_steps,
                                  lr=cfg.c_svd_lr)
-    counts = np.zeros(H * W)
     checkpoints = np.linspace(0, cfg.c_total_steps, 11)[1:]  # coverage is read at these env steps
-    coverage: list[int] = []
-    seen_steps = [0]
-
-    def on_step(step: AG.StepBatch) -> None:
-        np.add.at(counts, env.cell_index(step.raw_next_obs), 1)
-        seen_steps[0] += step.obs.shape[0]
-        while len(coverage) < len(checkpoints) and seen_steps[0] >= checkpoints[len(coverage)]:
-            coverage.append(int((counts > 0).sum()))
-
-    agent, res = AG.train_ppo(env, ppo, hooks=hooks, seed=seed, on_step=on_step)
-    # total_steps need not be a multiple of the batch: pad the last checkpoints with the final coverage
-    coverage += [int((counts > 0).sum())] * (len(checkpoints) - len(coverage))
+    tracker = GW.CoverageTracker(env, checkpoints)
+    agent, res = AG.train_ppo(env, ppo, hooks=hooks, seed=seed, on_step=tracker)
+    coverage, counts = tracker.curve(), tracker.counts
     succ = np.asarray(res.episode_successes, dtype=float)
     ends = np.asarray(res.episode_end_steps)
     tail = succ[ends > 0.8 * res.env_steps]  # episodes that ended in the last 20% of the steps

@@ -149,6 +149,34 @@ class GridVectorEnv(VectorEnv):
         return self.pos.copy(), reward, terminated, truncated, info
 
 
+class CoverageTracker:
+    """Visit counts of every cell of a :class:`GridVectorEnv` and the number of distinct cells visited
+    at given env-step counts. Pass it as ``train_ppo(..., on_step=tracker)``; it reads the true next
+    observations, so the last cell of every episode counts."""
+
+    def __init__(self, env: GridVectorEnv, checkpoints) -> None:
+        self.env = env
+        self.counts = np.zeros(env.free.size)  # [H * W] visits per row-major cell id
+        self.checkpoints = np.asarray(checkpoints, dtype=float)  # env steps at which coverage is read
+        self.coverage: list[int] = []
+        self.steps = 0
+
+    def __call__(self, step) -> None:  # step: foresight.rl.agents.StepBatch
+        np.add.at(self.counts, self.env.cell_index(step.raw_next_obs), 1)
+        self.steps += step.obs.shape[0]
+        while len(self.coverage) < len(self.checkpoints) and self.steps >= self.checkpoints[len(self.coverage)]:
+            self.coverage.append(self.visited)
+
+    @property
+    def visited(self) -> int:
+        return int((self.counts > 0).sum())
+
+    def curve(self) -> list[int]:
+        """Distinct cells at every checkpoint; those past the last step taken (the step budget need not
+        be a multiple of a rollout) get the final count."""
+        return self.coverage + [self.visited] * (len(self.checkpoints) - len(self.coverage))
+
+
 class GridEnv(gym.Env):
     """The single-environment view of :class:`GridVectorEnv` (no autoreset; call ``reset``)."""
 
