@@ -1,10 +1,9 @@
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from digits_data import digits_data_root
 from foresight.cli import main
 from foresight.core.registry import VERDICTS
 from foresight.experiments.gemini1_multimodal import SPECIALISTS, Gemini1MultimodalConfig, _verdict
@@ -13,11 +12,7 @@ from foresight.lm.mm_data import TASKS
 torch.set_num_threads(1)
 
 
-def _data_root() -> Path:
-    for root in (os.environ.get("FORESIGHT_DATA"), Path(__file__).resolve().parents[3] / "shared" / "data"):
-        if root and (Path(root) / "fsdd" / "recordings").is_dir() and (Path(root) / "sklearn-digits").is_dir():
-            return Path(root)
-    pytest.skip("fsdd/ and sklearn-digits/ not found under $FORESIGHT_DATA or ../shared/data")
+_data_root = digits_data_root
 
 
 def test_config_validation_and_presets():

@@ -6,15 +6,14 @@ Tests that read data need sklearn-digits/ and fsdd/ under $FORESIGHT_DATA or the
 
 import gzip
 import math
-import os
 import shutil
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from digits_data import digits_data_root
 from foresight.core.data import DataNotFoundError
 from foresight.lm.distill import IGNORE_INDEX
 from foresight.lm.gemma2 import Gemma2Config
@@ -40,11 +39,7 @@ from foresight.lm.multimodal import MultimodalConfig
 torch.set_num_threads(1)
 
 
-def _data_root() -> Path:
-    for root in (os.environ.get("FORESIGHT_DATA"), Path(__file__).resolve().parents[3] / "shared" / "data"):
-        if root and (Path(root) / "fsdd" / "recordings").is_dir() and (Path(root) / "sklearn-digits").is_dir():
-            return Path(root)
-    pytest.skip("fsdd/ and sklearn-digits/ not found under $FORESIGHT_DATA or ../shared/data")
+_data_root = digits_data_root
 
 
 def _cfg() -> MultimodalConfig:
