@@ -15,8 +15,6 @@ from foresight.lm import train_cli
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
-
-
 def _args(corpus, out, *extra):
     # global batch 8 = 2 ranks x 2 micro-batches of 2 (accumulation exercised) vs 1 process x 8
     return [

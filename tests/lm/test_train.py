@@ -173,8 +173,6 @@ def test_resume_refuses_a_different_schedule(tmp_path):
 # -- the CLI and the SIGKILL test --------------------------------------------------------------
 
 
-
-
 def _cli_args(corpus, out, *extra):
     return [
         "train-lm",

@@ -35,7 +35,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
-from torch import nn
 
 from foresight.lm.distill import LMLoss, next_token_loss
 from foresight.lm.gemma2 import Gemma2, Gemma2Block, Gemma2Config
@@ -78,32 +77,8 @@ class MoELMConfig:
         """Gemma2Config.tiny() (4 blocks, D=64, F=128 per expert) with 4 experts, top-2, in every block."""
         return cls(base=Gemma2Config.tiny(), moe=MoEConfig(**{"num_experts": 4, "top_k": 2, **moe_overrides}))
 
-    @classmethod
-    def small(cls, vocab_size: int = 128, max_position_embeddings: int = 2048) -> MoELMConfig:
-        """A char-level-sized toy (6 blocks, D=128, 8 Switch experts of F=512, top-1) for CPU experiments."""
-        base = Gemma2Config.tiny(
-            vocab_size=vocab_size,
-            hidden_size=128,
-            intermediate_size=512,
-            num_layers=6,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=32,
-            query_pre_attn_scalar=32.0,
-            sliding_window=128,
-            max_position_embeddings=max_position_embeddings,
-            pad_token_id=None,
-            bos_token_id=None,
-            eos_token_ids=(),
-        )
-        return cls(base=base, moe=MoEConfig(num_experts=8, top_k=1, gating="softmax"))
-
     def replace(self, **changes) -> MoELMConfig:
         return replace(self, **changes)
-
-    @property
-    def num_moe_layers(self) -> int:
-        return len(self.moe_layers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,11 +246,3 @@ class MoENextTokenObjective:
 
     def __repr__(self) -> str:
         return "MoENextTokenObjective()"
-
-
-def moe_lm_param_counts(model: nn.Module) -> dict[str, int]:
-    """{"params", "active_params"} for a MoELM or a dense Gemma2 (active = all for a dense model)."""
-    if isinstance(model, MoELM):
-        return {"params": model.num_params(), "active_params": model.num_active_params()}
-    n = sum(p.numel() for p in model.parameters())
-    return {"params": n, "active_params": n}
