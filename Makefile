@@ -24,6 +24,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -44,9 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--edges-per-node", type=float, default=20.0, help="E = N * this (random directed)")
     ap.add_argument("--feat", type=int, default=64, help="feature dims F (float32)")
     ap.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
-    ap.add_argument(
-        "--repeats", type=int, default=3, help="timed calls per measurement (median); >= 15 below N=1e5"
-    )
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median); >= 15 below N=1e5")
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--p", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in children (0: default)")
@@ -298,9 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 # Small graphs take milliseconds: more calls make the median robust to other jobs.
                 repeats = args.repeats if n >= 100_000 else max(args.repeats, 15)
-                res = run_child(
-                    impl, n, e, args.feat, device, repeats, args.alpha, args.p, args.threads, args.seed
-                )
+                res = run_child(impl, n, e, args.feat, device, repeats, args.alpha, args.p, args.threads, args.seed)
                 res["est_peak_bytes"] = est
                 row[impl] = res
                 print(

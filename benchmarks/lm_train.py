@@ -80,9 +80,7 @@ def main() -> None:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--compile", default="both", choices=("off", "on", "both"), help="ours with torch.compile")
     p.add_argument("--quick", action="store_true", help="a small model and 3 rounds (a smoke run)")
-    p.add_argument(
-        "--out", default=None, help="result JSON (default benchmarks/results/lm_train-<date>.json)"
-    )
+    p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/lm_train-<date>.json)")
     args = p.parse_args()
     if args.quick:
         args.vocab, args.hidden, args.layers, args.seq_len, args.rounds = 1024, 64, 2, 64, 3
@@ -202,11 +200,7 @@ def main() -> None:
         "all_rounds_cpu": cpu,
         "all_rounds_wall": wall,
     }
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(__file__).parent / "results" / f"lm_train-{time.strftime('%Y%m%d')}.json"
-    )
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"lm_train-{time.strftime('%Y%m%d')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     print(f"\n{'variant':28s} {'tok/s (cpu)':>12s} {'tok/s (wall)':>13s}")

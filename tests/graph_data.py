@@ -27,5 +27,7 @@ def data_root() -> Path | None:
 
 ROOT = data_root()
 needs_data = pytest.mark.skipif(
-    ROOT is None, reason="graph data files not found: set FORESIGHT_DATA to a folder holding geom-gcn/, "
-    "heterophilous-graphs/ and planetoid/ (see `foresight data`)")
+    ROOT is None,
+    reason="graph data files not found: set FORESIGHT_DATA to a folder holding geom-gcn/, "
+    "heterophilous-graphs/ and planetoid/ (see `foresight data`)",
+)

@@ -1,11 +1,11 @@
 """The ``foresight`` command line: list, run, reproduce, report, data, generate.
 
-    foresight list
-    foresight run halfhop-heterophily --scale quick --seed 0 --out runs/hh --set epochs=50
-    foresight run halfhop-ssl --resume runs/hh-ssl          # continue a killed run
-    foresight reproduce --scale quick                       # every experiment + one REPORT.md
-    foresight report runs/hh
-    foresight data                                          # where each dataset resolves
+foresight list
+foresight run halfhop-heterophily --scale quick --seed 0 --out runs/hh --set epochs=50
+foresight run halfhop-ssl --resume runs/hh-ssl          # continue a killed run
+foresight reproduce --scale quick                       # every experiment + one REPORT.md
+foresight report runs/hh
+foresight data                                          # where each dataset resolves
 """
 
 from __future__ import annotations
@@ -26,9 +26,17 @@ from foresight.core.run import Run, dumps
 
 
 def execute(
-    exp: registry.Experiment, *, scale: str = "quick", seed: int = 0, out: str | None = None,
-    overrides: list[str] | tuple[str, ...] = (), resume: str | None = None, device: str | None = None,
-    data_dir: str | None = None, progress: bool = True, threads: int | None = None,
+    exp: registry.Experiment,
+    *,
+    scale: str = "quick",
+    seed: int = 0,
+    out: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: str | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+    threads: int | None = None,
 ) -> Path:
     """Run one experiment into a Run folder; write results.json and REPORT.md; return the folder."""
     import torch
@@ -41,14 +49,22 @@ def execute(
             raise ValueError(f"{resume} is a run of {run.experiment!r}, not {exp.name!r}")
     else:
         config = exp.make_config(scale, overrides)
-        run = Run.create(exp.name, config, scale=scale, seed=seed, out=out, device=device,
-                         data_dir=data_dir, progress=progress)
+        run = Run.create(
+            exp.name, config, scale=scale, seed=seed, out=out, device=device, data_dir=data_dir, progress=progress
+        )
     t0 = time.time()
     result = exp.fn(run.config, run)
     record = {
-        "experiment": exp.name, "system": exp.system, "paper": exp.paper, "claim": exp.claim,
-        "scale": run.scale, "seed": run.seed, "device": str(run.device),
-        **dataclasses.asdict(result), "wall_seconds": time.time() - t0, "config": run.config.to_dict(),
+        "experiment": exp.name,
+        "system": exp.system,
+        "paper": exp.paper,
+        "claim": exp.claim,
+        "scale": run.scale,
+        "seed": run.seed,
+        "device": str(run.device),
+        **dataclasses.asdict(result),
+        "wall_seconds": time.time() - t0,
+        "config": run.config.to_dict(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_text(run.dir / "results.json", dumps(record))
@@ -65,8 +81,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     exp = registry.get(args.experiment)
     run_dir = execute(
-        exp, scale=args.scale, seed=args.seed, out=args.out, overrides=args.set, resume=args.resume,
-        device=args.device, data_dir=args.data_dir, progress=not args.no_progress, threads=args.threads,
+        exp,
+        scale=args.scale,
+        seed=args.seed,
+        out=args.out,
+        overrides=args.set,
+        resume=args.resume,
+        device=args.device,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        threads=args.threads,
     )
     print(f"wrote {run_dir / 'REPORT.md'}")
     print((run_dir / "REPORT.md").read_text())
@@ -84,18 +108,39 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"== {name} ({exp.system}) at scale {args.scale}", flush=True)
         t0 = time.time()
         try:
-            execute(exp, scale=args.scale, seed=args.seed, out=str(run_dir), device=args.device,
-                    data_dir=args.data_dir, progress=not args.no_progress, threads=args.threads)
+            execute(
+                exp,
+                scale=args.scale,
+                seed=args.seed,
+                out=str(run_dir),
+                device=args.device,
+                data_dir=args.data_dir,
+                progress=not args.no_progress,
+                threads=args.threads,
+            )
         except Exception:  # one failing experiment must not hide the others' results
             failed.append(name)
             tb = traceback.format_exc()
             print(tb, file=sys.stderr)
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "results.json", dumps({
-                "experiment": name, "system": exp.system, "paper": exp.paper, "claim": exp.claim,
-                "scale": args.scale, "seed": args.seed, "verdict": "error", "rule": "", "metrics": {},
-                "wall_seconds": time.time() - t0, "error": tb[-4000:],
-            }))
+            atomic_write_text(
+                run_dir / "results.json",
+                dumps(
+                    {
+                        "experiment": name,
+                        "system": exp.system,
+                        "paper": exp.paper,
+                        "claim": exp.claim,
+                        "scale": args.scale,
+                        "seed": args.seed,
+                        "verdict": "error",
+                        "rule": "",
+                        "metrics": {},
+                        "wall_seconds": time.time() - t0,
+                        "error": tb[-4000:],
+                    }
+                ),
+            )
         dirs.append(run_dir)
     report = write_combined_report(dirs, out / "REPORT.md")
     print(f"wrote {report}")
@@ -116,8 +161,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     _import_dataset_modules()
     rows = data.status(args.data_dir)
-    print("search order: " + " -> ".join(f"{why} ({root})" for why, root in data.candidate_roots(args.data_dir))
-          + " -> pinned download")
+    print(
+        "search order: "
+        + " -> ".join(f"{why} ({root})" for why, root in data.candidate_roots(args.data_dir))
+        + " -> pinned download"
+    )
     for row in rows:
         state = "ok" if not row["missing"] else f"missing {len(row['missing'])}/{row['files']} files"
         print(f"{row['dataset']:24s} {state:28s} {row['where']}")
@@ -139,8 +187,9 @@ def _import_dataset_modules() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="foresight", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="foresight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:

@@ -26,9 +26,17 @@ torch.set_num_threads(1)
 
 
 def _small(**kw) -> BAMSConfig:
-    base = dict(input_dim=5, action_dim=2, short=TCNConfig(channels=(6, 4), dilation_base=2),
-                long=TCNConfig(channels=(6, 4), dilation_base=3), hoa_bins=8, hoa_window=4, hoa_hidden=(16,),
-                short_skip=3, long_skip=4)
+    base = dict(
+        input_dim=5,
+        action_dim=2,
+        short=TCNConfig(channels=(6, 4), dilation_base=2),
+        long=TCNConfig(channels=(6, 4), dilation_base=3),
+        hoa_bins=8,
+        hoa_window=4,
+        hoa_hidden=(16,),
+        short_skip=3,
+        long_skip=4,
+    )
     return BAMSConfig(**{**base, **kw})
 
 
@@ -40,8 +48,13 @@ def test_receptive_fields_match_the_public_code_defaults():
     assert cfg.embedding_dim == 64 and cfg.short.receptive_field == 61 and cfg.long.receptive_field == 1365
 
 
-@pytest.mark.parametrize("config", [TCNConfig(channels=(4, 4, 3), dilation_base=2, dropout=0.0),
-                                    TCNConfig(channels=(3, 3), kernel_size=4, dilation_base=3, dropout=0.0)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        TCNConfig(channels=(4, 4, 3), dilation_base=2, dropout=0.0),
+        TCNConfig(channels=(3, 3), kernel_size=4, dilation_base=3, dropout=0.0),
+    ],
+)
 def test_tcn_is_causal_and_its_receptive_field_is_exact(config):
     torch.manual_seed(0)
     tcn = TCN(2, config).eval()
@@ -52,7 +65,7 @@ def test_tcn_is_causal_and_its_receptive_field_is_exact(config):
     y = tcn(x)
     assert y.shape == (1, T, config.channels[-1])
     x_future = x.clone()
-    x_future[:, t + 1:] += torch.randn(1, T - t - 1, 2)  # changing the future leaves outputs <= t unchanged
+    x_future[:, t + 1 :] += torch.randn(1, T - t - 1, 2)  # changing the future leaves outputs <= t unchanged
     assert torch.allclose(tcn(x_future)[:, : t + 1], y[:, : t + 1])
     # the output at t sees frame t - rf + 1 but not t - rf
     x_in = x.clone()

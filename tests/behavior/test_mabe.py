@@ -57,8 +57,10 @@ def test_validators_name_what_is_wrong(clips):
     bad = {"vocabulary": [], "sequences": {"a": {"keypoints": np.zeros((10, 3, 11, 2))}}}
     with pytest.raises(ValueError, match=r"sequence a: keypoints must be \[T, 3, 12, 2\], got \(10, 3, 11, 2\)"):
         mabe.validate_keypoints_file(bad)
-    bad = {"vocabulary": ["x"], "sequences": {"a": {"keypoints": np.zeros((10, 3, 12, 2)),
-                                                    "annotations": np.zeros((2, 10))}}}
+    bad = {
+        "vocabulary": ["x"],
+        "sequences": {"a": {"keypoints": np.zeros((10, 3, 12, 2)), "annotations": np.zeros((2, 10))}},
+    }
     with pytest.raises(ValueError, match=r"sequence a: annotations must be \[1, 10\], got \(2, 10\)"):
         mabe.validate_keypoints_file(bad, labelled=True)
     with pytest.raises(ValueError, match="missing_rate must be in"):
@@ -148,8 +150,9 @@ def test_linear_probe_decodes_separable_labels_and_not_noise():
     seq = np.repeat(rng.integers(0, 2, S)[:, None], T, 1).astype(float)  # [S, T]
     frame = rng.integers(0, 2, (S, T)).astype(float)
     noise = rng.integers(0, 2, (S, T)).astype(float)
-    emb = np.stack([seq + 0.1 * rng.normal(size=(S, T)), frame + 0.1 * rng.normal(size=(S, T)),
-                    rng.normal(size=(S, T))], -1)  # [S, T, 3]; no channel knows "noise"
+    emb = np.stack(
+        [seq + 0.1 * rng.normal(size=(S, T)), frame + 0.1 * rng.normal(size=(S, T)), rng.normal(size=(S, T))], -1
+    )  # [S, T, 3]; no channel knows "noise"
     labels = np.stack([seq, frame, noise], 1)  # [S, 3, T]
     labels[0, 1, :5] = np.nan  # unlabelled frames are dropped
     splits = list(mabe.assign_splits([str(i) for i in range(S)], seed=0).values())

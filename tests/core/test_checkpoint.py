@@ -18,8 +18,7 @@ def test_round_trip_nested_state_with_optimizer(tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    state = {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3, "hist": [1.5, None],
-             "pair": (1, "a")}
+    state = {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3, "hist": [1.5, None], "pair": (1, "a")}
     save_checkpoint(tmp_path / "c.safetensors", state)
     back = load_checkpoint(tmp_path / "c.safetensors")
     assert back["epoch"] == 3 and back["hist"] == [1.5, None] and back["pair"] == (1, "a")

@@ -28,14 +28,19 @@ def _echo(cfg: EchoConfig, run) -> Result:
         run.log(step=step, value=cfg.value * step)
         run.save_checkpoint("loop", {"step": step + 1})
     ok = cfg.value > 0
-    return Result(verdict="reproduced" if ok else "not reproduced", rule="value > 0",
-                  metrics={"value": cfg.value, "steps": cfg.steps}, table=[{"value": cfg.value}])
+    return Result(
+        verdict="reproduced" if ok else "not reproduced",
+        rule="value > 0",
+        metrics={"value": cfg.value, "steps": cfg.steps},
+        table=[{"value": cfg.value}],
+    )
 
 
 def test_run_writes_results_and_report(tmp_path, capsys):
     out = tmp_path / "r"
-    assert cli.main(["run", "test-echo", "--scale", "tiny", "--out", str(out), "--set", "value=2.5",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["run", "test-echo", "--scale", "tiny", "--out", str(out), "--set", "value=2.5", "--no-progress"]) == 0
+    )
     res = json.loads((out / "results.json").read_text())
     for key in ("experiment", "system", "claim", "scale", "seed", "verdict", "metrics", "wall_seconds"):
         assert key in res
@@ -72,8 +77,7 @@ def test_refuses_to_overwrite_a_run(tmp_path, capsys):
 
 def test_reproduce_writes_combined_report(tmp_path):
     out = tmp_path / "rep"
-    assert cli.main(["reproduce", "--scale", "tiny", "--out", str(out), "--only", "test-echo",
-                     "--no-progress"]) == 0
+    assert cli.main(["reproduce", "--scale", "tiny", "--out", str(out), "--only", "test-echo", "--no-progress"]) == 0
     text = (out / "REPORT.md").read_text()
     assert "test-echo" in text and "reproduced" in text
 

@@ -12,8 +12,7 @@ def spec(tmp_path):
     src.parent.mkdir()
     src.write_text("hello")
     sha = hashlib.sha256(b"hello").hexdigest()
-    s = DatasetSpec(name="toy-set", files=(RemoteFile("sub/a.txt", src.as_uri(), sha),),
-                    source="test", license="none")
+    s = DatasetSpec(name="toy-set", files=(RemoteFile("sub/a.txt", src.as_uri(), sha),), source="test", license="none")
     register_dataset(s)
     return s
 

@@ -62,14 +62,21 @@ def test_tiny_run_reports_every_variant_a_rule_based_verdict_and_resumes(tmp_pat
 
 def test_verdict_rule():
     def g(ms, mf, ss, sf, ls, lf):
-        return {"multiscale": {"sequence": ms, "frame": mf}, "short-only": {"sequence": ss, "frame": sf},
-                "long-only": {"sequence": ls, "frame": lf}}
+        return {
+            "multiscale": {"sequence": ms, "frame": mf},
+            "short-only": {"sequence": ss, "frame": sf},
+            "long-only": {"sequence": ls, "frame": lf},
+        }
 
     assert verdict_from_scores(g(0.9, 0.9, 0.5, 0.8, 0.8, 0.5))[0] == "reproduced"
     # better than each twin where it lacks a timescale, but the short twin wins frame-level: partial
     verdict, wins = verdict_from_scores(g(0.9, 0.7, 0.5, 0.8, 0.8, 0.5))
-    assert verdict == "partial" and wins == {"sequence > short-only": True, "frame > long-only": True,
-                                             "sequence > long-only": True, "frame > short-only": False}
+    assert verdict == "partial" and wins == {
+        "sequence > short-only": True,
+        "frame > long-only": True,
+        "sequence > long-only": True,
+        "frame > short-only": False,
+    }
     assert verdict_from_scores(g(0.6, 0.9, 0.7, 0.8, 0.8, 0.5))[0] == "not reproduced"
 
 

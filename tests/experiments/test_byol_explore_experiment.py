@@ -19,8 +19,15 @@ def test_tiny_run_writes_a_verdict_table_and_figures_and_resumes(tmp_path, monke
     assert res["system"] == "BYOL-Explore"
     m = res["metrics"]
     for arm in ("ppo", "byol", "count"):
-        for key in ("success_rate", "final_success", "final_return", "coverage", "coverage_auc",
-                    "found_goal_seeds", "steps_per_second"):
+        for key in (
+            "success_rate",
+            "final_success",
+            "final_return",
+            "coverage",
+            "coverage_auc",
+            "found_goal_seeds",
+            "steps_per_second",
+        ):
             assert f"{arm}_{key}" in m, (arm, key)
         assert 0.0 < m[f"{arm}_coverage_auc"] <= 1.0 and m[f"{arm}_steps_per_second"] > 0
     assert m["byol_wm_loss_last"] > 0
@@ -71,8 +78,11 @@ def test_verdict_rule_on_hand_made_numbers():
     # better coverage, same goal rate: partial
     assert X.verdict(arm([0.0, 0.0, 1.0, 0.0, 0.0], [0.7] * 5), ppo) == ("partial", False, True)
     # higher mean success carried by one seed only: the paired criterion fails
-    assert X.verdict(arm([1.0, 1.0, 0.0, 0.0, 0.0], [0.5] * 5),
-                     arm([0.0, 0.0, 0.2, 0.2, 0.2], [0.6] * 5)) == ("not reproduced", False, False)
+    assert X.verdict(arm([1.0, 1.0, 0.0, 0.0, 0.0], [0.5] * 5), arm([0.0, 0.0, 0.2, 0.2, 0.2], [0.6] * 5)) == (
+        "not reproduced",
+        False,
+        False,
+    )
     assert X.verdict(arm([0.0] * 5, [0.5] * 5), ppo) == ("not reproduced", False, False)
     # ties are not wins: one seed better, four tied (mean +0.2) fails the paired criterion
     assert X.verdict(arm([1.0, 0.0, 1.0, 0.0, 0.0], [0.6] * 5), ppo) == ("not reproduced", False, False)

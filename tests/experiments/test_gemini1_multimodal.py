@@ -43,8 +43,19 @@ def test_verdict_rule():
 
 def test_tiny_run_reports_a_rule_based_verdict_and_resumes(tmp_path):
     out = tmp_path / "r"
-    args = ["run", "gemini1-multimodal", "--scale", "tiny", "--out", str(out), "--no-progress", "--threads", "1",
-            "--data-dir", str(_data_root())]
+    args = [
+        "run",
+        "gemini1-multimodal",
+        "--scale",
+        "tiny",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--data-dir",
+        str(_data_root()),
+    ]
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["verdict"] in VERDICTS and res["system"] == "Gemini 1.0"
@@ -64,14 +75,42 @@ def test_tiny_run_reports_a_rule_based_verdict_and_resumes(tmp_path):
 
     # a finished run resumes to the same numbers without retraining or re-logging
     text = (out / "metrics.jsonl").read_text()
-    assert main(["run", "gemini1-multimodal", "--resume", str(out), "--no-progress", "--threads", "1",
-                 "--data-dir", str(_data_root())]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "gemini1-multimodal",
+                "--resume",
+                str(out),
+                "--no-progress",
+                "--threads",
+                "1",
+                "--data-dir",
+                str(_data_root()),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "results.json").read_text())["metrics"] == m
     assert (out / "metrics.jsonl").read_text() == text
 
     # an interrupted run (the eval phase and one training lost) resumes to the same numbers
     (out / "checkpoints" / "eval.safetensors").unlink()
     (out / "checkpoints" / "text.safetensors").unlink()
-    assert main(["run", "gemini1-multimodal", "--resume", str(out), "--no-progress", "--threads", "1",
-                 "--data-dir", str(_data_root())]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "gemini1-multimodal",
+                "--resume",
+                str(out),
+                "--no-progress",
+                "--threads",
+                "1",
+                "--data-dir",
+                str(_data_root()),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "results.json").read_text())["metrics"] == m

@@ -33,13 +33,9 @@ def test_tiny_scale_reports_both_curves_a_rule_based_verdict_and_resumes(tmp_pat
     # the verdict follows the stated rule from the reported numbers
     wins = sum(m[f"kd_val_nll_{b}"] < m[f"ntp_val_nll_{b}"] for b in budgets)
     assert m["kd_wins"] == wins
-    assert res["verdict"] == (
-        "reproduced" if wins == len(budgets) else "partial" if wins else "not reproduced"
-    )
+    assert res["verdict"] == ("reproduced" if wins == len(budgets) else "partial" if wins else "not reproduced")
     assert m["teacher_params"] > m["student_params"]
-    assert m["teacher_val_nll"] < min(
-        m[f"ntp_val_nll_{b}"] for b in budgets
-    )  # the teacher is the better model
+    assert m["teacher_val_nll"] < min(m[f"ntp_val_nll_{b}"] for b in budgets)  # the teacher is the better model
     assert (out / "figures" / "val_nll_curves.png").stat().st_size > 0
     assert "teacher run online" in res["protocol"] and not (out / "teacher_topk").exists()
     metrics_text = (out / "metrics.jsonl").read_text()

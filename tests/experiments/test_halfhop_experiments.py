@@ -67,8 +67,22 @@ def test_view_augmentations_compose_drop_and_half_hop():
 @pytest.fixture(scope="module")
 def hh_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("hh") / "r"
-    assert main(["run", "halfhop-heterophily", "--scale", "tiny", "--out", str(out), "--no-progress",
-                 "--data-dir", str(ROOT)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "halfhop-heterophily",
+                "--scale",
+                "tiny",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--data-dir",
+                str(ROOT),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -98,8 +112,19 @@ def test_heterophily_resume_reuses_finished_pairs(hh_tiny):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "foresight.cli", "run", "halfhop-ssl", *args, "--no-progress", "--threads", "1",
-            "--data-dir", str(ROOT)]
+    return [
+        sys.executable,
+        "-m",
+        "foresight.cli",
+        "run",
+        "halfhop-ssl",
+        *args,
+        "--no-progress",
+        "--threads",
+        "1",
+        "--data-dir",
+        str(ROOT),
+    ]
 
 
 @needs_data
@@ -107,10 +132,12 @@ def test_ssl_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     # the uninterrupted reference runs alongside the one that gets killed
-    full = subprocess.Popen(_cli("--scale", "tiny", "--out", str(full_dir)), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    victim = subprocess.Popen(_cli("--scale", "tiny", "--out", str(killed_dir)), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    full = subprocess.Popen(
+        _cli("--scale", "tiny", "--out", str(full_dir)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    victim = subprocess.Popen(
+        _cli("--scale", "tiny", "--out", str(killed_dir)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = killed_dir / "checkpoints" / "bgrl.safetensors"
     deadline = time.time() + 120
     while not ckpt.exists() and victim.poll() is None and time.time() < deadline:

@@ -24,13 +24,27 @@ def test_tiny_run_writes_a_valid_result(tiny_run):
     subs = [row["sub-verdict"] for row in res["table"]]
     assert len(res["table"]) == 4 and all(v in VERDICTS for v in subs)
     # the overall verdict follows the stated rule from the sub-verdicts
-    expected = ("reproduced" if subs.count("reproduced") == 4
-                else "not reproduced" if subs.count("not reproduced") == 4 else "partial")
+    expected = (
+        "reproduced"
+        if subs.count("reproduced") == 4
+        else "not reproduced"
+        if subs.count("not reproduced") == 4
+        else "partial"
+    )
     assert res["verdict"] == expected
     m = res["metrics"]
-    for key in ("a_semi_optimal_drift_max", "b_eigen_subspace_frac", "b_top_abs_frac", "b_extremal_frac",
-                "c_bi_phi_U_mean", "c_bi_psi_V_mean", "c_byol_U_mean", "d_ode_alignment_mean",
-                "d_alignment_mean[onehot]", "a_collapse_frac[full gradient + optimal P*]"):
+    for key in (
+        "a_semi_optimal_drift_max",
+        "b_eigen_subspace_frac",
+        "b_top_abs_frac",
+        "b_extremal_frac",
+        "c_bi_phi_U_mean",
+        "c_bi_psi_V_mean",
+        "c_byol_U_mean",
+        "d_ode_alignment_mean",
+        "d_alignment_mean[onehot]",
+        "a_collapse_frac[full gradient + optimal P*]",
+    ):
         assert key in m, key
     # the idealised claims are exact enough to hold even at tiny scale
     assert m["a_semi_optimal_drift_max"] < 1e-6
@@ -67,14 +81,28 @@ def test_config_validation_names_the_value():
 
 def test_sub_verdict_rules_follow_the_numbers():
     cfg = SelfPredictiveConfig()
-    sym = {"clean_frac": 0.95, "top_abs_frac": 0.5, "top_real_frac": 0.3, "extremal_frac": 1.0,
-           "purity_mean": 0.999, "align_top_abs_mean": 0.8}
+    sym = {
+        "clean_frac": 0.95,
+        "top_abs_frac": 0.5,
+        "top_real_frac": 0.3,
+        "extremal_frac": 1.0,
+        "purity_mean": 0.999,
+        "align_top_abs_mean": 0.8,
+    }
     b = {"symmetric T": sym, "lazy (I + T)/2": dict(sym, top_abs_frac=1.0)}
     assert verdict_spectral(cfg, b)["verdict"] == "reproduced"
     assert verdict_spectral(cfg, {**b, "symmetric T": dict(sym, clean_frac=0.6)})["verdict"] == "partial"
     assert verdict_spectral(cfg, {**b, "symmetric T": dict(sym, clean_frac=0.2)})["verdict"] == "not reproduced"
-    c = {"bi_phi_U_mean": 0.995, "bi_psi_V_mean": 0.995, "bi_min": 0.97, "bi_frac_above": 0.9,
-         "byol_U_mean": 0.6, "byol_V_mean": 0.5, "nonuniform_whitened_U_mean": 1.0, "nonuniform_whitened_V_mean": 1.0}
+    c = {
+        "bi_phi_U_mean": 0.995,
+        "bi_psi_V_mean": 0.995,
+        "bi_min": 0.97,
+        "bi_frac_above": 0.9,
+        "byol_U_mean": 0.6,
+        "byol_V_mean": 0.5,
+        "nonuniform_whitened_U_mean": 1.0,
+        "nonuniform_whitened_V_mean": 1.0,
+    }
     assert verdict_bidirectional(cfg, c)["verdict"] == "reproduced"
     # BYOL-Π as good as bidirectional: the contrast is missing, so only partial
     assert verdict_bidirectional(cfg, dict(c, byol_U_mean=0.99))["verdict"] == "partial"

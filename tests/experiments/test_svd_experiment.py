@@ -18,11 +18,22 @@ def test_tiny_run_writes_a_verdict_table_and_figures(tmp_path):
     assert res["verdict"] in VERDICTS
     assert res["system"] == "SVD representations"
     m = res["metrics"]
-    keys = ("a_tabular_alignment", "a_neural_alignment", "a_tabular_max_angle_deg",
-            "b_spearman_elliptical", "b_spearman_density_ratio", "b_spearman_norm_shortcut",
-            "c_svd_success_rate", "c_none_success_rate", "c_count_success_rate", "c_svd_coverage_auc",
-            "c_env_steps_per_second", "c_svd_pseudo_count_spearman",
-            "d_history_hidden_acc", "d_last_obs_hidden_acc")
+    keys = (
+        "a_tabular_alignment",
+        "a_neural_alignment",
+        "a_tabular_max_angle_deg",
+        "b_spearman_elliptical",
+        "b_spearman_density_ratio",
+        "b_spearman_norm_shortcut",
+        "c_svd_success_rate",
+        "c_none_success_rate",
+        "c_count_success_rate",
+        "c_svd_coverage_auc",
+        "c_env_steps_per_second",
+        "c_svd_pseudo_count_spearman",
+        "d_history_hidden_acc",
+        "d_last_obs_hidden_acc",
+    )
     for key in keys:
         assert key in m, key
     assert m["c_env_steps_per_second"] > 0
@@ -32,8 +43,7 @@ def test_tiny_run_writes_a_verdict_table_and_figures(tmp_path):
     assert all(row["sub-verdict"] in VERDICTS for row in res["table"])
     # the overall verdict follows from the sub-verdicts by the stated rule
     subs = set(m["sub_verdicts"].values())
-    expected = ("reproduced" if subs == {"reproduced"} else "not reproduced" if subs == {"not reproduced"}
-                else "partial")
+    expected = "reproduced" if subs == {"reproduced"} else "not reproduced" if subs == {"not reproduced"} else "partial"
     assert res["verdict"] == expected
     for fig in res["figures"]:
         assert (out / "figures" / fig).stat().st_size > 1000
@@ -83,8 +93,10 @@ def test_verdict_rules_on_hand_made_numbers():
     assert X._verdict_c({"none": none, "svd": arm([0.5] * 5, [0.9] * 5)}) == "pass"
     assert X._verdict_c({"none": none, "svd": arm([0.0] * 5, [0.9] * 5)}) == "partial"
     assert X._verdict_c({"none": none, "svd": arm([0.0] * 5, [0.7] * 5)}) == "fail"
-    rows = [{"history_hidden_acc": 0.9, "last_obs_hidden_acc": 0.3}, {"history_hidden_acc": 0.35,
-                                                                      "last_obs_hidden_acc": 0.3}]
+    rows = [
+        {"history_hidden_acc": 0.9, "last_obs_hidden_acc": 0.3},
+        {"history_hidden_acc": 0.35, "last_obs_hidden_acc": 0.3},
+    ]
     assert X._verdict_d(rows) == "partial"
     assert X._verdict_b([{"spearman_elliptical": 0.96}, {"spearman_elliptical": 0.86}]) == "pass"
     assert X._verdict_b([{"spearman_elliptical": 0.95}, {"spearman_elliptical": 0.5}]) == "partial"

@@ -160,8 +160,9 @@ def planted_graph(n=120, seed=0):
     for s in range(2):
         perm = torch.randperm(n, generator=g)
         masks[0, perm[:60], s], masks[1, perm[60:90], s], masks[2, perm[90:], s] = True, True, True
-    return Data(x=x, edge_index=coalesce(ei, num_nodes=n), y=y, train_mask=masks[0], val_mask=masks[1],
-                test_mask=masks[2])
+    return Data(
+        x=x, edge_index=coalesce(ei, num_nodes=n), y=y, train_mask=masks[0], val_mask=masks[1], test_mask=masks[2]
+    )
 
 
 @pytest.mark.parametrize("alpha,p", [(None, 1.0), (0.5, 1.0), (0.5, 0.5)])

@@ -94,9 +94,7 @@ def test_golden_case_1_p1():
 
 
 GOLDEN_2_EI = torch.tensor([[1, 0, 1, 2, 0, 1, 2, 3, 4, 5, 1, 2, 1], [0, 0, 1, 2, 3, 4, 5, 1, 2, 1, 3, 4, 5]])
-GOLDEN_2_X = torch.cat(
-    [GOLDEN_X, torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10], [7, 8, 9, 10]], dtype=torch.float)]
-)
+GOLDEN_2_X = torch.cat([GOLDEN_X, torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10], [7, 8, 9, 10]], dtype=torch.float)])
 
 
 def test_golden_case_2_seeded():
@@ -237,13 +235,9 @@ def test_counts_features_loops_and_attrs(g, alpha: float):
         assert torch.equal(out.edge_attr[kl + j * m : kl + (j + 1) * m], attr[hop])
     # slow nodes have in-degree 2 and out-degree 1
     assert torch.equal(torch.bincount(out.edge_index[1], minlength=n + m)[n:], torch.full((m,), 2))
-    assert torch.equal(
-        torch.bincount(out.edge_index[0], minlength=n + m)[n:], torch.ones(m, dtype=torch.long)
-    )
+    assert torch.equal(torch.bincount(out.edge_index[0], minlength=n + m)[n:], torch.ones(m, dtype=torch.long))
     # inputs unchanged
-    assert (
-        torch.equal(x, x0) and torch.equal(ei, ei0) and torch.equal(attr, attr0) and torch.equal(mask, mask0)
-    )
+    assert torch.equal(x, x0) and torch.equal(ei, ei0) and torch.equal(attr, attr0) and torch.equal(mask, mask0)
 
 
 @given(graphs(max_nodes=8, max_edges=16))
@@ -409,11 +403,7 @@ def test_int32_edge_index_and_empty_graphs():
     assert out.edge_index.dtype == torch.int32
     assert torch.equal(out.edge_index.long(), half_hop(GOLDEN_X, GOLDEN_EI).edge_index)
     empty = half_hop(GOLDEN_X, torch.empty(2, 0, dtype=torch.long), edge_attr=torch.empty(0, 3))
-    assert (
-        torch.equal(empty.x, GOLDEN_X)
-        and empty.edge_index.shape == (2, 0)
-        and empty.edge_attr.shape == (0, 3)
-    )
+    assert torch.equal(empty.x, GOLDEN_X) and empty.edge_index.shape == (2, 0) and empty.edge_attr.shape == (0, 3)
     none = half_hop(torch.empty(0, 2), torch.empty(2, 0, dtype=torch.long))
     assert none.x.shape == (0, 2) and none.slow_node_mask.shape == (0,)
 
@@ -485,9 +475,7 @@ def test_bad_features():
 
 
 def test_bad_edge_tensor_lengths():
-    with pytest.raises(
-        ValueError, match=r"edge_attr must have one row per edge, i.e. shape \[E=7, ...\], got"
-    ):
+    with pytest.raises(ValueError, match=r"edge_attr must have one row per edge, i.e. shape \[E=7, ...\], got"):
         half_hop(GOLDEN_X, GOLDEN_EI, edge_attr=torch.randn(6, 2))
     data = golden_data()
     data.edge_weight = torch.ones(8)

@@ -111,9 +111,7 @@ def test_bad_arguments_raise_value_errors(logits):
 
 def test_tokenizer_mismatch_is_a_clear_value_error():
     check_teacher_student(300, 300, "a" * 64, "a" * 64)
-    with pytest.raises(
-        ValueError, match="tokenizer mismatch: teacher vocab_size=512 but student vocab_size=300"
-    ):
+    with pytest.raises(ValueError, match="tokenizer mismatch: teacher vocab_size=512 but student vocab_size=300"):
         check_teacher_student(512, 300, "a" * 64, "a" * 64)
     with pytest.raises(ValueError, match="tokenizer mismatch: teacher tokenizer.json sha256 aaaa"):
         check_teacher_student(300, 300, "a" * 64, "b" * 64)
@@ -140,9 +138,7 @@ def test_topk_cache_stores_teacher_topk_and_resumes(tmp_path, windows):
     cache = TopKCache.build(
         tmp_path / "c", teacher, windows, k=5, batch_size=3, shard_windows=4, tokenizer_sha256="f" * 64
     )
-    assert sorted(p.name for p in (tmp_path / "c").glob("shard-*")) == [
-        f"shard-0000{i}.safetensors" for i in range(3)
-    ]
+    assert sorted(p.name for p in (tmp_path / "c").glob("shard-*")) == [f"shard-0000{i}.safetensors" for i in range(3)]
     ids = [9, 0, 4]
     values, indices = cache.lookup(ids)  # [3, T, k]
     x, _ = windows.batch(ids)

@@ -139,7 +139,12 @@ def test_objective_adds_the_weighted_moe_losses_and_trains():
     assert float(out.moe_loss.detach()) > 0
     stats = res.extra
     assert set(stats) == {
-        "aux_loss", "z_loss", "moe_loss", "expert_fraction_min", "expert_fraction_max", "dropped_fraction"
+        "aux_loss",
+        "z_loss",
+        "moe_loss",
+        "expert_fraction_min",
+        "expert_fraction_max",
+        "dropped_fraction",
     }
     assert float(stats["aux_loss"]) == pytest.approx(float(out.aux_loss.detach()), rel=1e-5)
     assert float(stats["expert_fraction_max"]) == pytest.approx(float(out.expert_fraction.max()), rel=1e-6)
@@ -166,8 +171,9 @@ class _Windows:  # the PackedSequences interface the Trainer reads
 def test_trainer_runs_the_moe_objective_and_updates_routers_and_experts():
     model = MoELM(MoELMConfig.tiny())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    tcfg = TrainConfig(steps=2, batch_size=2, warmup_steps=1, eval_every=0, checkpoint_every=0, distributed="none",
-                       precision="fp32")
+    tcfg = TrainConfig(
+        steps=2, batch_size=2, warmup_steps=1, eval_every=0, checkpoint_every=0, distributed="none", precision="fp32"
+    )
     result = Trainer(model, tcfg, _Windows(), _Windows(), objective=MoENextTokenObjective(), store=NullStore()).fit()
     assert result.steps == 2 and result.val_loss is not None and math_isfinite(result.val_loss)
     for name in ("layers.0.mlp.router.weight", "layers.0.mlp.gate_up_proj", "layers.3.mlp.down_proj"):

@@ -20,8 +20,17 @@ IMG, AUD, PAD, BOS = 4, 5, 0, 2
 def _cfg(**kw) -> MultimodalConfig:
     # 4x4 images of 2x2 patches -> 4 image tokens; 0.2 s clips at 20 tokens/s -> 4 audio tokens (20 mel frames)
     text = Gemma2Config.tiny(vocab_size=32, sliding_window=6, num_layers=2)
-    base = dict(text=text, image_token_id=IMG, audio_token_id=AUD, image_size=4, patch_size=2, n_mels=8,
-                clip_seconds=0.2, audio_frames_per_second=20, audio_hidden=8)
+    base = dict(
+        text=text,
+        image_token_id=IMG,
+        audio_token_id=AUD,
+        image_size=4,
+        patch_size=2,
+        n_mels=8,
+        clip_seconds=0.2,
+        audio_frames_per_second=20,
+        audio_hidden=8,
+    )
     base.update(kw)
     return MultimodalConfig(**base)
 

@@ -81,9 +81,7 @@ def test_train_config_rejects_bad_values():
 
 def test_training_reduces_validation_loss_and_logs():
     store = NullStore()
-    result = Trainer(
-        _model(), _cfg(steps=30, eval_every=10, lr=3e-2), _data(), _data(seed=1), store=store
-    ).fit()
+    result = Trainer(_model(), _cfg(steps=30, eval_every=10, lr=3e-2), _data(), _data(seed=1), store=store).fit()
     vals = [h["val_loss"] for h in result.history]
     assert len(vals) == 3 and vals[-1] < vals[0] - 1.0
     assert vals[0] < np.log(V) + 0.5

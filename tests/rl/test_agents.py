@@ -153,8 +153,9 @@ def test_svd_hooks_train_the_representation_and_pay_a_bonus(share_torso):
     cfg = AG.PPOConfig(num_envs=8, num_steps=16, total_steps=8 * 16 * 3, hidden=32)
     obs_dim, encode = AG.space_encoder(env.single_observation_space)
     torch.manual_seed(0)
-    explorer = V.SVDExplorer(obs_dim, 8, torso_dim=32 if share_torso else None, hidden=32, buffer_size=1000,
-                             batch_size=64, bonus_scale=0.1)
+    explorer = V.SVDExplorer(
+        obs_dim, 8, torso_dim=32 if share_torso else None, hidden=32, buffer_size=1000, batch_size=64, bonus_scale=0.1
+    )
     head_before = explorer.f_head.weight.detach().clone()
     hooks = AG.SVDBonusHooks(explorer, share_torso=share_torso, extra_steps=2)
     agent, res = AG.train_ppo(env, cfg, hooks=hooks, seed=0)

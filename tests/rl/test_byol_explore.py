@@ -75,8 +75,14 @@ def test_no_gradient_reaches_the_target():
     wm = BE.BYOLWorldModel(6, 4, BE.BYOLExploreConfig(horizon=3))
     assert all(not p.requires_grad for p in wm.target_encoder.parameters())
     T, B = 5, 2
-    out = wm(torch.randn(T, B, 6), torch.randint(0, 4, (T, B)), torch.randn(T, B, 6),
-             torch.zeros(T, B, dtype=torch.bool), torch.zeros(B, 64), torch.full((B,), 4))
+    out = wm(
+        torch.randn(T, B, 6),
+        torch.randint(0, 4, (T, B)),
+        torch.randn(T, B, 6),
+        torch.zeros(T, B, dtype=torch.bool),
+        torch.zeros(B, 64),
+        torch.full((B,), 4),
+    )
     assert not out.target.requires_grad
     BE.byol_explore_loss(out.pred, out.target, out.mask).loss.backward()
     assert all(p.grad is None for p in wm.target_encoder.parameters())
@@ -143,18 +149,18 @@ def test_vectorised_world_model_matches_a_step_by_step_rollout_and_resets_at_epi
     with torch.no_grad():
         out = wm(obs, actions, next_obs, dones, h0, a0)
         for b in range(B):
-            h, a_prev = h0[b:b + 1], a0[b:b + 1]
+            h, a_prev = h0[b : b + 1], a0[b : b + 1]
             for t in range(T):
-                h = wm.closed_loop(torch.cat([wm.encoder(obs[t, b:b + 1]), wm.action_embed(a_prev)], -1), h)
+                h = wm.closed_loop(torch.cat([wm.encoder(obs[t, b : b + 1]), wm.action_embed(a_prev)], -1), h)
                 hk = h
                 for k in range(1, min(cfg.horizon, T - t) + 1):
-                    hk = wm.open_loop(wm.action_embed(actions[t + k - 1, b:b + 1]), hk)
-                    torch.testing.assert_close(out.pred[t, k - 1, b:b + 1], wm.predictor(hk))
+                    hk = wm.open_loop(wm.action_embed(actions[t + k - 1, b : b + 1]), hk)
+                    torch.testing.assert_close(out.pred[t, k - 1, b : b + 1], wm.predictor(hk))
                 if dones[t, b]:
                     h, a_prev = torch.zeros_like(h), torch.tensor([none])
                 else:
-                    a_prev = actions[t, b:b + 1]
-            torch.testing.assert_close(out.state[b:b + 1], h)
+                    a_prev = actions[t, b : b + 1]
+            torch.testing.assert_close(out.state[b : b + 1], h)
         torch.testing.assert_close(out.target, wm.target_encoder(next_obs))
         # what happened before the episode end at step 2 does not reach the next episode's predictions
         obs2 = obs.clone()
@@ -180,8 +186,13 @@ def test_hooks_train_the_world_model_and_ema_the_target_inside_ppo():
     def spy():
         before = [p.clone() for p in hooks.model.target_encoder.parameters()]
         orig()
-        seen.append((before, [p.clone() for p in hooks.model.encoder.parameters()],
-                     [p.clone() for p in hooks.model.target_encoder.parameters()]))
+        seen.append(
+            (
+                before,
+                [p.clone() for p in hooks.model.encoder.parameters()],
+                [p.clone() for p in hooks.model.target_encoder.parameters()],
+            )
+        )
 
     hooks.model.update_target = spy
     _, res = AG.train_ppo(env, ppo, hooks=hooks, seed=0)

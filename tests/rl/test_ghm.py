@@ -376,9 +376,7 @@ def test_monte_carlo_composition_with_an_exact_density_model():
             return self.forward(s).index(lambda t: t[:, head, action])
 
     model = OneStep(2, 4, num_heads=2, num_components=1, hidden=(4,))
-    reward = BumpReward(
-        torch.tensor([[0.6, 0.5]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
-    )
+    reward = BumpReward(torch.tensor([[0.6, 0.5]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64))
     gamma = 0.5
     nu = G.SwitchingPolicy((0, 1), (0.0,))  # β_1 = 0: exactly one step of π_0, then π_1 forever (γ-model)
     head_of = {(0, 0.0): 0, (1, 0.5): 1}
@@ -478,9 +476,7 @@ def test_bump_reward_expectation_matches_sampling():
 
 
 def test_point_nav_env_follows_gymnasium_api_and_clips():
-    reward = BumpReward(
-        torch.tensor([[0.9, 0.5]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
-    )
+    reward = BumpReward(torch.tensor([[0.9, 0.5]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64))
     env = PointNavEnv(reward, step_size=0.1, noise_std=0.0, max_steps=3)
     obs, info = env.reset(seed=0, options={"state": (0.75, 0.5)})
     assert env.observation_space.contains(obs)

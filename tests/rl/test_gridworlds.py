@@ -118,8 +118,9 @@ def test_tmaze_vector_env_terminates_and_resets_with_a_new_cue():
 def test_tmaze_trajectories_shapes_and_consistency():
     tr = GW.tmaze_trajectories(50, 12, 3, rng=np.random.default_rng(0))
     assert tr["obs"].shape == (50, 13) and tr["actions"].shape == (50, 12) and tr["cue"].shape == (50,)
-    np.testing.assert_array_equal(tr["obs"], np.stack([GW.tmaze_observation(tr["pos"][:, t], tr["cue"], 3)
-                                                       for t in range(13)], 1))
+    np.testing.assert_array_equal(
+        tr["obs"], np.stack([GW.tmaze_observation(tr["pos"][:, t], tr["cue"], 3) for t in range(13)], 1)
+    )
     assert (tr["alive"] == (tr["pos"] <= 3)).all()
     assert (np.diff(tr["alive"].astype(int), axis=1) <= 0).all()  # once in an arm, always in it
 

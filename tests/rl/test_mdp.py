@@ -232,8 +232,9 @@ def test_sample_transitions_matches_joint():
     d = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     x, y = M.sample_transitions(T, d, 200_000, gen(18))
     assert x.shape == y.shape == (200_000,) and x.dtype == torch.long
-    counts = torch.zeros(4, 4, dtype=torch.float64).index_put_((x, y), torch.ones(200_000, dtype=torch.float64),
-                                                               accumulate=True)
+    counts = torch.zeros(4, 4, dtype=torch.float64).index_put_(
+        (x, y), torch.ones(200_000, dtype=torch.float64), accumulate=True
+    )
     assert (counts / 200_000 - d[:, None] * T).abs().max().item() < 5e-3
     a1, b1 = M.sample_transitions(T, d, 10, gen(21))
     a2, b2 = M.sample_transitions(T, d, 10, gen(21))

@@ -158,8 +158,9 @@ def test_euler_drift_is_first_order_and_rk4_fourth_order():
     field = SP.byol_pi_field(T, d)
 
     def drift(method, dt):
-        traj = SP.integrate(field, (Phi0, Phi0[:3]), dt=dt, steps=int(round(40 / dt)), method=method,
-                            record_every=10**6)
+        traj = SP.integrate(
+            field, (Phi0, Phi0[:3]), dt=dt, steps=int(round(40 / dt)), method=method, record_every=10**6
+        )
         return SP.gram_drift(traj.states[-1][0], Phi0).item()
 
     e1, e2 = drift("euler", 1.0), drift("euler", 0.5)
@@ -177,11 +178,17 @@ def test_full_gradient_and_slow_predictor_break_invariance():
     Phi_full = full.states[-1][0]
     assert SP.gram_drift(Phi_full, Phi0).item() > 0.5
     assert SP.sigma_min(Phi_full).item() < 1e-3  # dimensional collapse
-    slow = SP.integrate(SP.byol_pi_field(T, d, predictor="learned", predictor_rate=0.1), (Phi0, P0), dt=0.5,
-                        steps=600, record_every=600)
+    slow = SP.integrate(
+        SP.byol_pi_field(T, d, predictor="learned", predictor_rate=0.1), (Phi0, P0), dt=0.5, steps=600, record_every=600
+    )
     assert SP.gram_drift(slow.states[-1][0], Phi0).item() > 0.1
-    fast = SP.integrate(SP.byol_pi_field(T, d, predictor="learned", predictor_rate=10.0), (Phi0, P0), dt=0.1,
-                        steps=3000, record_every=3000)
+    fast = SP.integrate(
+        SP.byol_pi_field(T, d, predictor="learned", predictor_rate=10.0),
+        (Phi0, P0),
+        dt=0.1,
+        steps=3000,
+        record_every=3000,
+    )
     assert SP.gram_drift(fast.states[-1][0], Phi0).item() < SP.gram_drift(slow.states[-1][0], Phi0).item()
 
 
@@ -191,13 +198,22 @@ def test_sgd_semi_gradient_keeps_rank_full_gradient_collapses():
     d = torch.stack([M.stationary_distribution(t) for t in T])
     Phi0 = SP.orthonormal_init(8, 3, batch=(4,), generator=g)
     semi = SP.sgd_byol_pi(Phi0, T, d, steps=300, batch_size=64, lr=0.3, generator=g, record_every=300)
-    full = SP.sgd_byol_pi(Phi0, T, d, steps=300, batch_size=64, lr=0.3, gradient="full", generator=g,
-                          record_every=300)
+    full = SP.sgd_byol_pi(Phi0, T, d, steps=300, batch_size=64, lr=0.3, gradient="full", generator=g, record_every=300)
     assert semi.times.tolist() == [0.0, 300.0]
     assert (SP.sigma_min(semi.states[-1][0]) > 0.8).all()
     assert (SP.sigma_min(full.states[-1][0]) < 0.1).all()
-    one = SP.sgd_byol_pi(Phi0[0], T[0], d[0], steps=5, batch_size=8, lr=0.1, predictor="learned",
-                         predictor_lr=1.0, generator=g, record_every=5)
+    one = SP.sgd_byol_pi(
+        Phi0[0],
+        T[0],
+        d[0],
+        steps=5,
+        batch_size=8,
+        lr=0.1,
+        predictor="learned",
+        predictor_lr=1.0,
+        generator=g,
+        record_every=5,
+    )
     assert one.states[-1][0].shape == (8, 3) and one.states[-1][1].shape == (3, 3)
     with pytest.raises(ValueError, match="predictor_lr > 0, got None"):
         SP.sgd_byol_pi(Phi0, T, d, steps=1, batch_size=1, lr=0.1, predictor="learned")
@@ -267,8 +283,9 @@ def test_bidirectional_with_nonuniform_d_recovers_whitened_singular_subspaces():
     U, _, V = M.top_singular_vectors(A, 2)
     Phi0, Psi0 = SP.orthonormal_init(7, 2, generator=gen(33)), SP.orthonormal_init(7, 2, generator=gen(34))
     Z = torch.zeros(2, 2, dtype=F64)
-    Phi, Psi = SP.integrate(SP.bidirectional_field(T, d), (Phi0, Psi0, Z, Z), dt=2.0, steps=400,
-                            record_every=400).states[-1][:2]
+    Phi, Psi = SP.integrate(
+        SP.bidirectional_field(T, d), (Phi0, Psi0, Z, Z), dt=2.0, steps=400, record_every=400
+    ).states[-1][:2]
     assert M.alignment(U / d.sqrt()[:, None], Phi).item() > 0.99
     assert M.alignment(V / dn.sqrt()[:, None], Psi).item() > 0.99
 
@@ -283,16 +300,20 @@ def test_deep_encoder_aligns_with_top_eigenvectors_from_samples():
     d = torch.full((12,), 1 / 12, dtype=F64)
     V = M.top_eigvecs(T, 3)
     cfg = SP.DeepSelfPredictiveConfig(k=3, hidden=32, steps=400, batch_size=128, lr=3.0)
-    res = SP.train_deep_self_predictive(torch.eye(12), T, d, cfg, generator=gen(35),
-                                        metric=lambda phi, psi: M.alignment(V, phi).item(), log_every=100)
+    res = SP.train_deep_self_predictive(
+        torch.eye(12), T, d, cfg, generator=gen(35), metric=lambda phi, psi: M.alignment(V, phi).item(), log_every=100
+    )
     assert [h.step for h in res.history] == [0, 100, 200, 300, 400]
     assert res.history[0].alignment < 0.9  # it learned the alignment, it was not there at init
     assert res.phi.shape == (12, 3) and res.psi is None
     assert res.history[-1].alignment > 0.95 and res.history[-1].sigma_min > 1e-3
-    bi = SP.train_deep_self_predictive(grid.pixel_observations(), T, d,
-                                       SP.DeepSelfPredictiveConfig(k=3, hidden=16, steps=20, bidirectional=True,
-                                                                   target="ema", predictor="learned"),
-                                       generator=gen(36))
+    bi = SP.train_deep_self_predictive(
+        grid.pixel_observations(),
+        T,
+        d,
+        SP.DeepSelfPredictiveConfig(k=3, hidden=16, steps=20, bidirectional=True, target="ema", predictor="learned"),
+        generator=gen(36),
+    )
     assert bi.psi is not None and bi.psi.shape == (12, 3) and torch.isfinite(bi.phi).all()
 
 

@@ -44,7 +44,7 @@ def test_minibatch_loss_is_unbiased_for_the_matrix_loss():
     f = torch.randn(8, 3, generator=g, dtype=torch.float64)
     gg = torch.randn(8, 3, generator=g, dtype=torch.float64)
     x, y = M.sample_transitions(T, d, 400 * 256, g)
-    vals = torch.stack([V.svd_loss(f[x[i:i + 256]], gg[y[i:i + 256]]).loss for i in range(0, len(x), 256)])
+    vals = torch.stack([V.svd_loss(f[x[i : i + 256]], gg[y[i : i + 256]]).loss for i in range(0, len(x), 256)])
     exact = V.svd_loss_matrix(f, gg, T, d)
     se = vals.std() / len(vals) ** 0.5
     assert abs(vals.mean() - exact) < 5 * se
@@ -72,12 +72,20 @@ def test_minimiser_of_the_loss_is_the_exact_rank_k_svd():
     # the exact factors attain the minimum, for any gauge
     torch.testing.assert_close(V.svd_loss_matrix(exact.f, exact.g, T, d), exact.min_loss, rtol=0, atol=1e-12)
     Mg = torch.randn(k, k, generator=g, dtype=torch.float64) + 2 * torch.eye(k, dtype=torch.float64)
-    torch.testing.assert_close(V.svd_loss_matrix(exact.f @ Mg, exact.g @ torch.linalg.inv(Mg).T, T, d),
-                               exact.min_loss, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        V.svd_loss_matrix(exact.f @ Mg, exact.g @ torch.linalg.inv(Mg).T, T, d), exact.min_loss, rtol=0, atol=1e-12
+    )
     # and gradient-based minimisation from a random start finds them
     model = V.TabularFactors(6, k, generator=g, dtype=torch.float64)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=300, tolerance_grad=1e-12,
-                            tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=300,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -105,7 +113,7 @@ def test_minibatch_training_recovers_the_top_k_subspace_from_samples():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)
     x, y = M.sample_transitions(T, d, steps * batch, g)
     for i in range(steps):
-        out = model(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
+        out = model(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch])
         loss = V.svd_loss(out.f, out.g).loss
         opt.zero_grad()
         loss.backward()

@@ -118,10 +118,12 @@ class TCN(nn.Module):
         super().__init__()
         self.config = config
         widths = (in_dim, *config.channels)
-        self.levels = nn.Sequential(*[
-            TemporalBlock(widths[i], widths[i + 1], config.kernel_size, d, config.dropout)
-            for i, d in enumerate(config.dilations)
-        ])
+        self.levels = nn.Sequential(
+            *[
+                TemporalBlock(widths[i], widths[i + 1], config.kernel_size, d, config.dropout)
+                for i, d in enumerate(config.dilations)
+            ]
+        )
 
     @property
     def receptive_field(self) -> int:
@@ -233,8 +235,9 @@ class BAMS(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # HoA targets and the EMD loss (pure functions)
 # ---------------------------------------------------------------------------------------------
-def hoa_bin_edges(values: torch.Tensor, bins: int = 32, min_abs: float = 0.1,
-                  quantiles: tuple[float, float] = (0.005, 0.995)) -> torch.Tensor:
+def hoa_bin_edges(
+    values: torch.Tensor, bins: int = 32, min_abs: float = 0.1, quantiles: tuple[float, float] = (0.005, 0.995)
+) -> torch.Tensor:
     """[C, bins - 1] edges per action channel, linspaced between quantiles of the values with |v| > min_abs.
 
     ``values``: [N, C] (all frames of the training set). A channel with no value above ``min_abs`` uses all.
@@ -256,13 +259,15 @@ def quantize(actions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     Same convention as ``np.digitize(v, edges)`` (right=False): bin i holds edges[i - 1] <= v < edges[i].
     """
     flat = actions.reshape(-1, actions.shape[-1])  # [N, C]
-    idx = torch.stack([torch.bucketize(flat[:, c].contiguous(), edges[c], right=True)
-                       for c in range(flat.shape[1])], dim=1)
+    idx = torch.stack(
+        [torch.bucketize(flat[:, c].contiguous(), edges[c], right=True) for c in range(flat.shape[1])], dim=1
+    )
     return idx.reshape(actions.shape)
 
 
-def future_histograms(bins: torch.Tensor, valid: torch.Tensor, window: int, num_bins: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def future_histograms(
+    bins: torch.Tensor, valid: torch.Tensor, window: int, num_bins: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's "distribution of future actions": per frame t, the histogram of frames t+1 .. t+window.
 
     Args:
@@ -315,16 +320,16 @@ def hoa_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, s
     return (emd2 * w).sum() / w.sum().clamp(min=1e-8)
 
 
-def bootstrap_loss(prediction: torch.Tensor, target: torch.Tensor, stop_target_gradients: bool = True
-                   ) -> torch.Tensor:
+def bootstrap_loss(prediction: torch.Tensor, target: torch.Tensor, stop_target_gradients: bool = True) -> torch.Tensor:
     """Mean over the batch of 1 - cos(prediction, target); [N, D] x [N, D] -> scalar."""
     if stop_target_gradients:
         target = target.detach()
     return (1.0 - F.cosine_similarity(prediction, target, dim=-1)).mean()
 
 
-def sample_positive_pairs(B: int, T: int, config: BAMSConfig, generator: torch.Generator | None = None
-                          ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def sample_positive_pairs(
+    B: int, T: int, config: BAMSConfig, generator: torch.Generator | None = None
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """One (anchor, positive) frame pair per sequence and latent space, as in the public code.
 
     Short space: t ~ U[short_skip, T - w), t' = t + U{0..w}. Long space: t, t' ~ U[long_skip, T) independently.
@@ -347,8 +352,14 @@ class BAMSLosses:
     long: torch.Tensor
 
 
-def bams_losses(model: BAMS, target_encoder: MultiScaleEncoder, x: torch.Tensor, hoa_target: torch.Tensor,
-                hoa_weight: torch.Tensor, generator: torch.Generator | None = None) -> BAMSLosses:
+def bams_losses(
+    model: BAMS,
+    target_encoder: MultiScaleEncoder,
+    x: torch.Tensor,
+    hoa_target: torch.Tensor,
+    hoa_weight: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> BAMSLosses:
     """L = w_hoa L_HoA + w_short L_short + w_long L_long on a batch x [B, T, F].
 
     The bootstrap targets are the target encoder's embeddings of the positive frames, without gradient.

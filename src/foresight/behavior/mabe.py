@@ -31,8 +31,20 @@ import numpy as np
 
 from foresight.core.data import DataNotFoundError, DatasetSpec, RemoteFile, register_dataset, resolve
 
-MOUSE_KEYPOINTS = ("nose", "left ear", "right ear", "neck", "left forepaw", "right forepaw", "centre back",
-                   "left hindpaw", "right hindpaw", "tail base", "tail middle", "tail tip")
+MOUSE_KEYPOINTS = (
+    "nose",
+    "left ear",
+    "right ear",
+    "neck",
+    "left forepaw",
+    "right forepaw",
+    "centre back",
+    "left hindpaw",
+    "right hindpaw",
+    "tail base",
+    "tail middle",
+    "tail tip",
+)
 MOUSE_SHAPE = (3, 12, 2)  # mice x keypoints x (x, y), per frame (notes §3.1)
 MOUSE_MAX_EMBEDDING = 128
 SPLITS = ("SubmissionTrain", "publicTest", "privateTest")
@@ -79,17 +91,19 @@ def validate_keypoints_file(data: Any, frame_shape: tuple[int, ...] = MOUSE_SHAP
         kp = np.asarray(seq.get("keypoints")) if isinstance(seq, dict) else None
         if kp is None or kp.ndim != 1 + len(frame_shape) or tuple(kp.shape[1:]) != tuple(frame_shape):
             got = None if kp is None else tuple(kp.shape)
-            raise ValueError(f"sequence {seq_id}: keypoints must be [T, {', '.join(map(str, frame_shape))}], "
-                             f"got {got}")
+            raise ValueError(f"sequence {seq_id}: keypoints must be [T, {', '.join(map(str, frame_shape))}], got {got}")
         if labelled:
             ann = np.asarray(seq.get("annotations"))
             if ann.shape != (len(data["vocabulary"]), kp.shape[0]):
-                raise ValueError(f"sequence {seq_id}: annotations must be [{len(data['vocabulary'])}, "
-                                 f"{kp.shape[0]}], got {ann.shape}")
+                raise ValueError(
+                    f"sequence {seq_id}: annotations must be [{len(data['vocabulary'])}, "
+                    f"{kp.shape[0]}], got {ann.shape}"
+                )
 
 
-def load_keypoints_file(path: str | Path, frame_shape: tuple[int, ...] = MOUSE_SHAPE, labelled: bool = False
-                        ) -> dict[str, Any]:
+def load_keypoints_file(
+    path: str | Path, frame_shape: tuple[int, ...] = MOUSE_SHAPE, labelled: bool = False
+) -> dict[str, Any]:
     """Load ``mouse_triplet_{train,test}.npy`` (a pickled dict) and validate it."""
     data = np.load(path, allow_pickle=True).item()
     validate_keypoints_file(data, frame_shape, labelled)
@@ -105,8 +119,9 @@ def frame_number_map(lengths: dict[str, int]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def validate_submission(submission: Any, expected_map: dict[str, tuple[int, int]],
-                        max_dim: int = MOUSE_MAX_EMBEDDING) -> None:
+def validate_submission(
+    submission: Any, expected_map: dict[str, tuple[int, int]], max_dim: int = MOUSE_MAX_EMBEDDING
+) -> None:
     """The evaluator's checks: the exact frame map, float32 [frames, <= max_dim] embeddings, no NaN or Inf."""
     if not isinstance(submission, dict) or set(submission) != {"frame_number_map", "embeddings"}:
         got = sorted(submission) if isinstance(submission, dict) else type(submission).__name__
@@ -117,8 +132,10 @@ def validate_submission(submission: Any, expected_map: dict[str, tuple[int, int]
     emb = submission["embeddings"]
     n = max((end for _, end in expected_map.values()), default=0)
     if not isinstance(emb, np.ndarray) or emb.dtype != np.float32 or emb.ndim != 2:
-        raise ValueError(f"embeddings must be a float32 [frames, dim] array, got "
-                         f"{getattr(emb, 'dtype', type(emb).__name__)} {getattr(emb, 'shape', '')}")
+        raise ValueError(
+            f"embeddings must be a float32 [frames, dim] array, got "
+            f"{getattr(emb, 'dtype', type(emb).__name__)} {getattr(emb, 'shape', '')}"
+        )
     if emb.shape[0] != n or emb.shape[1] > max_dim:
         raise ValueError(f"embeddings must be [{n}, <= {max_dim}], got {list(emb.shape)}")
     if not np.isfinite(emb).all():
@@ -198,13 +215,28 @@ class SyntheticSpec:
 
 
 # body-frame offsets of the 12 keypoints, in body lengths (x forward, y left); the tail swings laterally
-_BODY = np.array([[0.5, 0.0], [0.38, 0.08], [0.38, -0.08], [0.3, 0.0], [0.25, 0.12], [0.25, -0.12], [0.0, 0.0],
-                  [-0.25, 0.12], [-0.25, -0.12], [-0.5, 0.0], [-0.75, 0.0], [-1.0, 0.0]])
+_BODY = np.array(
+    [
+        [0.5, 0.0],
+        [0.38, 0.08],
+        [0.38, -0.08],
+        [0.3, 0.0],
+        [0.25, 0.12],
+        [0.25, -0.12],
+        [0.0, 0.0],
+        [-0.25, 0.12],
+        [-0.25, -0.12],
+        [-0.5, 0.0],
+        [-0.75, 0.0],
+        [-1.0, 0.0],
+    ]
+)
 _TAIL_SWING = np.array([0.0] * 10 + [0.06, 0.15])
 
 
-def _simulate_clip(spec: SyntheticSpec, strain: int, lights: int, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _simulate_clip(
+    spec: SyntheticSpec, strain: int, lights: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One clip: keypoints [T, 3, 12, 2], chase labels [T], close labels [T]."""
     T, M = spec.frames, 3
     margin = 1.25 * spec.body_length  # keeps the tail tip (1 body length + swing) inside: x = 0 means "missing"
@@ -256,8 +288,7 @@ def _simulate_clip(spec: SyntheticSpec, strain: int, lights: int, rng: np.random
     return kp.astype(np.float32), chase, close
 
 
-def synthetic_mouse_triplets(num_clips: int, spec: SyntheticSpec = SyntheticSpec(), seed: int = 0
-                             ) -> dict[str, Any]:
+def synthetic_mouse_triplets(num_clips: int, spec: SyntheticSpec = SyntheticSpec(), seed: int = 0) -> dict[str, Any]:
     """A labelled MABe-format dict of synthetic clips (see the module docstring). SYNTHETIC data.
 
     Returns ``{"vocabulary": SYNTHETIC_TASKS, "task_type": [...], "sequence_level_tasks": [...],
@@ -274,8 +305,12 @@ def synthetic_mouse_triplets(num_clips: int, spec: SyntheticSpec = SyntheticSpec
         kp, chase, close = _simulate_clip(spec, int(strain), int(lights), rng)
         ann = np.stack([np.full(spec.frames, strain), np.full(spec.frames, lights), chase, close]).astype(np.float32)
         sequences[f"SYN{seed:05d}{i:012d}"] = {"keypoints": kp, "annotations": ann}
-    return {"vocabulary": list(SYNTHETIC_TASKS), "task_type": ["Discrete"] * len(SYNTHETIC_TASKS),
-            "sequence_level_tasks": list(SYNTHETIC_SEQUENCE_TASKS), "sequences": sequences}
+    return {
+        "vocabulary": list(SYNTHETIC_TASKS),
+        "task_type": ["Discrete"] * len(SYNTHETIC_TASKS),
+        "sequence_level_tasks": list(SYNTHETIC_SEQUENCE_TASKS),
+        "sequences": sequences,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,8 +372,9 @@ def pool_animals(embeddings: np.ndarray, animals: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Linear evaluator (notes §3.3): ridge / balanced ridge classifier, alpha = 1, seeds 42-44, 90/10
 # ---------------------------------------------------------------------------------------------
-def ridge_fit(X: np.ndarray, y: np.ndarray, alpha: float = 1.0, sample_weight: np.ndarray | None = None
-              ) -> tuple[np.ndarray, float]:
+def ridge_fit(
+    X: np.ndarray, y: np.ndarray, alpha: float = 1.0, sample_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """Weighted ridge with an unpenalised intercept (as scikit-learn's ``Ridge``): returns (w [D], b)."""
     if X.ndim != 2 or y.shape != (X.shape[0],):
         raise ValueError(f"expected X [N, D] and y [N], got {X.shape} and {y.shape}")
@@ -373,9 +409,17 @@ class ProbeScore:
     pooled_f1: float  # sequence-level tasks: F1 of the per-clip mean prediction (NaN for frame-level)
 
 
-def linear_probe(embeddings: np.ndarray, labels: np.ndarray, splits: list[str], tasks: tuple[str, ...],
-                 sequence_level: tuple[str, ...], alpha: float = 1.0, seeds: tuple[int, ...] = EVALUATOR_SEEDS,
-                 train_fraction: float = 0.9, max_train_frames: int | None = None) -> list[ProbeScore]:
+def linear_probe(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    splits: list[str],
+    tasks: tuple[str, ...],
+    sequence_level: tuple[str, ...],
+    alpha: float = 1.0,
+    seeds: tuple[int, ...] = EVALUATOR_SEEDS,
+    train_fraction: float = 0.9,
+    max_train_frames: int | None = None,
+) -> list[ProbeScore]:
     """The public evaluator's protocol for binary tasks, on per-clip arrays.
 
     embeddings: [S, T, D]; labels: [S, len(tasks), T] in {0, 1} (NaN = unlabelled, dropped); splits: per clip.
@@ -386,13 +430,11 @@ def linear_probe(embeddings: np.ndarray, labels: np.ndarray, splits: list[str], 
     """
     S, T, D = embeddings.shape
     if labels.shape != (S, len(tasks), T) or len(splits) != S:
-        raise ValueError(f"labels must be [{S}, {len(tasks)}, {T}] with {S} splits, got {labels.shape}, "
-                         f"{len(splits)}")
+        raise ValueError(f"labels must be [{S}, {len(tasks)}, {T}] with {S} splits, got {labels.shape}, {len(splits)}")
     train_clips = np.array([i for i, s in enumerate(splits) if s == "SubmissionTrain"])
     test_clips = np.array([i for i, s in enumerate(splits) if s in ("publicTest", "privateTest")])
     if len(train_clips) < 2 or len(test_clips) < 1:
-        raise ValueError(f"need >= 2 SubmissionTrain and >= 1 test clips, got {len(train_clips)} and "
-                         f"{len(test_clips)}")
+        raise ValueError(f"need >= 2 SubmissionTrain and >= 1 test clips, got {len(train_clips)} and {len(test_clips)}")
     X_test = embeddings[test_clips].reshape(-1, D)
     scores = []
     for k, task in enumerate(tasks):

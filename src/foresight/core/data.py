@@ -111,9 +111,7 @@ def _download(f: RemoteFile, dest: Path) -> None:
     atomic_write_bytes(dest, write)
 
 
-def resolve(
-    name: str, paths: Iterable[str] | None = None, data_dir: str | os.PathLike | None = None
-) -> Path:
+def resolve(name: str, paths: Iterable[str] | None = None, data_dir: str | os.PathLike | None = None) -> Path:
     """Return the folder holding ``paths`` (default: all files) of dataset ``name``, downloading if needed."""
     spec = get_dataset(name)
     paths = [f.path for f in spec.files] if paths is None else list(paths)

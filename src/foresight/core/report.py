@@ -14,8 +14,12 @@ from typing import Any
 
 from foresight.core.checkpoint import atomic_write_text
 
-VERDICT_MARK = {"reproduced": "✅ reproduced", "partial": "🟡 partial", "not reproduced": "❌ not reproduced",
-                "error": "💥 error"}
+VERDICT_MARK = {
+    "reproduced": "✅ reproduced",
+    "partial": "🟡 partial",
+    "not reproduced": "❌ not reproduced",
+    "error": "💥 error",
+}
 
 
 def _fmt(v: Any) -> str:
@@ -85,13 +89,23 @@ def write_combined_report(run_dirs: Sequence[str | os.PathLike], out: str | os.P
         if p.is_file():
             results.append((Path(d), json.loads(p.read_text())))
     summary = [
-        {"system": r["system"], "experiment": r["experiment"], "verdict": VERDICT_MARK.get(r["verdict"], r["verdict"]),
-         "wall s": round(r["wall_seconds"], 1)}
+        {
+            "system": r["system"],
+            "experiment": r["experiment"],
+            "verdict": VERDICT_MARK.get(r["verdict"], r["verdict"]),
+            "wall s": round(r["wall_seconds"], 1),
+        }
         for _, r in results
     ]
-    parts = ["# Foresight — reproduction report", "",
-             f"Scale: {results[0][1]['scale'] if results else '?'}. Each verdict is computed from the numbers "
-             "by the rule stated beside it.", "", markdown_table(summary), ""]
+    parts = [
+        "# Foresight — reproduction report",
+        "",
+        f"Scale: {results[0][1]['scale'] if results else '?'}. Each verdict is computed from the numbers "
+        "by the rule stated beside it.",
+        "",
+        markdown_table(summary),
+        "",
+    ]
     for d, r in results:
         prefix = os.path.relpath(d, out.parent) + "/"
         parts.append(_section(r, prefix))
@@ -109,8 +123,13 @@ def _pyplot():
 
 
 def plot_lines(
-    path: str | os.PathLike, series: dict[str, tuple[Sequence[float], Sequence[float]]], *,
-    title: str = "", xlabel: str = "", ylabel: str = "", logy: bool = False,
+    path: str | os.PathLike,
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    logy: bool = False,
 ) -> None:
     """One line per series: ``{label: (xs, ys)}``."""
     plt = _pyplot()
@@ -129,8 +148,13 @@ def plot_lines(
 
 
 def plot_bars(
-    path: str | os.PathLike, groups: Sequence[str], series: dict[str, Sequence[float]], *,
-    errors: dict[str, Sequence[float]] | None = None, title: str = "", ylabel: str = "",
+    path: str | os.PathLike,
+    groups: Sequence[str],
+    series: dict[str, Sequence[float]],
+    *,
+    errors: dict[str, Sequence[float]] | None = None,
+    title: str = "",
+    ylabel: str = "",
 ) -> None:
     """Grouped bars: one group per entry of ``groups``, one bar per series."""
     plt = _pyplot()

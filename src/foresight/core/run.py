@@ -141,8 +141,14 @@ class Run:
                 f"{out} already holds a run; use --resume {out} to continue it or choose another --out"
             )
         run = cls(
-            out, experiment=experiment, config=config, scale=scale, seed=seed,
-            device=select_device(device), data_dir=data_dir, progress=progress,
+            out,
+            experiment=experiment,
+            config=config,
+            scale=scale,
+            seed=seed,
+            device=select_device(device),
+            data_dir=data_dir,
+            progress=progress,
         )
         run.dir.mkdir(parents=True, exist_ok=True)
         run.figures_dir.mkdir(exist_ok=True)
@@ -153,8 +159,13 @@ class Run:
 
     @classmethod
     def resume(
-        cls, dir: str | os.PathLike, config_cls: type[Config], *, device: str | None = None,
-        data_dir: str | None = None, progress: bool = True,
+        cls,
+        dir: str | os.PathLike,
+        config_cls: type[Config],
+        *,
+        device: str | None = None,
+        data_dir: str | None = None,
+        progress: bool = True,
     ) -> Run:
         dir = Path(dir)
         record_path = dir / "config.json"
@@ -163,9 +174,15 @@ class Run:
         record = json.loads(record_path.read_text())
         config = config_cls.from_dict(record["config"])
         run = cls(
-            dir, experiment=record["experiment"], config=config, scale=record["scale"], seed=record["seed"],
-            device=select_device(device or record.get("device")), data_dir=data_dir or record.get("data_dir"),
-            progress=progress, resumed=True,
+            dir,
+            experiment=record["experiment"],
+            config=config,
+            scale=record["scale"],
+            seed=record["seed"],
+            device=select_device(device or record.get("device")),
+            data_dir=data_dir or record.get("data_dir"),
+            progress=progress,
+            resumed=True,
         )
         run.figures_dir.mkdir(exist_ok=True)
         seed_everything(run.seed)
@@ -173,8 +190,12 @@ class Run:
 
     def _config_record(self) -> dict[str, Any]:
         return {
-            "experiment": self.experiment, "scale": self.scale, "seed": self.seed,
-            "device": str(self.device), "data_dir": self.data_dir, "config": self.config.to_dict(),
+            "experiment": self.experiment,
+            "scale": self.scale,
+            "seed": self.seed,
+            "device": str(self.device),
+            "data_dir": self.data_dir,
+            "config": self.config.to_dict(),
             "torch": torch.__version__,
         }
 

@@ -74,18 +74,38 @@ class BAMSMultiscaleConfig(Config):
     def preset(cls, scale: str) -> BAMSMultiscaleConfig:
         check_scale(scale)
         if scale == "tiny":
-            return cls(clips=12, frames=240, channels=(8, 8, 8, 8), long_base=3, hoa_hidden=(16,), short_skip=20,
-                       long_skip=20, steps=4, batch_size=6, model_seeds=1, probe_max_train_frames=2000)
+            return cls(
+                clips=12,
+                frames=240,
+                channels=(8, 8, 8, 8),
+                long_base=3,
+                hoa_hidden=(16,),
+                short_skip=20,
+                long_skip=20,
+                steps=4,
+                batch_size=6,
+                model_seeds=1,
+                probe_max_train_frames=2000,
+            )
         if scale == "quick":
             # sized for <= 4 minutes on one CPU thread: 3 trainings of ~45 s, probes a few seconds each (measured
             # 90 s in all with 300 steps on the dev box)
-            return cls(clips=80, frames=600, channels=(32, 32, 32, 32), long_base=4, hoa_hidden=(64,), steps=500,
-                       batch_size=8, crop=400, model_seeds=1, probe_max_train_frames=20000)
+            return cls(
+                clips=80,
+                frames=600,
+                channels=(32, 32, 32, 32),
+                long_base=4,
+                hoa_hidden=(64,),
+                steps=500,
+                batch_size=8,
+                crop=400,
+                model_seeds=1,
+                probe_max_train_frames=20000,
+            )
         return cls()
 
     def validate(self) -> None:
-        for name in ("clips", "frames", "steps", "batch_size", "model_seeds", "probe_max_train_frames",
-                     "hoa_window"):
+        for name in ("clips", "frames", "steps", "batch_size", "model_seeds", "probe_max_train_frames", "hoa_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:
@@ -101,8 +121,9 @@ class BAMSMultiscaleConfig(Config):
         # building the encoder configs validates channels, dropout; the model config validates the rest
         need = self.model_config(1, 1, "multiscale").min_length()
         if (self.crop or self.frames) < need:
-            raise ValueError(f"training sequences of {self.crop or self.frames} frames are too short: the "
-                             f"objectives need >= {need}")
+            raise ValueError(
+                f"training sequences of {self.crop or self.frames} frames are too short: the objectives need >= {need}"
+            )
 
     def encoder(self, base: int) -> TCNConfig:
         return TCNConfig(channels=self.channels, dilation_base=base, dropout=self.dropout)
@@ -110,9 +131,17 @@ class BAMSMultiscaleConfig(Config):
     def model_config(self, input_dim: int, action_dim: int, variant: str) -> BAMSConfig:
         short, long = self.encoder(self.short_base), self.encoder(self.long_base)
         pair = {"multiscale": (short, long), "short-only": (short, short), "long-only": (long, long)}[variant]
-        return BAMSConfig(input_dim=input_dim, action_dim=action_dim, short=pair[0], long=pair[1],
-                          hoa_hidden=self.hoa_hidden, hoa_window=self.hoa_window, short_skip=self.short_skip,
-                          long_skip=self.long_skip, ema_decay=self.ema_decay)
+        return BAMSConfig(
+            input_dim=input_dim,
+            action_dim=action_dim,
+            short=pair[0],
+            long=pair[1],
+            hoa_hidden=self.hoa_hidden,
+            hoa_window=self.hoa_window,
+            short_skip=self.short_skip,
+            long_skip=self.long_skip,
+            ema_decay=self.ema_decay,
+        )
 
 
 def verdict_from_scores(group: dict[str, dict[str, float]]) -> tuple[str, dict[str, bool]]:
@@ -171,10 +200,13 @@ def _train(cfg: BAMSMultiscaleConfig, data: _Data, variant: str, seed: int, run:
     target = make_target(model.encoder)
     target.eval()  # deterministic targets (no dropout)
     boot = {id(p) for p in model.bootstrap_params()}
-    opt = torch.optim.AdamW([
-        {"params": [p for p in model.parameters() if id(p) not in boot], "lr": cfg.lr},
-        {"params": model.bootstrap_params(), "lr": 10 * cfg.lr},
-    ], weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.parameters() if id(p) not in boot], "lr": cfg.lr},
+            {"params": model.bootstrap_params(), "lr": 10 * cfg.lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
     g = torch.Generator().manual_seed(seed)
     N, T = data.x.shape[:2]
     crop = cfg.crop or T
@@ -191,8 +223,13 @@ def _train(cfg: BAMSMultiscaleConfig, data: _Data, variant: str, seed: int, run:
         opt.step()
         ema_update(target, model.encoder, cfg.ema_decay)
         if step % max(1, cfg.steps // 50) == 0 or step == cfg.steps - 1:
-            rec = {"step": step, "loss": losses.total.item(), "hoa": losses.hoa.item(),
-                   "short": losses.short.item(), "long": losses.long.item()}
+            rec = {
+                "step": step,
+                "loss": losses.total.item(),
+                "hoa": losses.hoa.item(),
+                "short": losses.short.item(),
+                "long": losses.long.item(),
+            }
             history.append(rec)
             run.log(phase="train", variant=variant, seed=seed, **rec)
     return model, history
@@ -202,13 +239,19 @@ def _train(cfg: BAMSMultiscaleConfig, data: _Data, variant: str, seed: int, run:
 def _embed(model: BAMS, x: torch.Tensor, chunk: int = 16) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
-    out = [model(x[i: i + chunk].to(device)).embedding.cpu() for i in range(0, len(x), chunk)]
+    out = [model(x[i : i + chunk].to(device)).embedding.cpu() for i in range(0, len(x), chunk)]
     return torch.cat(out).numpy()  # [S * 3, T, D]
 
 
 def _probe(embedding: np.ndarray, data: _Data, cfg: BAMSMultiscaleConfig) -> dict[str, float]:
-    scores = mabe.linear_probe(embedding, data.labels, data.splits, mabe.SYNTHETIC_TASKS,
-                               mabe.SYNTHETIC_SEQUENCE_TASKS, max_train_frames=cfg.probe_max_train_frames)
+    scores = mabe.linear_probe(
+        embedding,
+        data.labels,
+        data.splits,
+        mabe.SYNTHETIC_TASKS,
+        mabe.SYNTHETIC_SEQUENCE_TASKS,
+        max_train_frames=cfg.probe_max_train_frames,
+    )
     out = {s.task: s.f1 for s in scores}
     out.update({f"{s.task}_pooled": s.pooled_f1 for s in scores if s.sequence_level})
     return out
@@ -225,8 +268,8 @@ def _group(scores: dict[str, float]) -> dict[str, float]:
     system="BAMS / multi-task behaviour model",
     paper="Azabou et al., Relax, it doesn't matter how you get there (BAMS), NeurIPS 2023; MABe 2022",
     claim="a two-timescale (short + long receptive field) self-supervised representation decodes both "
-          "sequence-level and frame-level behaviour labels with a linear probe better than single-timescale "
-          "twins of the same size (SYNTHETIC mouse-triplet data)",
+    "sequence-level and frame-level behaviour labels with a linear probe better than single-timescale "
+    "twins of the same size (SYNTHETIC mouse-triplet data)",
     config=BAMSMultiscaleConfig,
 )
 def run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
@@ -240,8 +283,10 @@ def _run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
     raw = _probe(data.raw_embedding, data, cfg)
     rf = {"short": cfg.encoder(cfg.short_base).receptive_field, "long": cfg.encoder(cfg.long_base).receptive_field}
     # how decodable the slow factors are at each memory length (data difficulty, independent of any model)
-    oracle = {w: _probe(mabe.zscore(mabe.oracle_slow_features(data.keypoints, w)), data, cfg)
-              for w in (rf["short"], rf["long"])}
+    oracle = {
+        w: _probe(mabe.zscore(mabe.oracle_slow_features(data.keypoints, w)), data, cfg)
+        for w in (rf["short"], rf["long"])
+    }
     # one cumulative checkpoint of every finished (variant, seed): loading it restores the log to the last one
     done: dict[str, Any] = run.load_checkpoint("phases") or {}
     for variant in VARIANTS:
@@ -253,8 +298,12 @@ def _run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
             scores = _probe(mabe.zscore(mabe.pool_animals(_embed(model, data.x), 3)), data, cfg)
             model.cpu()
             run.log(phase="probe", variant=variant, seed=seed, **scores)
-            done[name] = {"model": model.state_dict(), "scores": scores, "history": history,
-                          "params": sum(p.numel() for p in model.parameters())}
+            done[name] = {
+                "model": model.state_dict(),
+                "scores": scores,
+                "history": history,
+                "params": sum(p.numel() for p in model.parameters()),
+            }
             run.save_checkpoint("phases", done)
     results = {v: {s: done[f"{v}-s{s}"] for s in seeds} for v in VARIANTS}
     params = {v: int(done[f"{v}-s{seeds[0]}"]["params"]) for v in VARIANTS}
@@ -264,10 +313,16 @@ def _run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
     group = {v: _group(mean[v]) for v in VARIANTS}
     verdict, wins = verdict_from_scores(group)
 
-    pair_rf = {"multiscale": (rf["short"], rf["long"]), "short-only": (rf["short"], rf["short"]),
-               "long-only": (rf["long"], rf["long"])}
-    metrics: dict[str, Any] = {"data": "SYNTHETIC", "receptive_field_short": rf["short"],
-                               "receptive_field_long": rf["long"]}
+    pair_rf = {
+        "multiscale": (rf["short"], rf["long"]),
+        "short-only": (rf["short"], rf["short"]),
+        "long-only": (rf["long"], rf["long"]),
+    }
+    metrics: dict[str, Any] = {
+        "data": "SYNTHETIC",
+        "receptive_field_short": rf["short"],
+        "receptive_field_long": rf["long"],
+    }
     for v in VARIANTS:
         key = v.replace("-", "_")
         metrics[f"{key}_sequence_f1"] = group[v]["sequence"]
@@ -284,27 +339,55 @@ def _run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
 
     table = []
     for v in VARIANTS:
-        table.append({"representation": f"{v} (RF {pair_rf[v][0]} + {pair_rf[v][1]})", "params": params[v],
-                      **{f"{t} F1": mean[v][t] for t in tasks},
-                      "sequence mean": group[v]["sequence"], "frame mean": group[v]["frame"]})
+        table.append(
+            {
+                "representation": f"{v} (RF {pair_rf[v][0]} + {pair_rf[v][1]})",
+                "params": params[v],
+                **{f"{t} F1": mean[v][t] for t in tasks},
+                "sequence mean": group[v]["sequence"],
+                "frame mean": group[v]["frame"],
+            }
+        )
     raw_group = _group(raw)
-    table.append({"representation": "raw features (no training; reference)", "params": 0,
-                  **{f"{t} F1": raw[t] for t in tasks},
-                  "sequence mean": raw_group["sequence"], "frame mean": raw_group["frame"]})
+    table.append(
+        {
+            "representation": "raw features (no training; reference)",
+            "params": 0,
+            **{f"{t} F1": raw[t] for t in tasks},
+            "sequence mean": raw_group["sequence"],
+            "frame mean": raw_group["frame"],
+        }
+    )
 
     for w, sc in oracle.items():
-        table.append({"representation": f"oracle {w}-frame averages of turn + speed (reference)", "params": 0,
-                      **{f"{t} F1": sc[t] if t not in ("chases", "close") else float("nan") for t in tasks},
-                      "sequence mean": _group(sc)["sequence"],
-                      "frame mean": float("nan")})
+        table.append(
+            {
+                "representation": f"oracle {w}-frame averages of turn + speed (reference)",
+                "params": 0,
+                **{f"{t} F1": sc[t] if t not in ("chases", "close") else float("nan") for t in tasks},
+                "sequence mean": _group(sc)["sequence"],
+                "frame mean": float("nan"),
+            }
+        )
 
-    plot_bars(run.figure("probe_f1.png"), list(tasks), {v: [mean[v][t] for t in tasks] for v in VARIANTS},
-              title="Linear-probe F1 on SYNTHETIC mouse triplets (test clips)", ylabel="F1")
+    plot_bars(
+        run.figure("probe_f1.png"),
+        list(tasks),
+        {v: [mean[v][t] for t in tasks] for v in VARIANTS},
+        title="Linear-probe F1 on SYNTHETIC mouse triplets (test clips)",
+        ylabel="F1",
+    )
     s0 = seeds[0]
-    plot_lines(run.figure("training_loss.png"),
-               {v: ([h["step"] for h in results[v][s0]["history"]], [h["loss"] for h in results[v][s0]["history"]])
-                for v in VARIANTS},
-               title=f"BAMS training loss (seed {s0})", xlabel="step", ylabel="500 HoA + 0.5 short + 0.5 long")
+    plot_lines(
+        run.figure("training_loss.png"),
+        {
+            v: ([h["step"] for h in results[v][s0]["history"]], [h["loss"] for h in results[v][s0]["history"]])
+            for v in VARIANTS
+        },
+        title=f"BAMS training loss (seed {s0})",
+        xlabel="step",
+        ylabel="500 HoA + 0.5 short + 0.5 long",
+    )
 
     n_split = {k: data.splits.count(k) for k in mabe.SPLITS}
     protocol = (
@@ -347,10 +430,12 @@ def _run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
     )
     return Result(
         verdict=verdict,
-        rule=("group score = mean linear-probe F1 over its tasks (sequence: strain, lights; frame: chases, close) "
-              "and model seeds. reproduced: multiscale > short-only and > long-only on both groups; partial: "
-              "multiscale > short-only on sequence-level and > long-only on frame-level, but not all four; "
-              "not reproduced: otherwise"),
+        rule=(
+            "group score = mean linear-probe F1 over its tasks (sequence: strain, lights; frame: chases, close) "
+            "and model seeds. reproduced: multiscale > short-only and > long-only on both groups; partial: "
+            "multiscale > short-only on sequence-level and > long-only on frame-level, but not all four; "
+            "not reproduced: otherwise"
+        ),
         metrics=metrics,
         table=table,
         figures=["probe_f1.png", "training_loss.png"],

@@ -76,24 +76,33 @@ class BYOLExploreExperimentConfig(Config):
         return cls()
 
     def validate(self) -> None:
-        for name in ("seeds", "total_steps", "num_envs", "num_steps", "max_episode_steps", "curve_points",
-                     "threads"):
+        for name in ("seeds", "total_steps", "num_envs", "num_steps", "max_episode_steps", "curve_points", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if "ppo" not in self.arms or "byol" not in self.arms:
             raise ValueError(f"arms must include 'ppo' and 'byol' (the claim compares them), got {self.arms}")
         if self.total_steps < self.num_envs * self.num_steps:
-            raise ValueError(f"total_steps={self.total_steps} is less than one rollout "
-                             f"(num_envs*num_steps={self.num_envs * self.num_steps})")
+            raise ValueError(
+                f"total_steps={self.total_steps} is less than one rollout "
+                f"(num_envs*num_steps={self.num_envs * self.num_steps})"
+            )
         if self.count_scale < 0:
             raise ValueError(f"count_scale must be >= 0, got {self.count_scale}")
         self.byol_config()  # validates the BYOL-Explore fields
 
     def byol_config(self) -> BE.BYOLExploreConfig:
         return BE.BYOLExploreConfig(
-            horizon=self.horizon, ema_decay=self.ema_decay, latent_dim=self.latent_dim, state_dim=self.state_dim,
-            mlp_hidden=self.mlp_hidden, lr=self.wm_lr, wm_updates=self.wm_updates,
-            reward_indexing=self.reward_indexing, int_coef=self.int_coef, norm_decay=self.norm_decay)
+            horizon=self.horizon,
+            ema_decay=self.ema_decay,
+            latent_dim=self.latent_dim,
+            state_dim=self.state_dim,
+            mlp_hidden=self.mlp_hidden,
+            lr=self.wm_lr,
+            wm_updates=self.wm_updates,
+            reward_indexing=self.reward_indexing,
+            int_coef=self.int_coef,
+            norm_decay=self.norm_decay,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,10 +143,15 @@ def run_arm(cfg: BYOLExploreExperimentConfig, arm: str, seed: int) -> dict[str, 
         "final_success": float(succ[tail].mean()) if tail.any() else 0.0,
         "mean_return": float(rets.mean()) if len(rets) else 0.0,
         "final_return": float(rets[tail].mean()) if tail.any() else 0.0,
-        "found_goal": bool(succ.any()), "first_success_step": int(ends[succ > 0][0]) if succ.any() else -1,
-        "coverage": coverage[-1] / free, "coverage_auc": float(np.mean(coverage)) / free,
-        "steps_per_second": res.steps_per_second, "env_steps": res.env_steps, "free_cells": free,
-        "curve_steps": checkpoints.tolist(), "curve_coverage": [c / free for c in coverage],
+        "found_goal": bool(succ.any()),
+        "first_success_step": int(ends[succ > 0][0]) if succ.any() else -1,
+        "coverage": coverage[-1] / free,
+        "coverage_auc": float(np.mean(coverage)) / free,
+        "steps_per_second": res.steps_per_second,
+        "env_steps": res.env_steps,
+        "free_cells": free,
+        "curve_steps": checkpoints.tolist(),
+        "curve_coverage": [c / free for c in coverage],
         "curve_success": [window_mean(succ, b) for b in checkpoints],
         "curve_return": [window_mean(rets, b) for b in checkpoints],
     }
@@ -151,11 +165,13 @@ def run_arm(cfg: BYOLExploreExperimentConfig, arm: str, seed: int) -> dict[str, 
 # ------------------------------------------------------------------------------------------------
 # verdict
 # ------------------------------------------------------------------------------------------------
-RULE = ("paired by seed, BYOL-Explore vs plain PPO. Goal: the success rate of episodes in the last 20% of "
-        "the steps rises by >= 0.1 on the mean and beats PPO's (strictly: ties, e.g. both 0, are no evidence) in "
-        ">= 60% of seeds. Coverage: the coverage "
-        "AUC (distinct cells visited, averaged over the curve points) is higher on the mean and in >= 60% of "
-        "seeds. Reproduced if both hold, partial if one does, not reproduced if neither.")
+RULE = (
+    "paired by seed, BYOL-Explore vs plain PPO. Goal: the success rate of episodes in the last 20% of "
+    "the steps rises by >= 0.1 on the mean and beats PPO's (strictly: ties, e.g. both 0, are no evidence) in "
+    ">= 60% of seeds. Coverage: the coverage "
+    "AUC (distinct cells visited, averaged over the curve points) is higher on the mean and in >= 60% of "
+    "seeds. Reproduced if both hold, partial if one does, not reproduced if neither."
+)
 
 
 def verdict(byol: list[dict[str, Any]], ppo: list[dict[str, Any]]) -> tuple[str, bool, bool]:
@@ -181,7 +197,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     system="BYOL-Explore",
     paper="Guo et al., BYOL-Explore: Exploration by Bootstrapped Prediction, NeurIPS 2022",
     claim="On a sparse-reward hard-exploration gridworld, PPO with BYOL-Explore's intrinsic reward reaches "
-          "the goal and covers the state space where plain PPO with the same budget and seeds does not",
+    "the goal and covers the state space where plain PPO with the same budget and seeds does not",
     config=BYOLExploreExperimentConfig,
 )
 def run(cfg: BYOLExploreExperimentConfig, run: Run) -> Result:
@@ -193,8 +209,9 @@ def _run(cfg: BYOLExploreExperimentConfig, run: Run) -> Result:
     state = run.load_checkpoint("progress") or {}
     results: dict[str, Any] = state.get("results", {})
     seeds = [run.seed * 1000 + SEED_OFFSET + i for i in range(cfg.seeds)]
-    units = [(f"{arm}/{i}", arm, seeds[i]) for i in range(cfg.seeds) for arm in cfg.arms
-             if f"{arm}/{i}" not in results]  # units finished before a resume are kept
+    units = [
+        (f"{arm}/{i}", arm, seeds[i]) for i in range(cfg.seeds) for arm in cfg.arms if f"{arm}/{i}" not in results
+    ]  # units finished before a resume are kept
     for key, arm, seed in run.progress(units, desc="byol-explore", total=len(units)):
         t0 = time.time()
         res = run_arm(cfg, arm, seed)
@@ -225,17 +242,20 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, results: dict[str, Any])
         return_curves[label] = (steps, np.mean([r["curve_return"] for r in rows], 0).tolist())
         bars[arm] = [metrics[f"{arm}_{w}"] for w in shown]
         errs[arm] = [metrics[f"{arm}_{w}_std"] for w in shown]
-        table.append({
-            "arm": arm, "seeds": len(rows),
-            "success (last 20%)": f"{metrics[f'{arm}_final_success']:.2f}±{metrics[f'{arm}_final_success_std']:.2f}",
-            "success (all)": f"{metrics[f'{arm}_success_rate']:.2f}±{metrics[f'{arm}_success_rate_std']:.2f}",
-            "return (last 20%)": f"{metrics[f'{arm}_final_return']:.3f}",
-            "goal found": f"{metrics[f'{arm}_found_goal_seeds']}/{len(rows)}",
-            "final coverage": f"{metrics[f'{arm}_coverage']:.2f}",
-            "coverage AUC": f"{metrics[f'{arm}_coverage_auc']:.2f}±{metrics[f'{arm}_coverage_auc_std']:.2f}",
-            "env steps/s": f"{metrics[f'{arm}_steps_per_second']:.0f}",
-            "per-seed success (last 20%)": " ".join(f"{r['final_success']:.2f}" for r in rows),
-        })
+        table.append(
+            {
+                "arm": arm,
+                "seeds": len(rows),
+                "success (last 20%)": f"{metrics[f'{arm}_final_success']:.2f}±{metrics[f'{arm}_final_success_std']:.2f}",
+                "success (all)": f"{metrics[f'{arm}_success_rate']:.2f}±{metrics[f'{arm}_success_rate_std']:.2f}",
+                "return (last 20%)": f"{metrics[f'{arm}_final_return']:.3f}",
+                "goal found": f"{metrics[f'{arm}_found_goal_seeds']}/{len(rows)}",
+                "final coverage": f"{metrics[f'{arm}_coverage']:.2f}",
+                "coverage AUC": f"{metrics[f'{arm}_coverage_auc']:.2f}±{metrics[f'{arm}_coverage_auc_std']:.2f}",
+                "env steps/s": f"{metrics[f'{arm}_steps_per_second']:.0f}",
+                "per-seed success (last 20%)": " ".join(f"{r['final_success']:.2f}" for r in rows),
+            }
+        )
     byol = by_arm["byol"]
     metrics["byol_wm_loss_first"] = float(np.mean([r["wm_loss_first"] for r in byol]))
     metrics["byol_wm_loss_last"] = float(np.mean([r["wm_loss_last"] for r in byol]))
@@ -243,14 +263,35 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, results: dict[str, Any])
     v, goal, cover = verdict(byol, by_arm["ppo"])
     metrics["goal_criterion"], metrics["coverage_criterion"] = goal, cover
 
-    plot_lines(run.figure("coverage.png"), cover_curves, title="distinct cells visited (all envs, cumulative)",
-               xlabel="environment steps", ylabel="fraction of the free cells")
-    plot_lines(run.figure("success.png"), success_curves, title="episode success rate per window",
-               xlabel="environment steps", ylabel="success rate")
-    plot_lines(run.figure("return.png"), return_curves, title="extrinsic episode return per window",
-               xlabel="environment steps", ylabel="mean return")
-    plot_bars(run.figure("summary.png"), ["success (last 20%)", "success (all)", "coverage AUC"], bars,
-              errors=errs, title="four-room chain, equal env steps and seeds", ylabel="fraction")
+    plot_lines(
+        run.figure("coverage.png"),
+        cover_curves,
+        title="distinct cells visited (all envs, cumulative)",
+        xlabel="environment steps",
+        ylabel="fraction of the free cells",
+    )
+    plot_lines(
+        run.figure("success.png"),
+        success_curves,
+        title="episode success rate per window",
+        xlabel="environment steps",
+        ylabel="success rate",
+    )
+    plot_lines(
+        run.figure("return.png"),
+        return_curves,
+        title="extrinsic episode return per window",
+        xlabel="environment steps",
+        ylabel="mean return",
+    )
+    plot_bars(
+        run.figure("summary.png"),
+        ["success (last 20%)", "success (all)", "coverage AUC"],
+        bars,
+        errors=errs,
+        title="four-room chain, equal env steps and seeds",
+        ylabel="fraction",
+    )
     figures = ["coverage.png", "success.png", "return.png", "summary.png"]
 
     protocol = (
@@ -261,7 +302,8 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, results: dict[str, Any])
         f"GRU cells of {cfg.state_dim}, horizon K={cfg.horizon}, EMA target alpha={cfg.ema_decay}, "
         f"{cfg.wm_updates} Adam steps (lr {cfg.wm_lr}) per rollout on the rollout, reward indexing "
         f"'{cfg.reward_indexing}', normaliser beta={cfg.norm_decay}, lambda={cfg.int_coef}. Count reference: "
-        f"beta/sqrt(n+1), beta={cfg.count_scale}.")
+        f"beta/sqrt(n+1), beta={cfg.count_scale}."
+    )
     notes = (
         "DM-HARD-8 / Atari with V-MPO are replaced by a small gridworld and PPO (CPU budget); the world model "
         "has its own parameters and optimiser (no sharing with the agent). The notes leave K, the EMA rate, the "
@@ -276,6 +318,6 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, results: dict[str, Any])
         "tightened once after the first evaluation run (paired goal wins strict > instead of >=: a 0 vs 0 tie "
         "is no evidence); the verdict did not change (3 of 5 seeds strictly better). "
         "The normaliser's mu is an EMA started at 0 without bias correction (as in the reference code), so "
-        "early in training most steps get a positive bonus.")
-    return Result(verdict=v, rule=RULE, metrics=metrics, table=table, figures=figures, protocol=protocol,
-                  notes=notes)
+        "early in training most steps get a positive bonus."
+    )
+    return Result(verdict=v, rule=RULE, metrics=metrics, table=table, figures=figures, protocol=protocol, notes=notes)

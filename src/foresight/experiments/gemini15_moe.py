@@ -164,8 +164,10 @@ class Gemini15MoEConfig(Config):
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.intermediate % self.top_k:
-            raise ValueError(f"intermediate={self.intermediate} must be a multiple of top_k={self.top_k} "
-                             "(each expert has intermediate / top_k)")
+            raise ValueError(
+                f"intermediate={self.intermediate} must be a multiple of top_k={self.top_k} "
+                "(each expert has intermediate / top_k)"
+            )
         if not self.answer_weight >= 0:
             raise ValueError(f"answer_weight must be >= 0, got {self.answer_weight}")
         if not self.lr > 0 or not 0.0 <= self.warmup_fraction < 1.0:
@@ -395,8 +397,11 @@ def _plot_recall(path, grids: dict[str, dict], trained: int) -> None:
         ax.set_yticks(range(len(g["depths"])), [f"{d:g}" for d in g["depths"]])
         for (i, j), v in np.ndenumerate(recall):
             ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=6)
-        ax.set(title=f"{label}: NIAH recall", xlabel="context length (chars; * = beyond training)",
-               ylabel="needle depth (%)")
+        ax.set(
+            title=f"{label}: NIAH recall",
+            xlabel="context length (chars; * = beyond training)",
+            ylabel="needle depth (%)",
+        )
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -497,8 +502,13 @@ def _run(cfg: Gemini15MoEConfig, run: Run) -> Result:
             )
             out[name] = g.to_dict()
             for i, L in enumerate(g.lengths):
-                run.log(phase="niah", model=name, length=L, recall=float(g.recall[i].mean()),
-                        recall_by_depth=g.recall[i].tolist())
+                run.log(
+                    phase="niah",
+                    model=name,
+                    length=L,
+                    recall=float(g.recall[i].mean()),
+                    recall_by_depth=g.recall[i].tolist(),
+                )
         out["load"] = _expert_load(moe, data, cfg, run.device)
         return out
 

@@ -87,8 +87,19 @@ class Gemini1MultimodalConfig(Config):
         return cls()
 
     def validate(self) -> None:
-        for name in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "train_per_task",
-                     "test_per_task", "steps", "batch_size", "test_images"):
+        for name in (
+            "hidden",
+            "layers",
+            "heads",
+            "kv_heads",
+            "head_dim",
+            "intermediate",
+            "train_per_task",
+            "test_per_task",
+            "steps",
+            "batch_size",
+            "test_images",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -96,8 +107,9 @@ class Gemini1MultimodalConfig(Config):
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.tolerance <= 1 or not 0 <= self.composite_min <= 1:
-            raise ValueError(f"tolerance and composite_min must be in [0, 1], got {self.tolerance}, "
-                             f"{self.composite_min}")
+            raise ValueError(
+                f"tolerance and composite_min must be in [0, 1], got {self.tolerance}, {self.composite_min}"
+            )
         self.model_config()  # the decoder / encoder fields validate there
 
     def model_config(self):

@@ -118,8 +118,7 @@ class Gemma2DistillationConfig(Config):
             raise ValueError(f"topk={self.topk} exceeds vocab_size={self.vocab_size}")
         if not 0.0 <= self.alpha <= 1.0 or not self.temperature > 0:
             raise ValueError(
-                f"need 0 <= alpha <= 1 and temperature > 0, got alpha={self.alpha}, "
-                f"temperature={self.temperature}"
+                f"need 0 <= alpha <= 1 and temperature > 0, got alpha={self.alpha}, temperature={self.temperature}"
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -327,11 +326,7 @@ def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
         f"AdamW/warmup-cosine schedule for both methods; budgets {list(cfg.student_budgets)} tokens. "
         f"Distillation: τ²·KL(teacher ‖ student) with τ={cfg.temperature}, α={cfg.alpha} "
         f"(α=1: no next-token term, as Gemma 2); teacher "
-        + (
-            f"top-{cfg.topk} logits cached once and renormalised. "
-            if cfg.topk
-            else "run online (full softmax). "
-        )
+        + (f"top-{cfg.topk} logits cached once and renormalised. " if cfg.topk else "run online (full softmax). ")
         + f"Validation NLL on {n_val} fixed held-out windows."
     )
     notes = note + (

@@ -260,9 +260,7 @@ def stage_composition(cfg: GGPIConfig, run: Run) -> dict[str, Any]:
             r = torch.randn(cfg.exact_states, generator=gen, dtype=torch.float64)
             aug, pi_aug = G.augmented_chain(mdp, pis, alphas)
             q_aug = q_values(G.with_arrival_reward(aug, r.repeat(L)), pi_aug)[: cfg.exact_states]
-            q_err = max(
-                q_err, (G.composed_q_values(ghms, pis, betas, cfg.gamma, r) - q_aug).abs().max().item()
-            )
+            q_err = max(q_err, (G.composed_q_values(ghms, pis, betas, cfg.gamma, r) - q_aug).abs().max().item())
         errors[str(L)] = errs
         run.log(stage="a", length=L, max_abs_error=max(errs))
     # the GGPI inequality on random MDPs: tail-closed sets, and the length-2 members alone (not closed)
@@ -405,9 +403,7 @@ def _score_tasks(
             out[f"base {k}"].append(_policy_value(m_r, p))
         out["GPI"].append(_policy_value(m_r, pi_gpi))
         out["GGPI"].append(_policy_value(m_r, pi_ggpi))
-        out["optimal"].append(
-            (value_iteration(m_r).values @ mdp.initial).item() if optimal is None else optimal[t]
-        )
+        out["optimal"].append((value_iteration(m_r).values @ mdp.initial).item() if optimal is None else optimal[t])
         if exact_models is not None:
             # the theorem: Q^{π'} >= max over the set, pointwise (exact models only)
             out["ggpi_margin"].append((q_values(m_r, pi_ggpi) - Qs.max(0).values).min().item())
@@ -474,9 +470,7 @@ def stage_grid(cfg: GGPIConfig, run: Run) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _nav_rollouts(
-    cfg: GGPIConfig, choose, reward: BumpReward, starts: torch.Tensor, seed: int
-) -> torch.Tensor:
+def _nav_rollouts(cfg: GGPIConfig, choose, reward: BumpReward, starts: torch.Tensor, seed: int) -> torch.Tensor:
     """Discounted returns [E] of ``choose(s [E, 2]) -> a [E]`` from ``starts``; the env noise is seeded
     by ``seed`` so that every policy sees the same noise (paired comparisons)."""
     g = torch.Generator().manual_seed(seed)
@@ -509,9 +503,7 @@ def _switching_rollout_value(
     stay = torch.tensor(nu.continue_probs + (1.0,), dtype=torch.float64)
     ret, disc = torch.zeros(n, dtype=torch.float64), 1.0
     for _ in range(cfg.nav_horizon * 2):
-        x = point_nav_step(
-            x, act, step_size=cfg.nav_step_size, noise_std=cfg.nav_noise, directions=dirs, generator=gen
-        )
+        x = point_nav_step(x, act, step_size=cfg.nav_step_size, noise_std=cfg.nav_noise, directions=dirs, generator=gen)
         ret += disc * reward(x)
         disc *= cfg.nav_gamma
         switch = torch.rand(n, generator=gen, dtype=torch.float64) >= stay[phase]
@@ -534,9 +526,7 @@ def stage_nav(cfg: GGPIConfig, run: Run, seed: int) -> dict[str, Any]:
     def sample_transitions(B: int, g: torch.Generator | None):
         s = torch.rand(B, 2, generator=g, dtype=torch.float64)
         a = torch.randint(A, (B,), generator=g)
-        s2 = point_nav_step(
-            s, a, step_size=cfg.nav_step_size, noise_std=cfg.nav_noise, directions=dirs, generator=g
-        )
+        s2 = point_nav_step(s, a, step_size=cfg.nav_step_size, noise_std=cfg.nav_noise, directions=dirs, generator=g)
         return s.float(), a, s2.float()
 
     torch.manual_seed(run.seed + 1000 * seed)
@@ -607,9 +597,7 @@ def stage_nav(cfg: GGPIConfig, run: Run, seed: int) -> dict[str, Any]:
             .item()
         )
         out["GGPI"].append(
-            _nav_rollouts(
-                cfg, lambda s, q=q_all: q(s, N).max(0).values.argmax(-1), reward, starts, noise_seed
-            )
+            _nav_rollouts(cfg, lambda s, q=q_all: q(s, N).max(0).values.argmax(-1), reward, starts, noise_seed)
             .mean()
             .item()
         )
@@ -670,11 +658,7 @@ def _run(cfg: GGPIConfig, run: Run) -> Result:
     tabular_ok = all(k in ok for k in must if k.startswith("tabular"))
     fp_ok = b["fixed_point_error"] < 1e-10
     verdict_b = (
-        "reproduced"
-        if fp_ok and len(ok) == len(must)
-        else "partial"
-        if fp_ok and tabular_ok
-        else "not reproduced"
+        "reproduced" if fp_ok and len(ok) == len(must) else "partial" if fp_ok and tabular_ok else "not reproduced"
     )
     # ---- (c)
     ce, cl = c["exact"], c["learned"]
@@ -848,9 +832,7 @@ def _run(cfg: GGPIConfig, run: Run) -> Result:
         "grid_learned_mean_returns": {g: mean(cl[g]) for g in groups},
         "nav_mean_returns": {g: mean(d_vals[g]) for g in d_groups},
     }
-    num_nav_heads = len(
-        G.required_models(G.switching_set(4, cfg.max_len, (cfg.nav_continue_prob,)), cfg.nav_gamma)
-    )
+    num_nav_heads = len(G.required_models(G.switching_set(4, cfg.max_len, (cfg.nav_continue_prob,)), cfg.nav_gamma))
     protocol = (
         f"(a) {cfg.exact_mdps} random MDPs (S={cfg.exact_states}, A={cfg.exact_actions}, Dirichlet rows) "
         f"per length {list(cfg.exact_lengths)}, random stochastic base policies and continue probabilities, "

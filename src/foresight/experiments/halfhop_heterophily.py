@@ -31,8 +31,10 @@ from foresight.graph.datasets import HETEROPHILIC, load_geom_gcn
 from foresight.graph.models import BACKBONES, NodeClassifier, make_backbone
 from foresight.graph.train import fit_node_classifier, keep_freed_memory
 
-CLAIM = ("Adding Half-Hop to GCN, GraphSAGE and GAT improves node-classification accuracy on heterophilic "
-         "graphs (Texas, Wisconsin, Cornell, Actor, Chameleon, Squirrel)")
+CLAIM = (
+    "Adding Half-Hop to GCN, GraphSAGE and GAT improves node-classification accuracy on heterophilic "
+    "graphs (Texas, Wisconsin, Cornell, Actor, Chameleon, Squirrel)"
+)
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,17 @@ class HeterophilyConfig(Config):
     p_grid: tuple[float, ...] = (0.5, 0.75, 1.0)
 
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "datasets": (*HETEROPHILIC, "actor"), "backbones": tuple(BACKBONES),
+        "datasets": (*HETEROPHILIC, "actor"),
+        "backbones": tuple(BACKBONES),
     }
 
     @classmethod
     def preset(cls, scale: str) -> HeterophilyConfig:
         return {
             # CI smoke test: two WebKB sets, GCN, two splits, a few epochs
-            "tiny": cls(datasets=("texas", "cornell"), backbones=("gcn",), splits=(0, 1), epochs=15, patience=0,
-                        hidden=16),
+            "tiny": cls(
+                datasets=("texas", "cornell"), backbones=("gcn",), splits=(0, 1), epochs=15, patience=0, hidden=16
+            ),
             # every dataset and backbone on a 2-core budget: 2 splits, <= 50 epochs at a higher learning rate
             # (early stop after 20 without improvement), narrower layers and a one-head GAT (GAT on
             # squirrel's half-hopped graph, 1.6M edges, dominates the cost)
@@ -97,8 +101,10 @@ class HeterophilyConfig(Config):
 
 def verdict_rule(deltas: list[float]) -> tuple[str, str]:
     """Verdict from the (HH mean - base mean) test-accuracy deltas of the (dataset, backbone) pairs."""
-    rule = ("reproduced if Half-Hop's mean test accuracy beats the baseline's (delta > 0) on >= 2/3 of the "
-            "(dataset, backbone) pairs; partial if on >= 1/3; else not reproduced")
+    rule = (
+        "reproduced if Half-Hop's mean test accuracy beats the baseline's (delta > 0) on >= 2/3 of the "
+        "(dataset, backbone) pairs; partial if on >= 1/3; else not reproduced"
+    )
     frac = sum(d > 0 for d in deltas) / len(deltas)
     verdict = "reproduced" if frac >= 2 / 3 else "partial" if frac >= 1 / 3 else "not reproduced"
     return verdict, rule
@@ -115,12 +121,29 @@ def _train_splits(data, meta, backbone: str, hp: dict[str, Any], cfg: Heterophil
     for split in cfg.splits:
         torch.manual_seed(seed * 100 + split)  # same initial weights for base and Half-Hop (paired)
         model = NodeClassifier(
-            make_backbone(backbone, hp["hidden"], hp["hidden"], meta.num_classes, num_layers=cfg.num_layers,
-                          dropout=hp["dropout"], heads=cfg.heads),
-            in_channels=meta.num_features, alpha=hp.get("alpha"), p=hp.get("p", 1.0),
+            make_backbone(
+                backbone,
+                hp["hidden"],
+                hp["hidden"],
+                meta.num_classes,
+                num_layers=cfg.num_layers,
+                dropout=hp["dropout"],
+                heads=cfg.heads,
+            ),
+            in_channels=meta.num_features,
+            alpha=hp.get("alpha"),
+            p=hp.get("p", 1.0),
         ).to(data.x.device)
-        fit = fit_node_classifier(model, data, split, epochs=cfg.epochs, lr=hp["lr"], weight_decay=cfg.weight_decay,
-                                  patience=cfg.patience or None, eval_seed=seed * 100 + split)
+        fit = fit_node_classifier(
+            model,
+            data,
+            split,
+            epochs=cfg.epochs,
+            lr=hp["lr"],
+            weight_decay=cfg.weight_decay,
+            patience=cfg.patience or None,
+            eval_seed=seed * 100 + split,
+        )
         vals.append(fit.val_acc)
         tests.append(fit.test_acc)
         epochs.append(fit.best_epoch)
@@ -139,8 +162,10 @@ def _run_pair(data, meta, backbone: str, cfg: HeterophilyConfig, seed: int) -> d
             "base": _train_splits(data, meta, backbone, base_hp, cfg, seed),
             "hh": _train_splits(data, meta, backbone, {**base_hp, "alpha": cfg.alpha, "p": cfg.p}, cfg, seed),
         }
-    grid = [dict(lr=lr, hidden=h, dropout=d) for lr, h, d in
-            itertools.product(cfg.lr_grid, cfg.hidden_grid, cfg.dropout_grid)]
+    grid = [
+        dict(lr=lr, hidden=h, dropout=d)
+        for lr, h, d in itertools.product(cfg.lr_grid, cfg.hidden_grid, cfg.dropout_grid)
+    ]
     base = _select([_train_splits(data, meta, backbone, hp, cfg, seed) for hp in grid])
     hh_grid = [{**base["hp"], "alpha": a, "p": p} for a, p in itertools.product(cfg.alpha_grid, cfg.p_grid)]
     hh = _select([_train_splits(data, meta, backbone, hp, cfg, seed) for hp in hh_grid])
@@ -152,9 +177,11 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
 
 
 @experiment(
-    name="halfhop-heterophily", system="Half-Hop",
+    name="halfhop-heterophily",
+    system="Half-Hop",
     paper="Azabou et al., Half-Hop: A graph upsampling approach for slowing down message passing, ICML 2023",
-    claim=CLAIM, config=HeterophilyConfig,
+    claim=CLAIM,
+    config=HeterophilyConfig,
 )
 def run(cfg: HeterophilyConfig, run: Run) -> Result:
     datasets = tuple(dict.fromkeys("film" if d == "actor" else d for d in cfg.datasets))
@@ -177,8 +204,16 @@ def run(cfg: HeterophilyConfig, run: Run) -> Result:
         pair = _run_pair(loaded[1], loaded[2], bb, cfg, run.seed)
         pairs[key] = pair
         base_m, hh_m = _mean_std(pair["base"]["test"])[0], _mean_std(pair["hh"]["test"])[0]
-        run.log(dataset=ds, backbone=bb, base_test=base_m, hh_test=hh_m, delta=hh_m - base_m,
-                base_hp=pair["base"]["hp"], hh_hp=pair["hh"]["hp"], seconds=round(time.time() - t0, 2))
+        run.log(
+            dataset=ds,
+            backbone=bb,
+            base_test=base_m,
+            hh_test=hh_m,
+            delta=hh_m - base_m,
+            base_hp=pair["base"]["hp"],
+            hh_hp=pair["hh"]["hp"],
+            seconds=round(time.time() - t0, 2),
+        )
         run.save_checkpoint("heterophily", {"pairs": pairs})
 
     table, metrics, deltas = [], {}, []
@@ -188,16 +223,29 @@ def run(cfg: HeterophilyConfig, run: Run) -> Result:
         (bm, bs), (hm, hs) = _mean_std(pair["base"]["test"]), _mean_std(pair["hh"]["test"])
         delta = hm - bm
         deltas.append(delta)
-        row = {"dataset": ds, "backbone": bb, "base acc %": f"{100 * bm:.1f} ± {100 * bs:.1f}",
-               "HH acc %": f"{100 * hm:.1f} ± {100 * hs:.1f}", "delta (pp)": round(100 * delta, 2)}
+        row = {
+            "dataset": ds,
+            "backbone": bb,
+            "base acc %": f"{100 * bm:.1f} ± {100 * bs:.1f}",
+            "HH acc %": f"{100 * hm:.1f} ± {100 * hs:.1f}",
+            "delta (pp)": round(100 * delta, 2),
+        }
         if cfg.search:
             row["base hp"], row["HH hp"] = _fmt_hp(pair["base"]["hp"]), _fmt_hp(pair["hh"]["hp"])
         table.append(row)
-        metrics[f"{ds}/{bb}"] = {"base_test_mean": bm, "base_test_std": bs, "hh_test_mean": hm, "hh_test_std": hs,
-                                 "delta": delta, "base_val_mean": pair["base"]["val_mean"],
-                                 "hh_val_mean": pair["hh"]["val_mean"], "base_hp": pair["base"]["hp"],
-                                 "hh_hp": pair["hh"]["hp"], "base_test": pair["base"]["test"],
-                                 "hh_test": pair["hh"]["test"]}
+        metrics[f"{ds}/{bb}"] = {
+            "base_test_mean": bm,
+            "base_test_std": bs,
+            "hh_test_mean": hm,
+            "hh_test_std": hs,
+            "delta": delta,
+            "base_val_mean": pair["base"]["val_mean"],
+            "hh_val_mean": pair["hh"]["val_mean"],
+            "base_hp": pair["base"]["hp"],
+            "hh_hp": pair["hh"]["hp"],
+            "base_test": pair["base"]["test"],
+            "hh_test": pair["hh"]["test"],
+        }
         groups.append(f"{ds}\n{bb}")
         base_means.append(100 * bm)
         hh_means.append(100 * hm)
@@ -211,17 +259,28 @@ def run(cfg: HeterophilyConfig, run: Run) -> Result:
     metrics["mean_delta"] = sum(deltas) / len(deltas)
     metrics["datasets"] = metas
 
-    plot_bars(run.figure("accuracy.png"), groups, {"base": base_means, "Half-Hop": hh_means},
-              errors={"base": base_stds, "Half-Hop": hh_stds},
-              title="Test accuracy (best-val epoch), mean ± std over splits", ylabel="accuracy (%)")
+    plot_bars(
+        run.figure("accuracy.png"),
+        groups,
+        {"base": base_means, "Half-Hop": hh_means},
+        errors={"base": base_stds, "Half-Hop": hh_stds},
+        title="Test accuracy (best-val epoch), mean ± std over splits",
+        ylabel="accuracy (%)",
+    )
 
-    setting = ("hyperparameters searched on validation: base over lr x hidden x dropout "
-               f"{cfg.lr_grid} x {cfg.hidden_grid} x {cfg.dropout_grid}, then Half-Hop alpha x p "
-               f"{cfg.alpha_grid} x {cfg.p_grid} on top of the base's best" if cfg.search else
-               f"one fixed setting: lr={cfg.lr}, hidden={cfg.hidden}, dropout={cfg.dropout}, "
-               f"Half-Hop alpha={cfg.alpha}, p={cfg.p}")
-    edges = ("undirected (symmetrised, deduplicated, self-loops dropped)" if cfg.undirected
-             else "directed as stored in Geom-GCN (deduplicated, self-loops kept)")
+    setting = (
+        "hyperparameters searched on validation: base over lr x hidden x dropout "
+        f"{cfg.lr_grid} x {cfg.hidden_grid} x {cfg.dropout_grid}, then Half-Hop alpha x p "
+        f"{cfg.alpha_grid} x {cfg.p_grid} on top of the base's best"
+        if cfg.search
+        else f"one fixed setting: lr={cfg.lr}, hidden={cfg.hidden}, dropout={cfg.dropout}, "
+        f"Half-Hop alpha={cfg.alpha}, p={cfg.p}"
+    )
+    edges = (
+        "undirected (symmetrised, deduplicated, self-loops dropped)"
+        if cfg.undirected
+        else "directed as stored in Geom-GCN (deduplicated, self-loops kept)"
+    )
     protocol = (
         f"{len(datasets)} datasets x {len(cfg.backbones)} backbones ({', '.join(cfg.backbones)}), each without and "
         f"with Half-Hop, on Geom-GCN splits {list(cfg.splits)} (files named 0.6_0.2 but ~48/32/20 train/val/test). "
@@ -241,9 +300,18 @@ def run(cfg: HeterophilyConfig, run: Run) -> Result:
         f"{100 * metrics['mean_delta']:+.2f} pp; improved on {metrics['pairs_improved']}/{len(deltas)} pairs."
     )
     if run.scale != "full":
-        notes += (f" Scale {run.scale}: {len(cfg.splits)} of 10 splits, no hyperparameter search; "
-                  "with so few splits a delta of a few points is within noise (see the stds).")
+        notes += (
+            f" Scale {run.scale}: {len(cfg.splits)} of 10 splits, no hyperparameter search; "
+            "with so few splits a delta of a few points is within noise (see the stds)."
+        )
     if any(math.isnan(d) for d in deltas):
         notes += " Some deltas are NaN (an empty mask?)."
-    return Result(verdict=verdict, rule=rule, metrics=metrics, table=table, figures=["accuracy.png"],
-                  protocol=protocol, notes=notes)
+    return Result(
+        verdict=verdict,
+        rule=rule,
+        metrics=metrics,
+        table=table,
+        figures=["accuracy.png"],
+        protocol=protocol,
+        notes=notes,
+    )

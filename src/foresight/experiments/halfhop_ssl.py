@@ -39,8 +39,10 @@ from foresight.graph.train import keep_freed_memory
 from foresight.nn.ema import ema_update
 
 AUGMENTATIONS = ("none", "fd+ed", "hh", "fd+ed+hh")
-CLAIM = ("Half-Hop views improve BGRL self-supervised node representations (linear evaluation) over the "
-         "standard feature-masking + edge-dropping augmentations")
+CLAIM = (
+    "Half-Hop views improve BGRL self-supervised node representations (linear evaluation) over the "
+    "standard feature-masking + edge-dropping augmentations"
+)
 
 
 @dataclass(frozen=True)
@@ -67,20 +69,38 @@ class SSLConfig(Config):
     checkpoint_every: int = 100  # epochs between checkpoints (and loss log lines)
 
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "datasets": (*PLANETOID_NAMES, *HETEROPHILIC, "actor"), "augmentations": AUGMENTATIONS,
+        "datasets": (*PLANETOID_NAMES, *HETEROPHILIC, "actor"),
+        "augmentations": AUGMENTATIONS,
     }
 
     @classmethod
     def preset(cls, scale: str) -> SSLConfig:
         return {
             # CI smoke test (and the kill/resume test): small encoder, a few epochs, frequent checkpoints
-            "tiny": cls(datasets=("cora", "texas"), augmentations=("fd+ed", "fd+ed+hh"), inits=1, splits=(0, 1),
-                        epochs=30, encoder=(64, 32), predictor_hidden=64, lr=5e-3, probe_steps=100,
-                        checkpoint_every=5),
+            "tiny": cls(
+                datasets=("cora", "texas"),
+                augmentations=("fd+ed", "fd+ed+hh"),
+                inits=1,
+                splits=(0, 1),
+                epochs=30,
+                encoder=(64, 32),
+                predictor_hidden=64,
+                lr=5e-3,
+                probe_steps=100,
+                checkpoint_every=5,
+            ),
             # 2-core budget: four datasets, the two augmentations of the claim, short training
-            "quick": cls(datasets=("cora", "citeseer", "texas", "wisconsin"), augmentations=("fd+ed", "fd+ed+hh"),
-                         inits=1, splits=(0, 1, 2, 3, 4), epochs=150, encoder=(256, 128), lr=2e-3,
-                         probe_steps=200, checkpoint_every=25),
+            "quick": cls(
+                datasets=("cora", "citeseer", "texas", "wisconsin"),
+                augmentations=("fd+ed", "fd+ed+hh"),
+                inits=1,
+                splits=(0, 1, 2, 3, 4),
+                epochs=150,
+                encoder=(256, 128),
+                lr=2e-3,
+                probe_steps=200,
+                checkpoint_every=25,
+            ),
             "full": cls(),
         }[check_scale(scale)]
 
@@ -114,8 +134,10 @@ def view_augmentations(cfg: SSLConfig, name: str) -> tuple[Augmentation, Augment
 
 def verdict_rule(deltas: dict[str, float]) -> tuple[str, str]:
     """Verdict from per-dataset deltas (fd+ed+hh mean accuracy - fd+ed mean accuracy)."""
-    rule = ("reproduced if BGRL with FeatDrop+EdgeDrop+Half-Hop beats FeatDrop+EdgeDrop in mean linear-probe "
-            "test accuracy (delta > 0) on >= 2/3 of the datasets; partial if on >= 1/3; else not reproduced")
+    rule = (
+        "reproduced if BGRL with FeatDrop+EdgeDrop+Half-Hop beats FeatDrop+EdgeDrop in mean linear-probe "
+        "test accuracy (delta > 0) on >= 2/3 of the datasets; partial if on >= 1/3; else not reproduced"
+    )
     frac = sum(d > 0 for d in deltas.values()) / len(deltas)
     verdict = "reproduced" if frac >= 2 / 3 else "partial" if frac >= 1 / 3 else "not reproduced"
     return verdict, rule
@@ -137,9 +159,11 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 @experiment(
-    name="halfhop-ssl", system="Half-Hop",
+    name="halfhop-ssl",
+    system="Half-Hop",
     paper="Azabou et al., Half-Hop: A graph upsampling approach for slowing down message passing, ICML 2023",
-    claim=CLAIM, config=SSLConfig,
+    claim=CLAIM,
+    config=SSLConfig,
 )
 def run(cfg: SSLConfig, run: Run) -> Result:
     datasets = tuple(dict.fromkeys("film" if d == "actor" else d for d in cfg.datasets))
@@ -183,31 +207,56 @@ def run(cfg: SSLConfig, run: Run) -> Result:
                 history.append([job, done, loss])
                 run.log(dataset=ds, augmentation=aug_name, init=init, epoch=done, loss=loss)
                 # saved at an epoch boundary, after all of this epoch's RNG use
-                run.save_checkpoint("bgrl", {"job": job, "epoch": done, "model": model.state_dict(),
-                                             "optimizer": optimizer.state_dict(), "results": results,
-                                             "history": history})
+                run.save_checkpoint(
+                    "bgrl",
+                    {
+                        "job": job,
+                        "epoch": done,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "results": results,
+                        "history": history,
+                    },
+                )
         history.append([job, cfg.epochs, loss])
 
         z = model.embed(x, data.edge_index)  # [N, D], original graph
         tests, vals, wds = [], [], []
         for split in cfg.splits:
-            probe = linear_probe(z, data.y, data.train_mask[:, split], data.val_mask[:, split],
-                                 data.test_mask[:, split], weight_decays=cfg.probe_weight_decays,
-                                 steps=cfg.probe_steps)
+            probe = linear_probe(
+                z,
+                data.y,
+                data.train_mask[:, split],
+                data.val_mask[:, split],
+                data.test_mask[:, split],
+                weight_decays=cfg.probe_weight_decays,
+                steps=cfg.probe_steps,
+            )
             tests.append(probe.test_acc)
             vals.append(probe.val_acc)
             wds.append(probe.weight_decay)
-        results.append({"dataset": ds, "augmentation": aug_name, "init": init, "test": tests, "val": vals,
-                        "weight_decay": wds, "final_loss": loss})
-        run.log(dataset=ds, augmentation=aug_name, init=init, epoch=cfg.epochs, loss=loss,
-                test_mean=sum(tests) / len(tests))
+        results.append(
+            {
+                "dataset": ds,
+                "augmentation": aug_name,
+                "init": init,
+                "test": tests,
+                "val": vals,
+                "weight_decay": wds,
+                "final_loss": loss,
+            }
+        )
+        run.log(
+            dataset=ds, augmentation=aug_name, init=init, epoch=cfg.epochs, loss=loss, test_mean=sum(tests) / len(tests)
+        )
         run.save_checkpoint("bgrl", {"job": job + 1, "epoch": 0, "results": results, "history": history})
 
     return _summarise(cfg, run, datasets, results, history, metas)
 
 
-def _summarise(cfg: SSLConfig, run: Run, datasets: tuple[str, ...], results: list[dict], history: list,
-               metas: dict) -> Result:
+def _summarise(
+    cfg: SSLConfig, run: Run, datasets: tuple[str, ...], results: list[dict], history: list, metas: dict
+) -> Result:
     acc: dict[tuple[str, str], list[float]] = {}
     for r in results:
         acc.setdefault((r["dataset"], r["augmentation"]), []).extend(r["test"])
@@ -217,27 +266,39 @@ def _summarise(cfg: SSLConfig, run: Run, datasets: tuple[str, ...], results: lis
         for aug in cfg.augmentations:
             m, s = _mean_std(acc[(ds, aug)])
             metrics[f"{ds}/{aug}"] = {"test_mean": m, "test_std": s, "test": acc[(ds, aug)]}
-            table.append({"dataset": ds, "augmentation": aug, "linear-probe acc %": f"{100 * m:.1f} ± {100 * s:.1f}",
-                          "vs fd+ed (pp)": round(100 * (m - base_mean), 2)})
-        deltas[ds] = metrics[f"{ds}/fd+ed+hh"]["test_mean"] - base_mean if "fd+ed+hh" in cfg.augmentations else \
-            max(metrics[f"{ds}/{a}"]["test_mean"] for a in cfg.augmentations if "hh" in a) - base_mean
+            table.append(
+                {
+                    "dataset": ds,
+                    "augmentation": aug,
+                    "linear-probe acc %": f"{100 * m:.1f} ± {100 * s:.1f}",
+                    "vs fd+ed (pp)": round(100 * (m - base_mean), 2),
+                }
+            )
+        deltas[ds] = (
+            metrics[f"{ds}/fd+ed+hh"]["test_mean"] - base_mean
+            if "fd+ed+hh" in cfg.augmentations
+            else max(metrics[f"{ds}/{a}"]["test_mean"] for a in cfg.augmentations if "hh" in a) - base_mean
+        )
     verdict, rule = verdict_rule(deltas)
     metrics["delta_hh_vs_fd_ed"] = deltas
     metrics["datasets_improved"] = sum(d > 0 for d in deltas.values())
     metrics["datasets"] = metas
 
-    plot_bars(run.figure("linear_probe.png"), list(datasets),
-              {aug: [100 * metrics[f"{ds}/{aug}"]["test_mean"] for ds in datasets] for aug in cfg.augmentations},
-              errors={aug: [100 * metrics[f"{ds}/{aug}"]["test_std"] for ds in datasets] for aug in cfg.augmentations},
-              title="BGRL linear evaluation, mean ± std over inits x splits", ylabel="test accuracy (%)")
+    plot_bars(
+        run.figure("linear_probe.png"),
+        list(datasets),
+        {aug: [100 * metrics[f"{ds}/{aug}"]["test_mean"] for ds in datasets] for aug in cfg.augmentations},
+        errors={aug: [100 * metrics[f"{ds}/{aug}"]["test_std"] for ds in datasets] for aug in cfg.augmentations},
+        title="BGRL linear evaluation, mean ± std over inits x splits",
+        ylabel="test accuracy (%)",
+    )
     jobs = [(d, a, i) for d in datasets for a in cfg.augmentations for i in range(cfg.inits)]
     series = {}
     for j, (ds, aug, init) in enumerate(jobs):
         pts = [(e, loss) for jj, e, loss in history if jj == j]
         if pts and init == 0:
             series[f"{ds} {aug}"] = ([e for e, _ in pts], [loss for _, loss in pts])
-    plot_lines(run.figure("loss.png"), series, title="BGRL loss (symmetric 2 - 2cos)", xlabel="epoch",
-               ylabel="loss")
+    plot_lines(run.figure("loss.png"), series, title="BGRL loss (symmetric 2 - 2cos)", xlabel="epoch", ylabel="loss")
 
     protocol = (
         f"BGRL (GCN encoder {list(cfg.encoder)} with batch norm + PReLU, predictor {cfg.predictor_hidden}, EMA "
@@ -255,11 +316,19 @@ def _summarise(cfg: SSLConfig, run: Run, datasets: tuple[str, ...], results: lis
         "offline; Cora/CiteSeer/WebKB stand in, so only the sign of the effect is compared with Table 3 "
         "(where FeatDrop+EdgeDrop+Half-Hop beats FeatDrop+EdgeDrop on all five sets, by 0.02-0.78 pp). "
         "BGRL hyperparameters are BGRL's WikiCS ones (not tuned per dataset); p1=p2=0.75 is unverified. "
-        "Delta (fd+ed+hh - fd+ed) per dataset, pp: "
-        + ", ".join(f"{d} {100 * v:+.2f}" for d, v in deltas.items()) + "."
+        "Delta (fd+ed+hh - fd+ed) per dataset, pp: " + ", ".join(f"{d} {100 * v:+.2f}" for d, v in deltas.items()) + "."
     )
     if run.scale != "full":
-        notes += (f" Scale {run.scale}: {cfg.epochs} epochs (BGRL trains thousands), a smaller encoder and "
-                  f"{len(cfg.splits)} split(s); differences of ~1 pp are within noise.")
-    return Result(verdict=verdict, rule=rule, metrics=metrics, table=table,
-                  figures=["linear_probe.png", "loss.png"], protocol=protocol, notes=notes)
+        notes += (
+            f" Scale {run.scale}: {cfg.epochs} epochs (BGRL trains thousands), a smaller encoder and "
+            f"{len(cfg.splits)} split(s); differences of ~1 pp are within noise."
+        )
+    return Result(
+        verdict=verdict,
+        rule=rule,
+        metrics=metrics,
+        table=table,
+        figures=["linear_probe.png", "loss.png"],
+        protocol=protocol,
+        notes=notes,
+    )

@@ -34,17 +34,19 @@ from foresight.rl import self_predictive as SP
 F64 = torch.float64
 
 # A 7x7-interior four-rooms (40 cells) for the tiny scale; quick/full use Sutton's 104-cell four rooms.
-SMALL_FOUR_ROOMS = "\n".join([
-    "#########",
-    "#...#...#",
-    "#.......#",
-    "#...#...#",
-    "##.###.##",
-    "#...#...#",
-    "#.......#",
-    "#...#...#",
-    "#########",
-])
+SMALL_FOUR_ROOMS = "\n".join(
+    [
+        "#########",
+        "#...#...#",
+        "#.......#",
+        "#...#...#",
+        "##.###.##",
+        "#...#...#",
+        "#.......#",
+        "#...#...#",
+        "#########",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -100,30 +102,76 @@ class SelfPredictiveConfig(Config):
     @classmethod
     def preset(cls, scale: str) -> SelfPredictiveConfig:
         return {
-            "tiny": cls(num_mdps=4, num_states=6, k=2, collapse_dt=0.25, collapse_time=150.0, sgd_steps=150,
-                        spectral_time=1000.0, bidir_time=1000.0, deep_layout="four_rooms_small", deep_obs=("onehot",),
-                        deep_seeds=1, deep_steps=300, deep_lr=10.0, deep_hidden=64, deep_variants=(),
-                        deep_ode_time=4000.0),
-            "quick": cls(num_mdps=20, collapse_time=1000.0, sgd_steps=1000, spectral_time=6000.0,
-                         bidir_time=6000.0, deep_seeds=2, deep_steps=1500, deep_ode_time=20000.0),
+            "tiny": cls(
+                num_mdps=4,
+                num_states=6,
+                k=2,
+                collapse_dt=0.25,
+                collapse_time=150.0,
+                sgd_steps=150,
+                spectral_time=1000.0,
+                bidir_time=1000.0,
+                deep_layout="four_rooms_small",
+                deep_obs=("onehot",),
+                deep_seeds=1,
+                deep_steps=300,
+                deep_lr=10.0,
+                deep_hidden=64,
+                deep_variants=(),
+                deep_ode_time=4000.0,
+            ),
+            "quick": cls(
+                num_mdps=20,
+                collapse_time=1000.0,
+                sgd_steps=1000,
+                spectral_time=6000.0,
+                bidir_time=6000.0,
+                deep_seeds=2,
+                deep_steps=1500,
+                deep_ode_time=20000.0,
+            ),
             "full": cls(),
         }[check_scale(scale)]
 
     def validate(self) -> None:
-        for name in ("num_mdps", "num_states", "k", "sgd_steps", "sgd_batch", "deep_k", "deep_seeds", "deep_steps",
-                     "deep_batch", "deep_hidden"):
+        for name in (
+            "num_mdps",
+            "num_states",
+            "k",
+            "sgd_steps",
+            "sgd_batch",
+            "deep_k",
+            "deep_seeds",
+            "deep_steps",
+            "deep_batch",
+            "deep_hidden",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.k >= self.num_states:
             raise ValueError(f"k={self.k} must be < num_states={self.num_states}")
-        for name in ("concentration", "collapse_dt", "collapse_time", "slow_predictor_rate", "fast_predictor_rate",
-                     "sgd_lr", "spectral_dt", "spectral_time", "bidir_dt", "bidir_time", "deep_lr", "deep_variant_lr",
-                     "deep_ode_time"):
+        for name in (
+            "concentration",
+            "collapse_dt",
+            "collapse_time",
+            "slow_predictor_rate",
+            "fast_predictor_rate",
+            "sgd_lr",
+            "spectral_dt",
+            "spectral_time",
+            "bidir_dt",
+            "bidir_time",
+            "deep_lr",
+            "deep_variant_lr",
+            "deep_ode_time",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.slow_predictor_rate >= self.fast_predictor_rate:
-            raise ValueError(f"slow_predictor_rate={self.slow_predictor_rate} must be < "
-                             f"fast_predictor_rate={self.fast_predictor_rate}")
+            raise ValueError(
+                f"slow_predictor_rate={self.slow_predictor_rate} must be < "
+                f"fast_predictor_rate={self.fast_predictor_rate}"
+            )
         for name in ("collapse_ratio", "clean_threshold", "svd_threshold", "deep_ema_decay"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
@@ -148,8 +196,15 @@ def _record_every(steps: int, points: int = 60) -> int:
 
 def _integrate(run: Run, field, state0, *, dt: float, time: float, method: str, desc: str) -> SP.Trajectory:
     steps = _steps(time, dt)
-    return SP.integrate(field, state0, dt=dt, steps=steps, method=method, record_every=_record_every(steps),
-                        progress=lambda it: run.progress(it, desc=desc, total=steps))
+    return SP.integrate(
+        field,
+        state0,
+        dt=dt,
+        steps=steps,
+        method=method,
+        record_every=_record_every(steps),
+        progress=lambda it: run.progress(it, desc=desc, total=steps),
+    )
 
 
 def _fast_dt(cfg: SelfPredictiveConfig, d: torch.Tensor) -> float:
@@ -193,56 +248,99 @@ def part_non_collapse(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
         "semi + optimal P*": (dict(), cfg.collapse_dt, cfg.integrator),
         f"semi + optimal P* ({other})": (dict(), cfg.collapse_dt, other),
         "full gradient + optimal P*": (dict(gradient="full"), cfg.collapse_dt, cfg.integrator),
-        f"semi + slow P (β={cfg.slow_predictor_rate:g})":
-            (dict(predictor="learned", predictor_rate=cfg.slow_predictor_rate), cfg.collapse_dt, cfg.integrator),
-        f"semi + fast P (β={cfg.fast_predictor_rate:g})":
-            (dict(predictor="learned", predictor_rate=cfg.fast_predictor_rate), fast_dt, cfg.integrator),
+        f"semi + slow P (β={cfg.slow_predictor_rate:g})": (
+            dict(predictor="learned", predictor_rate=cfg.slow_predictor_rate),
+            cfg.collapse_dt,
+            cfg.integrator,
+        ),
+        f"semi + fast P (β={cfg.fast_predictor_rate:g})": (
+            dict(predictor="learned", predictor_rate=cfg.fast_predictor_rate),
+            fast_dt,
+            cfg.integrator,
+        ),
     }
     s0 = SP.sigma_min(Phi0)
     out: dict[str, Any] = {"variants": {}, "series": {}, "fast_dt": fast_dt}
     for name, (kw, dt, method) in variants.items():
-        traj = _integrate(run, SP.byol_pi_field(T, d, **kw), (Phi0, P0), dt=dt, time=cfg.collapse_time,
-                          method=method, desc=f"(a) {name}")
+        traj = _integrate(
+            run,
+            SP.byol_pi_field(T, d, **kw),
+            (Phi0, P0),
+            dt=dt,
+            time=cfg.collapse_time,
+            method=method,
+            desc=f"(a) {name}",
+        )
         ratio = torch.stack([SP.sigma_min(s[0]) / s0 for s in traj.states])  # [m, B]
         drift = torch.stack([SP.gram_drift(s[0], Phi0) for s in traj.states])  # [m, B]
-        out["series"][name] = {"t": traj.times.tolist(), "sigma_ratio": ratio.median(1).values.tolist(),
-                               "drift": drift.median(1).values.tolist()}
-        out["variants"][name] = {"collapse_frac": _frac(ratio[-1] < cfg.collapse_ratio),
-                                 "sigma_ratio_median": float(ratio[-1].median()),
-                                 "drift_max": float(drift[-1].max()), "drift_median": float(drift[-1].median())}
+        out["series"][name] = {
+            "t": traj.times.tolist(),
+            "sigma_ratio": ratio.median(1).values.tolist(),
+            "drift": drift.median(1).values.tolist(),
+        }
+        out["variants"][name] = {
+            "collapse_frac": _frac(ratio[-1] < cfg.collapse_ratio),
+            "sigma_ratio_median": float(ratio[-1].median()),
+            "drift_max": float(drift[-1].max()),
+            "drift_median": float(drift[-1].median()),
+        }
         run.log(part="a", variant=name, **out["variants"][name])
     # how much the slow-predictor result depends on where P starts: all starts in one batched run
     starts = {**P_inits, "P*(Φ0)": SP.optimal_predictor(Phi0, T, d)}
     n = len(starts)
     traj = SP.integrate(
-        SP.byol_pi_field(T.repeat(n, 1, 1), d.repeat(n, 1), predictor="learned",
-                         predictor_rate=cfg.slow_predictor_rate),
-        (Phi0.repeat(n, 1, 1), torch.cat(list(starts.values()))), dt=cfg.collapse_dt,
-        steps=_steps(cfg.collapse_time, cfg.collapse_dt), method=cfg.integrator, record_every=10**9)
+        SP.byol_pi_field(
+            T.repeat(n, 1, 1), d.repeat(n, 1), predictor="learned", predictor_rate=cfg.slow_predictor_rate
+        ),
+        (Phi0.repeat(n, 1, 1), torch.cat(list(starts.values()))),
+        dt=cfg.collapse_dt,
+        steps=_steps(cfg.collapse_time, cfg.collapse_dt),
+        method=cfg.integrator,
+        record_every=10**9,
+    )
     ratio = (SP.sigma_min(traj.states[-1][0]) / s0.repeat(n)).view(n, B)
     drift = SP.gram_drift(traj.states[-1][0], Phi0.repeat(n, 1, 1)).view(n, B)
-    out["slow_init"] = {name: {"collapse_frac": _frac(ratio[i] < cfg.collapse_ratio),
-                               "drift_median": float(drift[i].median()),
-                               "sigma_ratio_median": float(ratio[i].median())} for i, name in enumerate(starts)}
+    out["slow_init"] = {
+        name: {
+            "collapse_frac": _frac(ratio[i] < cfg.collapse_ratio),
+            "drift_median": float(drift[i].median()),
+            "sigma_ratio_median": float(ratio[i].median()),
+        }
+        for i, name in enumerate(starts)
+    }
     # SGD on sampled transitions: the same comparisons with noise and a finite step
     out["sgd"] = {}
     sgd_variants = {
         "SGD semi + optimal P*": dict(),
         "SGD full gradient + optimal P*": dict(gradient="full"),
-        f"SGD semi + slow P (lr_P = {cfg.slow_predictor_rate:g}·lr)":
-            dict(predictor="learned", predictor_lr=cfg.slow_predictor_rate * cfg.sgd_lr, P0=P0),
-        f"SGD semi + fast P (lr_P = {cfg.fast_predictor_rate:g}·lr)":
-            dict(predictor="learned", predictor_lr=cfg.fast_predictor_rate * cfg.sgd_lr, P0=P0),
+        f"SGD semi + slow P (lr_P = {cfg.slow_predictor_rate:g}·lr)": dict(
+            predictor="learned", predictor_lr=cfg.slow_predictor_rate * cfg.sgd_lr, P0=P0
+        ),
+        f"SGD semi + fast P (lr_P = {cfg.fast_predictor_rate:g}·lr)": dict(
+            predictor="learned", predictor_lr=cfg.fast_predictor_rate * cfg.sgd_lr, P0=P0
+        ),
     }
     for name, kw in run.progress(sgd_variants.items(), desc="(a) SGD", total=len(sgd_variants)):
-        traj = SP.sgd_byol_pi(Phi0, T, d, steps=cfg.sgd_steps, batch_size=cfg.sgd_batch, lr=cfg.sgd_lr,
-                              generator=g, record_every=cfg.sgd_steps, **kw)
+        traj = SP.sgd_byol_pi(
+            Phi0,
+            T,
+            d,
+            steps=cfg.sgd_steps,
+            batch_size=cfg.sgd_batch,
+            lr=cfg.sgd_lr,
+            generator=g,
+            record_every=cfg.sgd_steps,
+            **kw,
+        )
         Phi = traj.states[-1][0]
         finite = torch.isfinite(Phi).flatten(1).all(1)
         ratio = torch.where(finite, SP.sigma_min(torch.nan_to_num(Phi)) / s0, torch.zeros_like(s0))
-        out["sgd"][name] = {"collapse_frac": _frac(ratio < cfg.collapse_ratio),
-                            "sigma_ratio_median": float(ratio.median()), "diverged_frac": _frac(~finite),
-                            "drift_median": float(SP.gram_drift(torch.nan_to_num(Phi), Phi0).median())}
+        out["sgd"][name] = {
+            "collapse_frac": _frac(ratio < cfg.collapse_ratio),
+            "sigma_ratio_median": float(ratio.median()),
+            "diverged_frac": _frac(~finite),
+            "drift_median": float(SP.gram_drift(torch.nan_to_num(Phi), Phi0).median()),
+        }
         run.log(part="a", variant=name, **out["sgd"][name])
     return out
 
@@ -260,21 +358,26 @@ def verdict_non_collapse(cfg: SelfPredictiveConfig, a: dict[str, Any]) -> dict[s
         "SGD agrees": sgd_semi["collapse_frac"] == 0.0 and sgd_full["collapse_frac"] >= 0.9,
     }
     verdict = _verdict(all(checks.values()), checks["invariant"])
-    measured = (f"max drift semi+P* {semi['drift_max']:.1e} ({cfg.integrator}; {names[1]}: "
-                f"{v[names[1]]['drift_max']:.1e}); collapsed: full {full['collapse_frac']:.0%}, "
-                f"slow {slow['collapse_frac']:.0%}, fast {fast['collapse_frac']:.0%} "
-                f"(fast drift {fast['drift_median']:.2g}); SGD semi {sgd_semi['collapse_frac']:.0%} / "
-                f"full {sgd_full['collapse_frac']:.0%}")
-    criterion = (f"semi+P* drift ≤ {cfg.invariance_tol:g} and 0% collapse; full ≥ 90%, slow ≥ 50%, fast 0% "
-                 f"collapsed; SGD semi 0%, full ≥ 90%")
+    measured = (
+        f"max drift semi+P* {semi['drift_max']:.1e} ({cfg.integrator}; {names[1]}: "
+        f"{v[names[1]]['drift_max']:.1e}); collapsed: full {full['collapse_frac']:.0%}, "
+        f"slow {slow['collapse_frac']:.0%}, fast {fast['collapse_frac']:.0%} "
+        f"(fast drift {fast['drift_median']:.2g}); SGD semi {sgd_semi['collapse_frac']:.0%} / "
+        f"full {sgd_full['collapse_frac']:.0%}"
+    )
+    criterion = (
+        f"semi+P* drift ≤ {cfg.invariance_tol:g} and 0% collapse; full ≥ 90%, slow ≥ 50%, fast 0% "
+        f"collapsed; SGD semi 0%, full ≥ 90%"
+    )
     return {"checks": checks, "verdict": verdict, "measured": measured, "criterion": criterion}
 
 
 # ------------------------------------------------------------------------------------------------
 # (b) spectral decomposition on symmetric T
 # ------------------------------------------------------------------------------------------------
-def _selection_stats(Phi: torch.Tensor, eigs: list[tuple[torch.Tensor, torch.Tensor]], k: int,
-                     threshold: float) -> dict[str, Any]:
+def _selection_stats(
+    Phi: torch.Tensor, eigs: list[tuple[torch.Tensor, torch.Tensor]], k: int, threshold: float
+) -> dict[str, Any]:
     """Per seed: the selected eigenvalue ranks (by value), and whether the span is a clean eigen-subspace."""
     S = Phi.shape[-2]
     sel_ranks, clean, top_abs, top_real, extremal, purity, align_abs = [], [], [], [], [], [], []
@@ -291,8 +394,15 @@ def _selection_stats(Phi: torch.Tensor, eigs: list[tuple[torch.Tensor, torch.Ten
         extremal.append(idx == list(range(m)) + list(range(S - (k - m), S)))
         purity.append(float(w[idx].sum() / k))
         align_abs.append(float(M.alignment(vec[:, abs_idx], phi)))
-    return {"ranks": sel_ranks, "clean": clean, "top_abs": top_abs, "top_real": top_real, "extremal": extremal,
-            "purity": purity, "align_top_abs": align_abs}
+    return {
+        "ranks": sel_ranks,
+        "clean": clean,
+        "top_abs": top_abs,
+        "top_real": top_real,
+        "extremal": extremal,
+        "purity": purity,
+        "align_top_abs": align_abs,
+    }
 
 
 def part_spectral(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
@@ -306,13 +416,21 @@ def part_spectral(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     for name, TT in (("symmetric T", T), ("lazy (I + T)/2", 0.5 * (torch.eye(S, dtype=F64) + T))):
         eigs = [M.eig_sorted(t, by="real") for t in TT]
         lam = torch.stack([e[0] for e in eigs])  # [B, S]
-        traj = _integrate(run, SP.byol_pi_field(TT, d), (Phi0, Z), dt=cfg.spectral_dt, time=cfg.spectral_time,
-                          method=cfg.integrator, desc=f"(b) {name}")
+        traj = _integrate(
+            run,
+            SP.byol_pi_field(TT, d),
+            (Phi0, Z),
+            dt=cfg.spectral_dt,
+            time=cfg.spectral_time,
+            method=cfg.integrator,
+            desc=f"(b) {name}",
+        )
         per_t = [_selection_stats(st[0], eigs, k, cfg.clean_threshold) for st in traj.states]
         final = per_t[-1]
         clean_t = torch.tensor([p["clean"] for p in per_t])  # [m, B]
-        first_clean = [float(traj.times[clean_t[:, b].nonzero()[0, 0]]) if clean_t[:, b].any() else float("nan")
-                       for b in range(B)]
+        first_clean = [
+            float(traj.times[clean_t[:, b].nonzero()[0, 0]]) if clean_t[:, b].any() else float("nan") for b in range(B)
+        ]
         drift = SP.gram_drift(traj.states[-1][0], Phi0)
         abs_sorted = lam.abs().sort(1, descending=True).values
         out[name] = {
@@ -325,26 +443,32 @@ def part_spectral(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
             "time_to_clean_median": float(torch.tensor(first_clean).nanmedian()),
             "drift_max": float(drift.max()),
             "abs_gap_median": float((abs_sorted[:, k - 1] - abs_sorted[:, k]).median()),
-            "negative_in_top_abs_frac": _frac((lam.gather(1, lam.abs().argsort(1, descending=True)[:, :k]) < 0)
-                                              .any(1)),
+            "negative_in_top_abs_frac": _frac((lam.gather(1, lam.abs().argsort(1, descending=True)[:, :k]) < 0).any(1)),
             "rank_freq": [sum(r in ranks for ranks in final["ranks"]) / B for r in range(S)],
             "selected_eigenvalues": [[round(float(lam[b, i]), 3) for i in final["ranks"][b]] for b in range(B)],
         }
-        out["series"][name] = {"t": traj.times.tolist(),
-                               "purity": [sum(p["purity"]) / B for p in per_t],
-                               "align_top_abs": [sum(p["align_top_abs"]) / B for p in per_t]}
-        run.log(part="b", variant=name, **{key: val for key, val in out[name].items()
-                                           if key not in ("selected_eigenvalues",)})
+        out["series"][name] = {
+            "t": traj.times.tolist(),
+            "purity": [sum(p["purity"]) / B for p in per_t],
+            "align_top_abs": [sum(p["align_top_abs"]) / B for p in per_t],
+        }
+        run.log(
+            part="b",
+            variant=name,
+            **{key: val for key, val in out[name].items() if key not in ("selected_eigenvalues",)},
+        )
     return out
 
 
 def verdict_spectral(cfg: SelfPredictiveConfig, b: dict[str, Any]) -> dict[str, Any]:
     sym, lazy = b["symmetric T"], b["lazy (I + T)/2"]
     verdict = _verdict(sym["clean_frac"] >= 0.9, sym["clean_frac"] >= 0.5)
-    measured = (f"eigen-subspace in {sym['clean_frac']:.0%} of seeds (purity {sym['purity_mean']:.3f}); top-|λ| "
-                f"{sym['top_abs_frac']:.0%}, top-λ {sym['top_real_frac']:.0%}, m-largest + (k−m)-most-negative "
-                f"{sym['extremal_frac']:.0%}; mean alignment with top-|λ| {sym['align_top_abs_mean']:.3f}; lazy T: "
-                f"top-k {lazy['top_abs_frac']:.0%} (alignment {lazy['align_top_abs_mean']:.3f})")
+    measured = (
+        f"eigen-subspace in {sym['clean_frac']:.0%} of seeds (purity {sym['purity_mean']:.3f}); top-|λ| "
+        f"{sym['top_abs_frac']:.0%}, top-λ {sym['top_real_frac']:.0%}, m-largest + (k−m)-most-negative "
+        f"{sym['extremal_frac']:.0%}; mean alignment with top-|λ| {sym['align_top_abs_mean']:.3f}; lazy T: "
+        f"top-k {lazy['top_abs_frac']:.0%} (alignment {lazy['align_top_abs_mean']:.3f})"
+    )
     criterion = f"span is an eigen-subspace (each selected eigvec ≥ {cfg.clean_threshold}) in ≥ 90% of seeds"
     return {"verdict": verdict, "measured": measured, "criterion": criterion}
 
@@ -365,10 +489,24 @@ def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     def align(states_phi: torch.Tensor, which: int) -> torch.Tensor:
         return torch.stack([M.alignment(sv[which], p) for sv, p in zip(svd, states_phi)])
 
-    bi = _integrate(run, SP.bidirectional_field(T, d), (Phi0, Psi0, Z, Z), dt=cfg.bidir_dt, time=cfg.bidir_time,
-                    method=cfg.integrator, desc="(c) bidirectional")
-    one = _integrate(run, SP.byol_pi_field(T, d), (Phi0, Z), dt=cfg.bidir_dt, time=cfg.bidir_time,
-                     method=cfg.integrator, desc="(c) BYOL-Π")
+    bi = _integrate(
+        run,
+        SP.bidirectional_field(T, d),
+        (Phi0, Psi0, Z, Z),
+        dt=cfg.bidir_dt,
+        time=cfg.bidir_time,
+        method=cfg.integrator,
+        desc="(c) bidirectional",
+    )
+    one = _integrate(
+        run,
+        SP.byol_pi_field(T, d),
+        (Phi0, Z),
+        dt=cfg.bidir_dt,
+        time=cfg.bidir_time,
+        method=cfg.integrator,
+        desc="(c) BYOL-Π",
+    )
     series = {
         "bidirectional Φ vs U_k": [float(align(s[0], 0).mean()) for s in bi.states],
         "bidirectional Ψ vs V_k": [float(align(s[1], 2).mean()) for s in bi.states],
@@ -381,8 +519,15 @@ def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     T2 = torch.stack([M.random_transition_matrix(S, g, cfg.concentration) for _ in range(B)])
     d2 = M.random_dirichlet((B, S), 2.0, g)
     dn = torch.einsum("bs,bst->bt", d2, T2)
-    nu = _integrate(run, SP.bidirectional_field(T2, d2), (Phi0, Psi0, Z, Z), dt=cfg.bidir_dt,
-                    time=cfg.bidir_time / 2, method=cfg.integrator, desc="(c) non-uniform d")
+    nu = _integrate(
+        run,
+        SP.bidirectional_field(T2, d2),
+        (Phi0, Psi0, Z, Z),
+        dt=cfg.bidir_dt,
+        time=cfg.bidir_time / 2,
+        method=cfg.integrator,
+        desc="(c) non-uniform d",
+    )
     wu, wv, raw_u = [], [], []
     for b in range(B):
         U, _, V = M.top_singular_vectors(d2[b].sqrt()[:, None] * T2[b] / dn[b].sqrt()[None, :], k)
@@ -390,12 +535,15 @@ def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
         wv.append(M.alignment(V / dn[b].sqrt()[:, None], nu.states[-1][1][b]))
         raw_u.append(M.alignment(M.top_singular_vectors(T2[b], k)[0], nu.states[-1][0][b]))
     out = {
-        "bi_phi_U_mean": float(phi_u.mean()), "bi_psi_V_mean": float(psi_v.mean()),
+        "bi_phi_U_mean": float(phi_u.mean()),
+        "bi_psi_V_mean": float(psi_v.mean()),
         "bi_min": float(torch.minimum(phi_u, psi_v).min()),
         "bi_frac_above": _frac(torch.minimum(phi_u, psi_v) >= cfg.svd_threshold),
-        "byol_U_mean": float(one_u.mean()), "byol_V_mean": float(one_v.mean()),
-        "bi_drift_max": float(torch.maximum(SP.gram_drift(bi.states[-1][0], Phi0),
-                                            SP.gram_drift(bi.states[-1][1], Psi0)).max()),
+        "byol_U_mean": float(one_u.mean()),
+        "byol_V_mean": float(one_v.mean()),
+        "bi_drift_max": float(
+            torch.maximum(SP.gram_drift(bi.states[-1][0], Phi0), SP.gram_drift(bi.states[-1][1], Psi0)).max()
+        ),
         "nonuniform_whitened_U_mean": float(torch.stack(wu).mean()),
         "nonuniform_whitened_V_mean": float(torch.stack(wv).mean()),
         "nonuniform_raw_U_mean": float(torch.stack(raw_u).mean()),
@@ -409,12 +557,15 @@ def verdict_bidirectional(cfg: SelfPredictiveConfig, c: dict[str, Any]) -> dict[
     bi = min(c["bi_phi_U_mean"], c["bi_psi_V_mean"])
     one = max(c["byol_U_mean"], c["byol_V_mean"])
     verdict = _verdict(bi >= cfg.svd_threshold and one <= bi - 0.1, bi >= 0.9)
-    measured = (f"bidirectional Φ–U_k {c['bi_phi_U_mean']:.4f}, Ψ–V_k {c['bi_psi_V_mean']:.4f} (min seed "
-                f"{c['bi_min']:.3f}; {c['bi_frac_above']:.0%} ≥ {cfg.svd_threshold}); BYOL-Π Φ–U_k "
-                f"{c['byol_U_mean']:.3f}, Φ–V_k {c['byol_V_mean']:.3f}; non-uniform d, whitened SVD: "
-                f"{c['nonuniform_whitened_U_mean']:.4f} / {c['nonuniform_whitened_V_mean']:.4f}")
-    criterion = (f"mean bidirectional alignment ≥ {cfg.svd_threshold} for both Φ and Ψ, and BYOL-Π's best "
-                 f"≤ bidirectional − 0.1")
+    measured = (
+        f"bidirectional Φ–U_k {c['bi_phi_U_mean']:.4f}, Ψ–V_k {c['bi_psi_V_mean']:.4f} (min seed "
+        f"{c['bi_min']:.3f}; {c['bi_frac_above']:.0%} ≥ {cfg.svd_threshold}); BYOL-Π Φ–U_k "
+        f"{c['byol_U_mean']:.3f}, Φ–V_k {c['byol_V_mean']:.3f}; non-uniform d, whitened SVD: "
+        f"{c['nonuniform_whitened_U_mean']:.4f} / {c['nonuniform_whitened_V_mean']:.4f}"
+    )
+    criterion = (
+        f"mean bidirectional alignment ≥ {cfg.svd_threshold} for both Φ and Ψ, and BYOL-Π's best ≤ bidirectional − 0.1"
+    )
     return {"verdict": verdict, "measured": measured, "criterion": criterion}
 
 
@@ -438,9 +589,15 @@ def part_deep(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     # the idealised reference: tabular BYOL-Π ODE on the same T
     Phi0 = SP.orthonormal_init(S, k, batch=(cfg.deep_seeds,), generator=g)
     dt = S / 2.0  # RK4 stable: the fastest rate is ≈ 2/S
-    ode = _integrate(run, SP.byol_pi_field(T, d.expand(cfg.deep_seeds, S)),
-                     (Phi0, torch.zeros(cfg.deep_seeds, k, k, dtype=F64)), dt=dt, time=cfg.deep_ode_time,
-                     method=cfg.integrator, desc="(d) ODE")
+    ode = _integrate(
+        run,
+        SP.byol_pi_field(T, d.expand(cfg.deep_seeds, S)),
+        (Phi0, torch.zeros(cfg.deep_seeds, k, k, dtype=F64)),
+        dt=dt,
+        time=cfg.deep_ode_time,
+        method=cfg.integrator,
+        desc="(d) ODE",
+    )
     ode_align = [float(M.alignment(V_k, p)) for p in ode.states[-1][0]]
     observations = {"onehot": torch.eye(S), "pixels": grid.pixel_observations()}
     runs: dict[str, dict[str, Any]] = {}
@@ -449,31 +606,62 @@ def part_deep(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     jobs = [(obs, "stopgrad", seed, cfg.deep_lr) for obs in cfg.deep_obs for seed in range(cfg.deep_seeds)]
     jobs += [(cfg.deep_obs[0], variant, 0, cfg.deep_variant_lr) for variant in cfg.deep_variants]
     for obs_name, target, seed, lr in run.progress(jobs, desc="(d) deep", total=len(jobs)):
-        dcfg = SP.DeepSelfPredictiveConfig(k=k, hidden=cfg.deep_hidden, steps=cfg.deep_steps,
-                                           batch_size=cfg.deep_batch, lr=lr, target=target,
-                                           ema_decay=cfg.deep_ema_decay, predictor="least_squares")
-        res = SP.train_deep_self_predictive(observations[obs_name], T, d, dcfg,
-                                            generator=torch.Generator().manual_seed(1000 * run.seed + 40 + seed),
-                                            metric=metric, log_every=max(1, cfg.deep_steps // 40))
+        dcfg = SP.DeepSelfPredictiveConfig(
+            k=k,
+            hidden=cfg.deep_hidden,
+            steps=cfg.deep_steps,
+            batch_size=cfg.deep_batch,
+            lr=lr,
+            target=target,
+            ema_decay=cfg.deep_ema_decay,
+            predictor="least_squares",
+        )
+        res = SP.train_deep_self_predictive(
+            observations[obs_name],
+            T,
+            d,
+            dcfg,
+            generator=torch.Generator().manual_seed(1000 * run.seed + 40 + seed),
+            metric=metric,
+            log_every=max(1, cfg.deep_steps // 40),
+        )
         name = f"{obs_name}/{target}/lr{lr:g}/seed{seed}"
         last, first = res.history[-1], res.history[0]
-        runs[name] = {"steps": [h.step for h in res.history], "alignment": [h.alignment for h in res.history],
-                      "sigma_min": [h.sigma_min for h in res.history], "diverged": not math.isfinite(last.sigma_min),
-                      "alignment_final": _nan0(last.alignment), "sigma_ratio": last.sigma_min / first.sigma_min}
-        run.log(part="d", run=name, alignment=last.alignment, sigma_ratio=runs[name]["sigma_ratio"],
-                diverged_at=last.step if runs[name]["diverged"] else None)
+        runs[name] = {
+            "steps": [h.step for h in res.history],
+            "alignment": [h.alignment for h in res.history],
+            "sigma_min": [h.sigma_min for h in res.history],
+            "diverged": not math.isfinite(last.sigma_min),
+            "alignment_final": _nan0(last.alignment),
+            "sigma_ratio": last.sigma_min / first.sigma_min,
+        }
+        run.log(
+            part="d",
+            run=name,
+            alignment=last.alignment,
+            sigma_ratio=runs[name]["sigma_ratio"],
+            diverged_at=last.step if runs[name]["diverged"] else None,
+        )
     summary = {}
     for obs_name in cfg.deep_obs:
-        finals = [runs[f"{obs_name}/stopgrad/lr{cfg.deep_lr:g}/seed{s}"]["alignment_final"]
-                  for s in range(cfg.deep_seeds)]
+        finals = [
+            runs[f"{obs_name}/stopgrad/lr{cfg.deep_lr:g}/seed{s}"]["alignment_final"] for s in range(cfg.deep_seeds)
+        ]
         summary[obs_name] = {"alignment_mean": sum(finals) / len(finals), "alignment_min": min(finals)}
     variants = {}
     for v in cfg.deep_variants:
         r = runs[f"{cfg.deep_obs[0]}/{v}/lr{cfg.deep_variant_lr:g}/seed0"]
         variants[v] = {"alignment": r["alignment_final"], "sigma_ratio": r["sigma_ratio"], "diverged": r["diverged"]}
-    return {"layout": cfg.deep_layout, "num_states": S, "eigenvalues": [round(float(x), 4) for x in lam[:k + 2]],
-            "ode_alignment_mean": sum(ode_align) / len(ode_align), "ode_time": cfg.deep_ode_time,
-            "summary": summary, "variants": variants, "runs": runs}
+    return {
+        "layout": cfg.deep_layout,
+        "num_states": S,
+        "eigenvalues": [round(float(x), 4) for x in lam[: k + 2]],
+        "ode_alignment_mean": sum(ode_align) / len(ode_align),
+        "ode_time": cfg.deep_ode_time,
+        "summary": summary,
+        "variants": variants,
+        "runs": runs,
+    }
 
 
 def verdict_deep(cfg: SelfPredictiveConfig, dd: dict[str, Any]) -> dict[str, Any]:
@@ -481,13 +669,16 @@ def verdict_deep(cfg: SelfPredictiveConfig, dd: dict[str, Any]) -> dict[str, Any
     worst = min(s["alignment_mean"] for s in dd["summary"].values())
     verdict = _verdict(worst >= need, worst >= 0.8)
     parts = ", ".join(f"{o} {s['alignment_mean']:.3f} (min {s['alignment_min']:.3f})" for o, s in dd["summary"].items())
-    extra = "; ".join(f"target={v}: " + ("diverged" if x["diverged"] else
-                                          f"{x['alignment']:.3f}, σ_min ×{x['sigma_ratio']:.2g}")
-                      for v, x in dd["variants"].items())
+    extra = "; ".join(
+        f"target={v}: " + ("diverged" if x["diverged"] else f"{x['alignment']:.3f}, σ_min ×{x['sigma_ratio']:.2g}")
+        for v, x in dd["variants"].items()
+    )
     if extra:
         extra = f"at lr {cfg.deep_variant_lr:g} ({cfg.deep_obs[0]}, one seed) " + extra
-    measured = (f"{dd['layout']} ({dd['num_states']} states, k={cfg.deep_k}), deep stop-grad: {parts}; ODE "
-                f"{dd['ode_alignment_mean']:.3f}" + (f"; {extra}" if extra else ""))
+    measured = (
+        f"{dd['layout']} ({dd['num_states']} states, k={cfg.deep_k}), deep stop-grad: {parts}; ODE "
+        f"{dd['ode_alignment_mean']:.3f}" + (f"; {extra}" if extra else "")
+    )
     criterion = f"mean deep alignment per observation type ≥ max(0.95, ODE − {cfg.deep_margin})"
     return {"verdict": verdict, "measured": measured, "criterion": criterion}
 
@@ -498,43 +689,80 @@ def verdict_deep(cfg: SelfPredictiveConfig, dd: dict[str, Any]) -> dict[str, Any
 def make_figures(run: Run, cfg: SelfPredictiveConfig, parts: dict[str, Any]) -> list[str]:
     a, b, c, dd = parts["a"], parts["b"], parts["c"], parts["d"]
     floor = 1e-18  # log axes: exact zeros (t = 0 drift, collapsed σ_min) are drawn at the floor
-    plot_lines(run.figure("non_collapse.png"),
-               {n: (s["t"], [max(x, floor) for x in s["sigma_ratio"]]) for n, s in a["series"].items()},
-               title=f"(a) σ_min(Φ_t)/σ_min(Φ_0), median of {cfg.num_mdps} random MDPs", xlabel="ODE time t",
-               ylabel="σ_min ratio", logy=True)
-    plot_lines(run.figure("gram_drift.png"),
-               {n: (s["t"][1:], [max(x, floor) for x in s["drift"][1:]]) for n, s in a["series"].items()},
-               title="(a) ‖ΦᵀΦ − Φ₀ᵀΦ₀‖_F / ‖Φ₀ᵀΦ₀‖_F, median", xlabel="ODE time t", ylabel="relative drift",
-               logy=True)
+    plot_lines(
+        run.figure("non_collapse.png"),
+        {n: (s["t"], [max(x, floor) for x in s["sigma_ratio"]]) for n, s in a["series"].items()},
+        title=f"(a) σ_min(Φ_t)/σ_min(Φ_0), median of {cfg.num_mdps} random MDPs",
+        xlabel="ODE time t",
+        ylabel="σ_min ratio",
+        logy=True,
+    )
+    plot_lines(
+        run.figure("gram_drift.png"),
+        {n: (s["t"][1:], [max(x, floor) for x in s["drift"][1:]]) for n, s in a["series"].items()},
+        title="(a) ‖ΦᵀΦ − Φ₀ᵀΦ₀‖_F / ‖Φ₀ᵀΦ₀‖_F, median",
+        xlabel="ODE time t",
+        ylabel="relative drift",
+        logy=True,
+    )
     series = {}
     for name in ("symmetric T", "lazy (I + T)/2"):
         s = b["series"][name]
         series[f"{name}: eigen-subspace purity"] = (s["t"], s["purity"])
         series[f"{name}: alignment with top-|λ|"] = (s["t"], s["align_top_abs"])
-    plot_lines(run.figure("spectral_alignment.png"), series, title=f"(b) symmetric T, mean of {cfg.num_mdps} seeds",
-               xlabel="ODE time t", ylabel="alignment / purity")
-    plot_bars(run.figure("eigen_selection.png"), [f"λ{r + 1}" for r in range(cfg.num_states)],
-              {name: b[name]["rank_freq"] for name in ("symmetric T", "lazy (I + T)/2")},
-              title="(b) fraction of seeds whose span contains eigenvector r (λ1 ≥ λ2 ≥ … by value)",
-              ylabel="fraction of seeds")
+    plot_lines(
+        run.figure("spectral_alignment.png"),
+        series,
+        title=f"(b) symmetric T, mean of {cfg.num_mdps} seeds",
+        xlabel="ODE time t",
+        ylabel="alignment / purity",
+    )
+    plot_bars(
+        run.figure("eigen_selection.png"),
+        [f"λ{r + 1}" for r in range(cfg.num_states)],
+        {name: b[name]["rank_freq"] for name in ("symmetric T", "lazy (I + T)/2")},
+        title="(b) fraction of seeds whose span contains eigenvector r (λ1 ≥ λ2 ≥ … by value)",
+        ylabel="fraction of seeds",
+    )
     s = c["series"]
-    plot_lines(run.figure("bidirectional.png"),
-               {n: (s["t_bi"] if n.startswith("bi") else s["t_one"], s[n])
-                for n in ("bidirectional Φ vs U_k", "bidirectional Ψ vs V_k", "BYOL-Π Φ vs U_k", "BYOL-Π Φ vs V_k")},
-               title="(c) doubly-stochastic T: alignment with top-k singular subspaces", xlabel="ODE time t",
-               ylabel="mean alignment")
+    plot_lines(
+        run.figure("bidirectional.png"),
+        {
+            n: (s["t_bi"] if n.startswith("bi") else s["t_one"], s[n])
+            for n in ("bidirectional Φ vs U_k", "bidirectional Ψ vs V_k", "BYOL-Π Φ vs U_k", "BYOL-Π Φ vs V_k")
+        },
+        title="(c) doubly-stochastic T: alignment with top-k singular subspaces",
+        xlabel="ODE time t",
+        ylabel="mean alignment",
+    )
+
     def nan(xs: list) -> list[float]:
         return [float("nan") if x is None else x for x in xs]
 
-    plot_lines(run.figure("deep_sigma.png"), {n: (r["steps"], nan(r["sigma_min"])) for n, r in dd["runs"].items()},
-               title="(d) σ_min of the deep features over all states", xlabel="SGD step", ylabel="σ_min(Φ)",
-               logy=True)
-    plot_lines(run.figure("deep_alignment.png"),
-               {n: (r["steps"], nan(r["alignment"])) for n, r in dd["runs"].items()},
-               title=f"(d) deep BYOL-Π, {dd['layout']}: alignment with top-{cfg.deep_k} eigvecs",
-               xlabel="SGD step", ylabel="alignment")
-    return ["non_collapse.png", "gram_drift.png", "spectral_alignment.png", "eigen_selection.png",
-            "bidirectional.png", "deep_alignment.png", "deep_sigma.png"]
+    plot_lines(
+        run.figure("deep_sigma.png"),
+        {n: (r["steps"], nan(r["sigma_min"])) for n, r in dd["runs"].items()},
+        title="(d) σ_min of the deep features over all states",
+        xlabel="SGD step",
+        ylabel="σ_min(Φ)",
+        logy=True,
+    )
+    plot_lines(
+        run.figure("deep_alignment.png"),
+        {n: (r["steps"], nan(r["alignment"])) for n, r in dd["runs"].items()},
+        title=f"(d) deep BYOL-Π, {dd['layout']}: alignment with top-{cfg.deep_k} eigvecs",
+        xlabel="SGD step",
+        ylabel="alignment",
+    )
+    return [
+        "non_collapse.png",
+        "gram_drift.png",
+        "spectral_alignment.png",
+        "eigen_selection.png",
+        "bidirectional.png",
+        "deep_alignment.png",
+        "deep_sigma.png",
+    ]
 
 
 def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_init: str) -> list[str]:
@@ -550,34 +778,45 @@ def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_ini
         f"(the objective Tr[(ΦᵀTΦ)²] of Khetarpal et al.), so with a mixed-sign spectrum the flow can stop at a "
         f"stable eigen-subspace that is not the top-|λ| one ({sym['negative_in_top_abs_frac']:.0%} of these T have "
         f"a negative eigenvalue among their top-k by |λ|). With the spectrum made non-negative (lazy T) "
-        f"{lazy['top_abs_frac']:.0%} reached the top-k.")
+        f"{lazy['top_abs_frac']:.0%} reached the top-k."
+    )
     if sym["clean_frac"] >= 0.9:
         notes.append(
             f"The notes' 'mixed eigen-subspaces when gaps are small' was a transient here: median time to a clean "
             f"eigen-subspace t≈{sym['time_to_clean_median']:.0f} (the notes stopped at t=200); median |λ_k|−|λ_k+1| "
-            f"gap {sym['abs_gap_median']:.3f}.")
+            f"gap {sym['abs_gap_median']:.3f}."
+        )
     else:
-        notes.append(f"Only {sym['clean_frac']:.0%} reached a clean eigen-subspace by t={cfg.spectral_time:g}: mixed "
-                     f"subspaces persist at this horizon, as the notes warn.")
+        notes.append(
+            f"Only {sym['clean_frac']:.0%} reached a clean eigen-subspace by t={cfg.spectral_time:g}: mixed "
+            f"subspaces persist at this horizon, as the notes warn."
+        )
     notes.append(f"(a) Whether a slow predictor collapses depends on where P starts ({slow_init}).")
     notes.append(
         "The full gradient of the sampled loss has target path −2(TᵀDΦP − D'Φ), not the notes' −2TᵀD(ΦP − TΦ) "
         "(which is the gradient of ‖ΦP − TΦ‖²_D and drops the target-variance term E Var(Φ[y]|x)); the tests "
-        "check ours against autograd.")
+        "check ours against autograd."
+    )
     sgd_semi = a["sgd"][list(a["sgd"])[0]]
-    notes.append(f"SGD on samples: the semi-gradient keeps rank but its noise grows ΦᵀΦ (median relative drift "
-                 f"{sgd_semi['drift_median']:.2g} at lr {cfg.sgd_lr:g}; an O(lr) effect absent from the ODE).")
+    notes.append(
+        f"SGD on samples: the semi-gradient keeps rank but its noise grows ΦᵀΦ (median relative drift "
+        f"{sgd_semi['drift_median']:.2g} at lr {cfg.sgd_lr:g}; an O(lr) effect absent from the ODE)."
+    )
     if c["nonuniform_whitened_U_mean"] >= cfg.svd_threshold and c["nonuniform_whitened_V_mean"] >= cfg.svd_threshold:
         notes.append(
             f"(c) The notes' open question for non-uniform d: Φ and Ψ span D^(-1/2)U_k and D'^(-1/2)V_k of "
             f"A = D^(1/2)TD'^(-1/2) (alignment {c['nonuniform_whitened_U_mean']:.4f} / "
-            f"{c['nonuniform_whitened_V_mean']:.4f}), not the raw SVD of T ({c['nonuniform_raw_U_mean']:.3f}).")
+            f"{c['nonuniform_whitened_V_mean']:.4f}), not the raw SVD of T ({c['nonuniform_raw_U_mean']:.3f})."
+        )
     else:
         notes.append(
             f"(c) For non-uniform d the whitened-SVD conjecture was not confirmed at this horizon (alignment "
-            f"{c['nonuniform_whitened_U_mean']:.3f} / {c['nonuniform_whitened_V_mean']:.3f}).")
-    notes.append("The paper's MDP sizes, k and exact metric were not available (notes §6), so these are our "
-                 "choices; its large-scale DM-Lab experiments are not attempted.")
+            f"{c['nonuniform_whitened_U_mean']:.3f} / {c['nonuniform_whitened_V_mean']:.3f})."
+        )
+    notes.append(
+        "The paper's MDP sizes, k and exact metric were not available (notes §6), so these are our "
+        "choices; its large-scale DM-Lab experiments are not attempted."
+    )
     return notes
 
 
@@ -588,9 +827,11 @@ def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_ini
     name="self-predictive",
     system="Self-predictive learning",
     paper="Tang et al., Understanding Self-Predictive Learning for Reinforcement Learning, ICML 2023",
-    claim=("Semi-gradient self-predictive learning with a fast predictor does not collapse and performs a "
-           "spectral decomposition of the transition matrix; bidirectional learning recovers its singular "
-           "subspaces"),
+    claim=(
+        "Semi-gradient self-predictive learning with a fast predictor does not collapse and performs a "
+        "spectral decomposition of the transition matrix; bidirectional learning recovers its singular "
+        "subspaces"
+    ),
     config=SelfPredictiveConfig,
 )
 def run(cfg: SelfPredictiveConfig, run: Run) -> Result:
@@ -608,17 +849,29 @@ def _run(cfg: SelfPredictiveConfig, run: Run) -> Result:
         parts[key] = fn(cfg, run)
         run.save_checkpoint("parts", {"parts": parts})
 
-    verdicts = {"a": verdict_non_collapse(cfg, parts["a"]), "b": verdict_spectral(cfg, parts["b"]),
-                "c": verdict_bidirectional(cfg, parts["c"]), "d": verdict_deep(cfg, parts["d"])}
-    labels = {"a": "(a) non-collapse", "b": "(b) spectral decomposition (symmetric T)",
-              "c": "(c) bidirectional → SVD", "d": "(d) deep version from samples"}
-    table = [{"sub-claim": labels[key], "measured": v["measured"], "criterion": v["criterion"],
-              "sub-verdict": v["verdict"]} for key, v in verdicts.items()]
+    verdicts = {
+        "a": verdict_non_collapse(cfg, parts["a"]),
+        "b": verdict_spectral(cfg, parts["b"]),
+        "c": verdict_bidirectional(cfg, parts["c"]),
+        "d": verdict_deep(cfg, parts["d"]),
+    }
+    labels = {
+        "a": "(a) non-collapse",
+        "b": "(b) spectral decomposition (symmetric T)",
+        "c": "(c) bidirectional → SVD",
+        "d": "(d) deep version from samples",
+    }
+    table = [
+        {"sub-claim": labels[key], "measured": v["measured"], "criterion": v["criterion"], "sub-verdict": v["verdict"]}
+        for key, v in verdicts.items()
+    ]
     n_rep = sum(v["verdict"] == "reproduced" for v in verdicts.values())
     n_any = sum(v["verdict"] != "not reproduced" for v in verdicts.values())
     verdict = "reproduced" if n_rep == 4 else ("not reproduced" if n_any == 0 else "partial")
-    rule = ("reproduced iff all four sub-claims (a)-(d) are reproduced by their criteria in the table; "
-            "not reproduced iff none is reproduced or partial; partial otherwise")
+    rule = (
+        "reproduced iff all four sub-claims (a)-(d) are reproduced by their criteria in the table; "
+        "not reproduced iff none is reproduced or partial; partial otherwise"
+    )
 
     a, b, c, dd = parts["a"], parts["b"], parts["c"], parts["d"]
     sym = b["symmetric T"]
@@ -628,13 +881,19 @@ def _run(cfg: SelfPredictiveConfig, run: Run) -> Result:
         **{f"a_collapse_frac[{n}]": v["collapse_frac"] for n, v in a["variants"].items()},
         **{f"a_collapse_frac[{n}]": v["collapse_frac"] for n, v in a["sgd"].items()},
         **{f"a_slow_collapse_frac[P0={n}]": v["collapse_frac"] for n, v in a["slow_init"].items()},
-        "b_eigen_subspace_frac": sym["clean_frac"], "b_top_abs_frac": sym["top_abs_frac"],
-        "b_top_real_frac": sym["top_real_frac"], "b_extremal_frac": sym["extremal_frac"],
-        "b_align_top_abs_mean": sym["align_top_abs_mean"], "b_time_to_clean_median": sym["time_to_clean_median"],
+        "b_eigen_subspace_frac": sym["clean_frac"],
+        "b_top_abs_frac": sym["top_abs_frac"],
+        "b_top_real_frac": sym["top_real_frac"],
+        "b_extremal_frac": sym["extremal_frac"],
+        "b_align_top_abs_mean": sym["align_top_abs_mean"],
+        "b_time_to_clean_median": sym["time_to_clean_median"],
         "b_lazy_top_k_frac": b["lazy (I + T)/2"]["top_abs_frac"],
         "b_negative_in_top_abs_frac": sym["negative_in_top_abs_frac"],
-        "c_bi_phi_U_mean": c["bi_phi_U_mean"], "c_bi_psi_V_mean": c["bi_psi_V_mean"], "c_bi_min": c["bi_min"],
-        "c_byol_U_mean": c["byol_U_mean"], "c_byol_V_mean": c["byol_V_mean"],
+        "c_bi_phi_U_mean": c["bi_phi_U_mean"],
+        "c_bi_psi_V_mean": c["bi_psi_V_mean"],
+        "c_bi_min": c["bi_min"],
+        "c_byol_U_mean": c["byol_U_mean"],
+        "c_byol_V_mean": c["byol_V_mean"],
         "c_nonuniform_whitened_U_mean": c["nonuniform_whitened_U_mean"],
         "c_nonuniform_whitened_V_mean": c["nonuniform_whitened_V_mean"],
         "c_nonuniform_raw_U_mean": c["nonuniform_raw_U_mean"],
@@ -644,9 +903,11 @@ def _run(cfg: SelfPredictiveConfig, run: Run) -> Result:
         **{f"sub_verdict_{key}": v["verdict"] for key, v in verdicts.items()},
     }
     figures = make_figures(run, cfg, parts)
-    slow_init = "; ".join(f"P0={n}: {v['collapse_frac']:.0%} collapsed, median σ_min ratio "
-                          f"{v['sigma_ratio_median']:.2g}, median drift {v['drift_median']:.2g}"
-                          for n, v in a["slow_init"].items())
+    slow_init = "; ".join(
+        f"P0={n}: {v['collapse_frac']:.0%} collapsed, median σ_min ratio "
+        f"{v['sigma_ratio_median']:.2g}, median drift {v['drift_median']:.2g}"
+        for n, v in a["slow_init"].items()
+    )
     protocol = (
         f"(a) {cfg.num_mdps} random Dirichlet({cfg.concentration:g}) MDPs under a fixed policy, |X|={cfg.num_states}, "
         f"k={cfg.k}, d = stationary distribution (non-uniform), orthonormal Φ₀, learned predictors start at "
@@ -664,5 +925,6 @@ def _run(cfg: SelfPredictiveConfig, run: Run) -> Result:
         f"to t={cfg.deep_ode_time:g}. Alignment = ‖U_kᵀQ‖²_F/k."
     )
     notes = " ".join(discrepancy_notes(cfg, parts, slow_init))
-    return Result(verdict=verdict, rule=rule, metrics=metrics, table=table, figures=figures, protocol=protocol,
-                  notes=notes)
+    return Result(
+        verdict=verdict, rule=rule, metrics=metrics, table=table, figures=figures, protocol=protocol, notes=notes
+    )

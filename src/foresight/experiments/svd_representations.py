@@ -96,33 +96,80 @@ class SVDRepresentationsConfig(Config):
     def preset(cls, scale: str) -> SVDRepresentationsConfig:
         scale = check_scale(scale)
         if scale == "tiny":
-            return cls(seeds=2, workers=1, a_steps=300, a_eval_every=50, b_samples=20_000, b_steps=300,
-                       b_rank=16, c_total_steps=4096, c_num_envs=16, c_num_steps=32, c_extra_steps=2,
-                       c_rank=16, c_hidden=32, d_steps=60, d_train_episodes=200, d_test_episodes=100)
+            return cls(
+                seeds=2,
+                workers=1,
+                a_steps=300,
+                a_eval_every=50,
+                b_samples=20_000,
+                b_steps=300,
+                b_rank=16,
+                c_total_steps=4096,
+                c_num_envs=16,
+                c_num_steps=32,
+                c_extra_steps=2,
+                c_rank=16,
+                c_hidden=32,
+                d_steps=60,
+                d_train_episodes=200,
+                d_test_episodes=100,
+            )
         if scale == "quick":
-            return cls(seeds=5, a_steps=1500, b_steps=1500, b_samples=100_000, c_total_steps=50_000,
-                       d_steps=300, d_train_episodes=1000, d_test_episodes=500)
+            return cls(
+                seeds=5,
+                a_steps=1500,
+                b_steps=1500,
+                b_samples=100_000,
+                c_total_steps=50_000,
+                d_steps=300,
+                d_train_episodes=1000,
+                d_test_episodes=500,
+            )
         return cls()
 
     def validate(self) -> None:
-        positive = ("seeds", "a_rank", "a_steps", "a_batch", "a_eval_every", "a_hidden", "b_rank",
-                    "b_samples", "b_steps", "b_batch", "c_total_steps", "c_num_envs", "c_num_steps",
-                    "c_max_episode_steps", "c_rank", "c_hidden", "d_length", "d_episode_steps", "d_future",
-                    "d_rank", "d_hidden", "d_steps", "d_batch", "d_train_episodes", "d_test_episodes",
-                    "threads", "workers")
+        positive = (
+            "seeds",
+            "a_rank",
+            "a_steps",
+            "a_batch",
+            "a_eval_every",
+            "a_hidden",
+            "b_rank",
+            "b_samples",
+            "b_steps",
+            "b_batch",
+            "c_total_steps",
+            "c_num_envs",
+            "c_num_steps",
+            "c_max_episode_steps",
+            "c_rank",
+            "c_hidden",
+            "d_length",
+            "d_episode_steps",
+            "d_future",
+            "d_rank",
+            "d_hidden",
+            "d_steps",
+            "d_batch",
+            "d_train_episodes",
+            "d_test_episodes",
+            "threads",
+            "workers",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.a_rank >= 104 or self.b_rank >= 104:
-            raise ValueError(f"a_rank and b_rank must be < 104 (four-rooms states), got {self.a_rank}, "
-                             f"{self.b_rank}")
+            raise ValueError(f"a_rank and b_rank must be < 104 (four-rooms states), got {self.a_rank}, {self.b_rank}")
         if not 0.0 < self.b_bias < 0.5:
             raise ValueError(f"b_bias must be in (0, 0.5), got {self.b_bias}")
         if self.d_future >= self.d_episode_steps:
             raise ValueError(f"d_future={self.d_future} must be < d_episode_steps={self.d_episode_steps}")
         if self.c_bonus_scale < 0 or self.c_extra_steps < 0:
-            raise ValueError(f"c_bonus_scale and c_extra_steps must be >= 0, got {self.c_bonus_scale}, "
-                             f"{self.c_extra_steps}")
+            raise ValueError(
+                f"c_bonus_scale and c_extra_steps must be >= 0, got {self.c_bonus_scale}, {self.c_extra_steps}"
+            )
         if not self.parts:
             raise ValueError("parts must name at least one of a, b, c, d")
 
@@ -161,8 +208,11 @@ def part_a(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("tabular", "neural"):
         torch.manual_seed(seed)
-        model = (V.TabularFactors(S, k, generator=gen) if kind == "tabular"
-                 else V.NeuralFactors(feats.shape[1], k, hidden=cfg.a_hidden))
+        model = (
+            V.TabularFactors(S, k, generator=gen)
+            if kind == "tabular"
+            else V.NeuralFactors(feats.shape[1], k, hidden=cfg.a_hidden)
+        )
         opt = torch.optim.Adam(model.parameters(), lr=cfg.a_lr if kind == "tabular" else cfg.a_neural_lr)
         sched = _linear_decay(opt, cfg.a_steps)
         steps, angles, align = [], [], []
@@ -189,10 +239,16 @@ def part_a(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
             g_tab = model.g_table if kind == "tabular" else model.g(feats)
             Fl, Gl = V.to_factors(f_tab.double(), g_tab.double(), d @ T, d)
             _, _, s_learned = V.gauge_fix(Fl, Gl)
-            rel_err = float(torch.linalg.norm(Fl @ Gl.T - exact.U @ torch.diag(exact.s) @ exact.V.T)
-                            / torch.linalg.norm(exact.s))
-        out[kind] = {"steps": steps, "max_angle_deg": angles, "alignment": align,
-                     "singular_values": s_learned.tolist(), "product_rel_err": rel_err}
+            rel_err = float(
+                torch.linalg.norm(Fl @ Gl.T - exact.U @ torch.diag(exact.s) @ exact.V.T) / torch.linalg.norm(exact.s)
+            )
+        out[kind] = {
+            "steps": steps,
+            "max_angle_deg": angles,
+            "alignment": align,
+            "singular_values": s_learned.tolist(),
+            "product_rel_err": rel_err,
+        }
     out["exact_singular_values"] = exact.s.tolist()
     return out
 
@@ -220,9 +276,16 @@ def part_b(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
     est: dict[str, Tensor] = {}
     for method in ("elliptical", "ratio"):
         torch.manual_seed(seed)
-        ex = V.SVDExplorer(feats.shape[1], cfg.b_rank, hidden=cfg.c_hidden, buffer_size=cfg.b_samples,
-                           batch_size=cfg.b_batch, counts=method, mu=mu,
-                           sample_reference=lambda n: encode(sample(n)))
+        ex = V.SVDExplorer(
+            feats.shape[1],
+            cfg.b_rank,
+            hidden=cfg.c_hidden,
+            buffer_size=cfg.b_samples,
+            batch_size=cfg.b_batch,
+            counts=method,
+            mu=mu,
+            sample_reference=lambda n: encode(sample(n)),
+        )
         ex.observe(feats[x_all], feats[y_all])
         opt = torch.optim.Adam(ex.parameters(), lr=cfg.b_lr)
         for _ in range(cfg.b_steps):
@@ -238,14 +301,18 @@ def part_b(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
                 Fl, Gl = V.to_factors(ex.features(feats).double(), ex.g_net(feats).double(), d @ T, d)
                 Fb, _, _ = V.gauge_fix(Fl, Gl)
                 est["norm_shortcut"] = V.norm_counts(Fb / d.sqrt()[:, None])
-    out: dict[str, Any] = {"visited_states": int(visited.sum()), "max_count": float(counts.max()),
-                           "min_visited_count": float(counts[visited].min())}
+    out: dict[str, Any] = {
+        "visited_states": int(visited.sum()),
+        "max_count": float(counts.max()),
+        "min_visited_count": float(counts[visited].min()),
+    }
     for name, n_hat in est.items():
         out[f"spearman_{name}"] = V.spearman(n_hat[visited], counts[visited])
         low = visited & (counts <= counts[visited].quantile(0.25))
         out[f"spearman_low_{name}"] = V.spearman(n_hat[low], counts[low])
         out[f"median_abs_log_ratio_{name}"] = float(
-            (n_hat[visited].clamp_min(0.5) / counts[visited]).log().abs().median())
+            (n_hat[visited].clamp_min(0.5) / counts[visited]).log().abs().median()
+        )
     return out
 
 
@@ -265,11 +332,17 @@ def part_c(cfg: SVDRepresentationsConfig, seed: int, arm: str) -> dict[str, Any]
         hooks = AG.TabularCountBonus(env.cell_index, H * W, scale=cfg.c_bonus_scale)
     else:
         torch.manual_seed(seed + 7)
-        explorer = V.SVDExplorer(obs_dim, cfg.c_rank, torso_dim=ppo.hidden if cfg.c_share_torso else None,
-                                 hidden=cfg.c_hidden, buffer_size=cfg.c_total_steps,
-                                 bonus_scale=cfg.c_bonus_scale)
-        hooks = AG.SVDBonusHooks(explorer, share_torso=cfg.c_share_torso, extra_steps=cfg.c_extra_steps,
-                                 lr=cfg.c_svd_lr)
+        explorer = V.SVDExplorer(
+            obs_dim,
+            cfg.c_rank,
+            torso_dim=ppo.hidden if cfg.c_share_torso else None,
+            hidden=cfg.c_hidden,
+            buffer_size=cfg.c_total_steps,
+            bonus_scale=cfg.c_bonus_scale,
+        )
+        hooks = AG.SVDBonusHooks(
+            explorer, share_torso=cfg.c_share_torso, extra_steps=cfg.c_extra_steps, lr=cfg.c_svd_lr
+        )
     checkpoints = np.linspace(0, cfg.c_total_steps, 11)[1:]  # coverage is read at these env steps
     tracker = GW.CoverageTracker(env, checkpoints)
     agent, res = AG.train_ppo(env, ppo, hooks=hooks, seed=seed, on_step=tracker)
@@ -279,15 +352,25 @@ def part_c(cfg: SVDRepresentationsConfig, seed: int, arm: str) -> dict[str, Any]
     tail = succ[ends > 0.8 * res.env_steps]  # episodes that ended in the last 20% of the steps
     first = int(ends[succ > 0][0]) if succ.any() else -1
     width = checkpoints[0]
-    curve = [float(succ[(ends <= b) & (ends > b - width)].mean()) if ((ends <= b) & (ends > b - width)).any()
-             else 0.0 for b in checkpoints]
+    curve = [
+        float(succ[(ends <= b) & (ends > b - width)].mean()) if ((ends <= b) & (ends > b - width)).any() else 0.0
+        for b in checkpoints
+    ]
     free = env.num_free_cells
-    out = {"success_rate": float(succ.mean()) if len(succ) else 0.0,
-           "final_success": float(tail.mean()) if len(tail) else 0.0,
-           "found_goal": bool(succ.any()), "first_success_step": first,
-           "coverage": coverage[-1] / free, "coverage_auc": float(np.mean(coverage)) / free,
-           "steps_per_second": res.steps_per_second, "env_steps": res.env_steps, "free_cells": free,
-           "curve_steps": checkpoints.tolist(), "curve_success": curve, "curve_coverage": coverage}
+    out = {
+        "success_rate": float(succ.mean()) if len(succ) else 0.0,
+        "final_success": float(tail.mean()) if len(tail) else 0.0,
+        "found_goal": bool(succ.any()),
+        "first_success_step": first,
+        "coverage": coverage[-1] / free,
+        "coverage_auc": float(np.mean(coverage)) / free,
+        "steps_per_second": res.steps_per_second,
+        "env_steps": res.env_steps,
+        "free_cells": free,
+        "curve_steps": checkpoints.tolist(),
+        "curve_success": curve,
+        "curve_coverage": coverage,
+    }
     if explorer is not None:
         cells = np.argwhere(env.free)
         idx = env.cell_index(cells)
@@ -339,8 +422,11 @@ def part_d(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     for kind in ("history", "last_obs"):
         torch.manual_seed(seed)
-        f = (V.HistoryEncoder(obs.shape[-1], 4, k, cfg.d_hidden) if kind == "history"
-             else V.ObservationEncoder(obs.shape[-1], k, cfg.d_hidden))
+        f = (
+            V.HistoryEncoder(obs.shape[-1], 4, k, cfg.d_hidden)
+            if kind == "history"
+            else V.ObservationEncoder(obs.shape[-1], k, cfg.d_hidden)
+        )
         g = V.mlp(futures.shape[-1], cfg.d_hidden, k, 2)
         opt = torch.optim.Adam(list(f.parameters()) + list(g.parameters()), lr=cfg.d_lr)
         for _ in range(cfg.d_steps):
@@ -365,15 +451,15 @@ def part_d(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 RULES = {
     "a": "pass if the mean final alignment ‖U_kᵀQ‖²/k >= 0.99 for tabular factors and >= 0.95 for "
-         "neural factors; partial if only the tabular one does",
+    "neural factors; partial if only the tabular one does",
     "b": "pass if the mean Spearman(n̂, n) of the elliptical SVD pseudo-count over visited states >= 0.9 "
-         "and it is >= 0.8 in every seed; partial if the mean is >= 0.7",
+    "and it is >= 0.8 in every seed; partial if the mean is >= 0.7",
     "c": "pass if, against no bonus, the SVD bonus raises the success rate over all episodes by >= 0.1 "
-         "on the mean and in >= 60% of paired seeds, and raises the coverage AUC (distinct cells, "
-         "averaged over 10 checkpoints) on the mean and in >= 60% of paired seeds; partial if only one "
-         "of the two holds",
+    "on the mean and in >= 60% of paired seeds, and raises the coverage AUC (distinct cells, "
+    "averaged over 10 checkpoints) on the mean and in >= 60% of paired seeds; partial if only one "
+    "of the two holds",
     "d": "pass if the history probe's hidden-state accuracy beats the last-observation probe by >= 0.1 in "
-         "every seed; partial if it does so on the mean",
+    "every seed; partial if it does so on the mean",
 }
 
 
@@ -417,10 +503,10 @@ SUB_TO_VERDICT = {"pass": "reproduced", "partial": "partial", "fail": "not repro
     name="svd-representations",
     system="SVD representations",
     paper="Chandak et al., Representations and Exploration for Deep Reinforcement Learning using Singular "
-          "Value Decomposition, ICML 2023",
+    "Value Decomposition, ICML 2023",
     claim="A mini-batch SVD loss recovers the top-k singular subspace of the transitions from samples, "
-          "its representation yields pseudo-counts that drive exploration, and a history version handles "
-          "partial observability",
+    "its representation yields pseudo-counts that drive exploration, and a history version handles "
+    "partial observability",
     config=SVDRepresentationsConfig,
 )
 def run(cfg: SVDRepresentationsConfig, run: Run) -> Result:
@@ -447,7 +533,7 @@ def _run(cfg: SVDRepresentationsConfig, run: Run) -> Result:
     units: list[tuple[str, str, int, str]] = []
     for part in order:
         for i in range(cfg.seeds):
-            for arm in (cfg.c_arms if part == "c" else ("",)):
+            for arm in cfg.c_arms if part == "c" else ("",):
                 key = f"{part}{arm and '-' + arm}/{i}"
                 if key not in results:  # units finished before a resume are kept
                     units.append((key, part, seeds[i], arm))
@@ -493,18 +579,30 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, Any]) ->
             metrics[f"a_{kind}_alignment"], metrics[f"a_{kind}_alignment_std"] = al, al_sd
             metrics[f"a_{kind}_max_angle_deg"], metrics[f"a_{kind}_max_angle_deg_std"] = an, an_sd
             metrics[f"a_{kind}_product_rel_err"] = float(np.mean([r[kind]["product_rel_err"] for r in rows]))
-        plot_lines(run.figure("a_subspace_angles.png"), series,
-                   title="(a) largest principal angle to the exact top-k subspace",
-                   xlabel="SGD steps (mini-batches of sampled transitions)", ylabel="degrees", logy=True)
+        plot_lines(
+            run.figure("a_subspace_angles.png"),
+            series,
+            title="(a) largest principal angle to the exact top-k subspace",
+            xlabel="SGD steps (mini-batches of sampled transitions)",
+            ylabel="degrees",
+            logy=True,
+        )
         figures.append("a_subspace_angles.png")
         subs["a"] = _verdict_a(rows)
-        table.append({"sub-claim": "(a) mini-batch loss finds the exact top-k singular subspace",
-                      "numbers": "; ".join(
-                          f"{kind}: alignment {metrics[f'a_{kind}_alignment']:.4f}±"
-                          f"{metrics[f'a_{kind}_alignment_std']:.4f}, largest angle "
-                          f"{metrics[f'a_{kind}_max_angle_deg']:.2f}°, ‖FGᵀ - A_k‖/‖s_k‖ "
-                          f"{metrics[f'a_{kind}_product_rel_err']:.3f}" for kind in ("tabular", "neural")),
-                      "seeds": len(rows), "sub-verdict": subs["a"]})
+        table.append(
+            {
+                "sub-claim": "(a) mini-batch loss finds the exact top-k singular subspace",
+                "numbers": "; ".join(
+                    f"{kind}: alignment {metrics[f'a_{kind}_alignment']:.4f}±"
+                    f"{metrics[f'a_{kind}_alignment_std']:.4f}, largest angle "
+                    f"{metrics[f'a_{kind}_max_angle_deg']:.2f}°, ‖FGᵀ - A_k‖/‖s_k‖ "
+                    f"{metrics[f'a_{kind}_product_rel_err']:.3f}"
+                    for kind in ("tabular", "neural")
+                ),
+                "seeds": len(rows),
+                "sub-verdict": subs["a"],
+            }
+        )
 
     if "b" in cfg.parts:
         rows = _collect(results, "b", n)
@@ -516,19 +614,31 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, Any]) ->
                 metrics[f"b_{pre}_{name}"], metrics[f"b_{pre}_{name}_std"] = m, s
             means[name] = [metrics[f"b_spearman_{name}"], metrics[f"b_spearman_low_{name}"]]
             stds[name] = [metrics[f"b_spearman_{name}_std"], metrics[f"b_spearman_low_{name}_std"]]
-            metrics[f"b_median_abs_log_ratio_{name}"] = float(np.mean([r[f"median_abs_log_ratio_{name}"]
-                                                                       for r in rows]))
-        plot_bars(run.figure("b_pseudocounts.png"), ["all visited states", "rarest 25% of visited"], means,
-                  errors=stds, title="(b) Spearman(pseudo-count, true count)", ylabel="Spearman ρ")
+            metrics[f"b_median_abs_log_ratio_{name}"] = float(
+                np.mean([r[f"median_abs_log_ratio_{name}"] for r in rows])
+            )
+        plot_bars(
+            run.figure("b_pseudocounts.png"),
+            ["all visited states", "rarest 25% of visited"],
+            means,
+            errors=stds,
+            title="(b) Spearman(pseudo-count, true count)",
+            ylabel="Spearman ρ",
+        )
         figures.append("b_pseudocounts.png")
         subs["b"] = _verdict_b(rows)
-        table.append({"sub-claim": "(b) pseudo-counts from the representation track visit counts",
-                      "numbers": f"Spearman elliptical {metrics['b_spearman_elliptical']:.3f}±"
-                                 f"{metrics['b_spearman_elliptical_std']:.3f} (rarest 25%: "
-                                 f"{metrics['b_spearman_low_elliptical']:.3f}); density-ratio "
-                                 f"{metrics['b_spearman_density_ratio']:.3f}; norm shortcut "
-                                 f"{metrics['b_spearman_norm_shortcut']:.3f}",
-                      "seeds": len(rows), "sub-verdict": subs["b"]})
+        table.append(
+            {
+                "sub-claim": "(b) pseudo-counts from the representation track visit counts",
+                "numbers": f"Spearman elliptical {metrics['b_spearman_elliptical']:.3f}±"
+                f"{metrics['b_spearman_elliptical_std']:.3f} (rarest 25%: "
+                f"{metrics['b_spearman_low_elliptical']:.3f}); density-ratio "
+                f"{metrics['b_spearman_density_ratio']:.3f}; norm shortcut "
+                f"{metrics['b_spearman_norm_shortcut']:.3f}",
+                "seeds": len(rows),
+                "sub-verdict": subs["b"],
+            }
+        )
 
     if "c" in cfg.parts:
         by_arm = {arm: _collect(results, f"c-{arm}", n) for arm in cfg.c_arms}
@@ -544,21 +654,35 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, Any]) ->
             errs[arm] = [metrics[f"c_{arm}_{w}_std"] for w in shown]
             steps = rows[0]["curve_steps"]
             curves[arm] = (steps, np.mean([r["curve_success"] for r in rows], 0).tolist())
-            cover_curves[arm] = (steps, (np.mean([r["curve_coverage"] for r in rows], 0)
-                                         / rows[0]["free_cells"]).tolist())
+            cover_curves[arm] = (
+                steps,
+                (np.mean([r["curve_coverage"] for r in rows], 0) / rows[0]["free_cells"]).tolist(),
+            )
         if "svd" in by_arm:
-            metrics["c_svd_pseudo_count_spearman"] = float(np.mean([r["pseudo_count_spearman"]
-                                                                    for r in by_arm["svd"]]))
-        metrics["c_env_steps_per_second"] = float(np.mean([metrics[f"c_{a}_steps_per_second"]
-                                                           for a in by_arm]))
-        plot_lines(run.figure("c_exploration_success.png"), curves,
-                   title="(c) success rate vs environment steps", xlabel="environment steps",
-                   ylabel=f"episode success rate (mean of {n} seeds)")
-        plot_lines(run.figure("c_exploration_coverage.png"), cover_curves, title="(c) distinct cells visited",
-                   xlabel="environment steps", ylabel="fraction of the 103 free cells")
-        plot_bars(run.figure("c_exploration_summary.png"), ["success (all episodes)", "success (last 20%)",
-                                                            "coverage AUC"], bars, errors=errs,
-                  title="(c) four-room chain, equal env steps", ylabel="fraction")
+            metrics["c_svd_pseudo_count_spearman"] = float(np.mean([r["pseudo_count_spearman"] for r in by_arm["svd"]]))
+        metrics["c_env_steps_per_second"] = float(np.mean([metrics[f"c_{a}_steps_per_second"] for a in by_arm]))
+        plot_lines(
+            run.figure("c_exploration_success.png"),
+            curves,
+            title="(c) success rate vs environment steps",
+            xlabel="environment steps",
+            ylabel=f"episode success rate (mean of {n} seeds)",
+        )
+        plot_lines(
+            run.figure("c_exploration_coverage.png"),
+            cover_curves,
+            title="(c) distinct cells visited",
+            xlabel="environment steps",
+            ylabel="fraction of the 103 free cells",
+        )
+        plot_bars(
+            run.figure("c_exploration_summary.png"),
+            ["success (all episodes)", "success (last 20%)", "coverage AUC"],
+            bars,
+            errors=errs,
+            title="(c) four-room chain, equal env steps",
+            ylabel="fraction",
+        )
         figures += ["c_exploration_success.png", "c_exploration_coverage.png", "c_exploration_summary.png"]
         subs["c"] = _verdict_c(by_arm)
         arms_txt = "; ".join(
@@ -567,9 +691,16 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, Any]) ->
             f"(last 20% {metrics[f'c_{arm}_final_success']:.2f}), goal found in "
             f"{metrics[f'c_{arm}_found_goal_seeds']}/{len(by_arm[arm])}, coverage AUC "
             f"{metrics[f'c_{arm}_coverage_auc']:.2f}, {metrics[f'c_{arm}_steps_per_second']:.0f} env steps/s"
-            for arm in by_arm)
-        table.append({"sub-claim": "(c) pseudo-count bonus improves exploration (PPO, equal env steps)",
-                      "numbers": arms_txt, "seeds": n, "sub-verdict": subs["c"]})
+            for arm in by_arm
+        )
+        table.append(
+            {
+                "sub-claim": "(c) pseudo-count bonus improves exploration (PPO, equal env steps)",
+                "numbers": arms_txt,
+                "seeds": n,
+                "sub-verdict": subs["c"],
+            }
+        )
 
     if "d" in cfg.parts:
         rows = _collect(results, "d", n)
@@ -578,30 +709,46 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, Any]) ->
                 m, s = _mean_std([r[f"{kind}_{what}"] for r in rows])
                 metrics[f"d_{kind}_{what}"], metrics[f"d_{kind}_{what}_std"] = m, s
         kinds = ("history", "last_obs")
-        plot_bars(run.figure("d_pomdp_probe.png"), ["cue (goal arm)", "hidden state (cue × position)"],
-                  {kind: [metrics[f"d_{kind}_cue_acc"], metrics[f"d_{kind}_hidden_acc"]] for kind in kinds},
-                  errors={kind: [metrics[f"d_{kind}_cue_acc_std"], metrics[f"d_{kind}_hidden_acc_std"]]
-                          for kind in kinds},
-                  title="(d) T-maze: linear-probe accuracy (held-out)", ylabel="accuracy")
+        plot_bars(
+            run.figure("d_pomdp_probe.png"),
+            ["cue (goal arm)", "hidden state (cue × position)"],
+            {kind: [metrics[f"d_{kind}_cue_acc"], metrics[f"d_{kind}_hidden_acc"]] for kind in kinds},
+            errors={kind: [metrics[f"d_{kind}_cue_acc_std"], metrics[f"d_{kind}_hidden_acc_std"]] for kind in kinds},
+            title="(d) T-maze: linear-probe accuracy (held-out)",
+            ylabel="accuracy",
+        )
         figures.append("d_pomdp_probe.png")
         subs["d"] = _verdict_d(rows)
-        table.append({"sub-claim": "(d) history representation recovers the hidden state (POMDP)",
-                      "numbers": f"hidden-state acc history {metrics['d_history_hidden_acc']:.3f}±"
-                                 f"{metrics['d_history_hidden_acc_std']:.3f} vs last obs "
-                                 f"{metrics['d_last_obs_hidden_acc']:.3f}±"
-                                 f"{metrics['d_last_obs_hidden_acc_std']:.3f}; cue acc "
-                                 f"{metrics['d_history_cue_acc']:.3f} vs {metrics['d_last_obs_cue_acc']:.3f}",
-                      "seeds": len(rows), "sub-verdict": subs["d"]})
+        table.append(
+            {
+                "sub-claim": "(d) history representation recovers the hidden state (POMDP)",
+                "numbers": f"hidden-state acc history {metrics['d_history_hidden_acc']:.3f}±"
+                f"{metrics['d_history_hidden_acc_std']:.3f} vs last obs "
+                f"{metrics['d_last_obs_hidden_acc']:.3f}±"
+                f"{metrics['d_last_obs_hidden_acc_std']:.3f}; cue acc "
+                f"{metrics['d_history_cue_acc']:.3f} vs {metrics['d_last_obs_cue_acc']:.3f}",
+                "seeds": len(rows),
+                "sub-verdict": subs["d"],
+            }
+        )
 
     for row in table:
         row["sub-verdict"] = SUB_TO_VERDICT[row["sub-verdict"]]
     values = list(subs.values())
-    verdict = ("reproduced" if all(v == "pass" for v in values)
-               else "not reproduced" if all(v == "fail" for v in values) else "partial")
+    verdict = (
+        "reproduced"
+        if all(v == "pass" for v in values)
+        else "not reproduced"
+        if all(v == "fail" for v in values)
+        else "partial"
+    )
     metrics["sub_verdicts"] = {k: SUB_TO_VERDICT[v] for k, v in subs.items()}
-    rule = ("each sub-claim is judged by its rule — " + "; ".join(f"({k}) {RULES[k]}" for k in subs)
-            + ". Overall: reproduced if every sub-claim passes, not reproduced if none passes or is partial, "
-              "otherwise partial.")
+    rule = (
+        "each sub-claim is judged by its rule — "
+        + "; ".join(f"({k}) {RULES[k]}" for k in subs)
+        + ". Overall: reproduced if every sub-claim passes, not reproduced if none passes or is partial, "
+        "otherwise partial."
+    )
     protocol = (
         f"{n} seeds per sub-claim. (a) four-rooms (104 states), uniform random policy, k={cfg.a_rank}, "
         f"{cfg.a_steps} Adam steps on mini-batches of {cfg.a_batch} fresh sampled transitions (tabular, "
@@ -613,7 +760,8 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, Any]) ->
         f"steps); bonus beta/sqrt(n+1), beta={cfg.c_bonus_scale}, n from SVD pseudo-counts (k={cfg.c_rank}) "
         f"or true counts. (d) cued T-maze, corridor {cfg.d_length}, random behaviour policy; GRU history f "
         f"vs MLP last-observation f, future tests of L={cfg.d_future} (action, observation) pairs, "
-        f"k={cfg.d_rank}; ridge linear probes on held-out episodes.")
+        f"k={cfg.d_rank}; ridge linear probes on held-out episodes."
+    )
     notes = (
         "No official code or PDF text was available; the loss is the notes' section 3 form (rho = next-state "
         "marginal, off-diagonal batch negatives). Pseudo-counts: with the buffer-only loss (mu = d) the "
@@ -628,5 +776,6 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, Any]) ->
         "(as LinUCB / E3B do). "
         "beta, k, c_extra_steps and the budget were chosen in pilot runs on seeds 0-4."
     )
-    return Result(verdict=verdict, rule=rule, metrics=metrics, table=table, figures=figures,
-                  protocol=protocol, notes=notes)
+    return Result(
+        verdict=verdict, rule=rule, metrics=metrics, table=table, figures=figures, protocol=protocol, notes=notes
+    )

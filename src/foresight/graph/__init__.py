@@ -1,6 +1,6 @@
 """Graphs: the Half-Hop transform, GNN backbones, BGRL, and the graph datasets.
 
-    from foresight.graph import HalfHop, load_geom_gcn, NodeClassifier
+from foresight.graph import HalfHop, load_geom_gcn, NodeClassifier
 """
 
 from foresight.graph.bgrl import BGRL, bgrl_loss, cosine_loss, ema_decay, linear_probe
@@ -10,7 +10,25 @@ from foresight.graph.models import GAT, GCN, GNN, GraphSAGE, NodeClassifier, mak
 from foresight.graph.train import FitResult, fit_node_classifier
 
 __all__ = [
-    "BGRL", "GAT", "GCN", "GNN", "HETEROPHILIC", "FitResult", "GraphSAGE", "HalfHop", "HalfHopOutput",
-    "NodeClassifier", "bgrl_loss", "cosine_loss", "ema_decay", "fit_node_classifier", "half_hop", "linear_probe",
-    "load_dataset", "load_geom_gcn", "load_planetoid", "make_backbone", "original_nodes",
+    "BGRL",
+    "GAT",
+    "GCN",
+    "GNN",
+    "HETEROPHILIC",
+    "FitResult",
+    "GraphSAGE",
+    "HalfHop",
+    "HalfHopOutput",
+    "NodeClassifier",
+    "bgrl_loss",
+    "cosine_loss",
+    "ema_decay",
+    "fit_node_classifier",
+    "half_hop",
+    "linear_probe",
+    "load_dataset",
+    "load_geom_gcn",
+    "load_planetoid",
+    "make_backbone",
+    "original_nodes",
 ]

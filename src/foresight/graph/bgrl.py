@@ -43,8 +43,19 @@ from foresight.graph.models import gcn_adj_t
 from foresight.nn.ema import make_target
 
 __all__ = [
-    "BGRL", "Augmentation", "BGRLEncoder", "LinearProbeResult", "SparseFeatures", "View", "bgrl_loss",
-    "bgrl_step", "cosine_loss", "draw_view", "ema_decay", "linear_probe", "lr_at",
+    "BGRL",
+    "Augmentation",
+    "BGRLEncoder",
+    "LinearProbeResult",
+    "SparseFeatures",
+    "View",
+    "bgrl_loss",
+    "bgrl_step",
+    "cosine_loss",
+    "draw_view",
+    "ema_decay",
+    "linear_probe",
+    "lr_at",
 ]
 
 
@@ -76,8 +87,9 @@ class SparseFeatures:
         return F.embedding_bag(self.index, weight, self.offsets, mode="sum", per_sample_weights=self.value)
 
     def to(self, device: torch.device | str) -> SparseFeatures:
-        return SparseFeatures(self.index.to(device), self.offsets.to(device), self.value.to(device),
-                              self.num_nodes, self.num_features)
+        return SparseFeatures(
+            self.index.to(device), self.offsets.to(device), self.value.to(device), self.num_nodes, self.num_features
+        )
 
 
 # -- augmentations -------------------------------------------------------------------------------
@@ -263,8 +275,12 @@ def lr_at(epoch: int, total: int, base_lr: float, warmup: int) -> float:
 
 
 def bgrl_step(
-    model: BGRL, optimizer: torch.optim.Optimizer, x: Tensor | SparseFeatures, edge_index: Tensor,
-    aug_1: Augmentation, aug_2: Augmentation,
+    model: BGRL,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor | SparseFeatures,
+    edge_index: Tensor,
+    aug_1: Augmentation,
+    aug_2: Augmentation,
 ) -> float:
     """One BGRL step (two views, symmetric loss, one optimiser step); returns the loss.
 
@@ -297,8 +313,15 @@ class LinearProbeResult:
 
 
 def linear_probe(
-    z: Tensor, y: Tensor, train: Tensor, val: Tensor, test: Tensor, *,
-    weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), steps: int = 300, lr: float = 0.01,
+    z: Tensor,
+    y: Tensor,
+    train: Tensor,
+    val: Tensor,
+    test: Tensor,
+    *,
+    weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+    steps: int = 300,
+    lr: float = 0.01,
 ) -> LinearProbeResult:
     """Logistic regression on frozen embeddings, one model per weight decay, the best on validation.
 

@@ -90,8 +90,7 @@ _GEOM_GCN_SHA256: dict[str, str] = {
     "new_data/texas/out1_graph_edges.txt": "0fe85183243a78cbee9b85a684f8240963d04d1020d10e9cd2b8cfb25e33b476",
     "new_data/texas/out1_node_feature_label.txt": "cf5a3ca346cdd1210b8342e22517fcbbdae658065b7a3145f59350e50e6236a3",
     "new_data/wisconsin/out1_graph_edges.txt": "ebd213511c88fce1eda450c2f920600c4b8cbb38f02384856bcc47c6ec1807ae",
-    "new_data/wisconsin/out1_node_feature_label.txt":
-        "a32b0aa38d42f0d36841e8a8cb646d197f0ff33a182ac75a2b4476aeed3c7e4b",
+    "new_data/wisconsin/out1_node_feature_label.txt": "a32b0aa38d42f0d36841e8a8cb646d197f0ff33a182ac75a2b4476aeed3c7e4b",
     "splits/chameleon_split_0.6_0.2_0.npz": "36605525b69be4e7df5b31fe6a1d044288c6ebf9f9f0514ca151f6a36afc5e8b",
     "splits/chameleon_split_0.6_0.2_1.npz": "d0779d5a1bedf1967d394468a52c0175fb00595d361fba897faf73322386c952",
     "splits/chameleon_split_0.6_0.2_2.npz": "86ad0d827bf4301dff830598fc0b70d0dd8689c5b4d72dab1d87a6c1970c4c6e",
@@ -182,8 +181,7 @@ _GEOM_GCN_SHA256: dict[str, str] = {
     "splits/wisconsin_split_0.6_0.2_7.npz": "57ad808c8d4dd94dc4404124370bbcebb3dcc597c2bea6457bf05f220adf1527",
     "splits/wisconsin_split_0.6_0.2_8.npz": "27d4d62a2a6aea2cdc399302237512ab0d64fb0c84e648112f97c5896274e42f",
     "splits/wisconsin_split_0.6_0.2_9.npz": "3c149cd124a19021031609e0d7743a7be59aae4f88c8d38410138e8f06f5daaf",
-    "unconnected_nodes/citeseer_unconnected_nodes.txt":
-        "bd990a74e170fbef0eb18535145d1554df5771bba91fae823309834c19dda501",
+    "unconnected_nodes/citeseer_unconnected_nodes.txt": "bd990a74e170fbef0eb18535145d1554df5771bba91fae823309834c19dda501",
     "unconnected_nodes/cora_unconnected_nodes.txt": "915513afa9cb5dee8c08432c2f9a228b8cbc9bdab9886bfc9231f4eb6dc462c4",
 }
 _YANDEX_SHA256: dict[str, str] = {
@@ -235,21 +233,33 @@ def _spec(name: str, base_url: str, shas: dict[str, str], source: str, license: 
     return DatasetSpec(name=name, files=files, source=source, license=license)
 
 
-GEOM_GCN = register_dataset(_spec(
-    "geom-gcn", _GEOM_GCN_URL, _GEOM_GCN_SHA256,
-    source=f"github.com/graphdml-uiuc-jlu/geom-gcn @ {GEOM_GCN_COMMIT} (new_data/, splits/, unconnected_nodes/)",
-    license="no LICENSE file; code headers MIT (c) 2019 Geom-GCN Authors; data from WebKB, Wikipedia, actor network",
-))
-YANDEX = register_dataset(_spec(
-    "heterophilous-graphs", _YANDEX_URL, _YANDEX_SHA256,
-    source=f"github.com/yandex-research/heterophilous-graphs @ {YANDEX_COMMIT} (data/*.npz)",
-    license="MIT (c) 2023-present Yandex Research; cite Platonov et al., ICLR 2023",
-))
-PLANETOID = register_dataset(_spec(
-    "planetoid", _PLANETOID_URL, _PLANETOID_SHA256,
-    source=f"github.com/kimiyoung/planetoid @ {PLANETOID_COMMIT} (data/ind.*)",
-    license="MIT (c) 2016 Zhilin Yang; cite Yang, Cohen & Salakhutdinov, ICML 2016",
-))
+GEOM_GCN = register_dataset(
+    _spec(
+        "geom-gcn",
+        _GEOM_GCN_URL,
+        _GEOM_GCN_SHA256,
+        source=f"github.com/graphdml-uiuc-jlu/geom-gcn @ {GEOM_GCN_COMMIT} (new_data/, splits/, unconnected_nodes/)",
+        license="no LICENSE file; code headers MIT (c) 2019 Geom-GCN Authors; data from WebKB, Wikipedia, actor network",
+    )
+)
+YANDEX = register_dataset(
+    _spec(
+        "heterophilous-graphs",
+        _YANDEX_URL,
+        _YANDEX_SHA256,
+        source=f"github.com/yandex-research/heterophilous-graphs @ {YANDEX_COMMIT} (data/*.npz)",
+        license="MIT (c) 2023-present Yandex Research; cite Platonov et al., ICLR 2023",
+    )
+)
+PLANETOID = register_dataset(
+    _spec(
+        "planetoid",
+        _PLANETOID_URL,
+        _PLANETOID_SHA256,
+        source=f"github.com/kimiyoung/planetoid @ {PLANETOID_COMMIT} (data/ind.*)",
+        license="MIT (c) 2016 Zhilin Yang; cite Yang, Cohen & Salakhutdinov, ICML 2016",
+    )
+)
 
 HETEROPHILIC = ("texas", "wisconsin", "cornell", "film", "chameleon", "squirrel")
 PLANETOID_NAMES = ("cora", "citeseer")
@@ -395,9 +405,17 @@ def _finish_edges(edge_index: torch.Tensor, num_nodes: int, undirected: bool) ->
 def _meta(name: str, data: Data, source: str, used: list, split: str, undirected: bool, notes: str = "") -> GraphMeta:
     ei = data.edge_index
     return GraphMeta(
-        name=name, source=source, files=tuple(used), split=split, num_splits=int(data.train_mask.size(1)),
-        undirected=undirected, self_loops=bool((ei[0] == ei[1]).any()), num_nodes=int(data.num_nodes),
-        num_edges=int(ei.size(1)), num_features=int(data.x.size(1)), num_classes=int(data.y.max()) + 1,
+        name=name,
+        source=source,
+        files=tuple(used),
+        split=split,
+        num_splits=int(data.train_mask.size(1)),
+        undirected=undirected,
+        self_loops=bool((ei[0] == ei[1]).any()),
+        num_nodes=int(data.num_nodes),
+        num_edges=int(ei.size(1)),
+        num_features=int(data.x.size(1)),
+        num_classes=int(data.y.max()) + 1,
         notes=notes,
     )
 
@@ -430,8 +448,10 @@ def load_geom_gcn(name: str, data_dir: str | Path | None = None, *, undirected: 
         with np.load(yandex.path(f"{name}.npz")) as z:
             x = torch.from_numpy(z["node_features"].astype(np.float32))
             y = torch.from_numpy(z["node_labels"].astype(np.int64))
-        source = (f"features/labels: yandex-research/heterophilous-graphs@{YANDEX_COMMIT[:7]} {name}.npz; "
-                  f"edges and splits: graphdml-uiuc-jlu/geom-gcn@{GEOM_GCN_COMMIT[:7]}")
+        source = (
+            f"features/labels: yandex-research/heterophilous-graphs@{YANDEX_COMMIT[:7]} {name}.npz; "
+            f"edges and splits: graphdml-uiuc-jlu/geom-gcn@{GEOM_GCN_COMMIT[:7]}"
+        )
         used_first = yandex.used
     else:
         geom_paths.append(f"new_data/{name}/out1_node_feature_label.txt")
@@ -444,8 +464,7 @@ def load_geom_gcn(name: str, data_dir: str | Path | None = None, *, undirected: 
     edge_index = _read_geom_gcn_edges(geom.path(f"new_data/{name}/out1_graph_edges.txt"))
     if int(edge_index.max()) >= n:
         raise ValueError(f"{name}: edge list refers to node {int(edge_index.max())} but there are {n} nodes")
-    data = Data(x=x, edge_index=_finish_edges(edge_index, n, undirected), y=y,
-                **_read_geom_gcn_splits(geom, name, n))
+    data = Data(x=x, edge_index=_finish_edges(edge_index, n, undirected), y=y, **_read_geom_gcn_splits(geom, name, n))
     return LoadedGraph(data, _meta(name, data, source, used_first + geom.used, GEOM_GCN_SPLIT_NOTE, undirected))
 
 
@@ -457,8 +476,10 @@ def _load_yandex_cornell(data_dir: str | Path | None) -> LoadedGraph:
         edges = torch.from_numpy(z["edges"].T.astype(np.int64).copy())  # [2, E], u < v, no self-loops
         masks = {f"{k}_mask": torch.from_numpy(z[f"{k}_masks"].T.copy()) for k in ("train", "val", "test")}
     data = Data(x=x, edge_index=_finish_edges(edges, x.size(0), True), y=y, **masks)
-    source = (f"yandex-research/heterophilous-graphs@{YANDEX_COMMIT[:7]} cornell.npz (NOT the Geom-GCN cornell "
-              "features, which are a byte copy of Texas's)")
+    source = (
+        f"yandex-research/heterophilous-graphs@{YANDEX_COMMIT[:7]} cornell.npz (NOT the Geom-GCN cornell "
+        "features, which are a byte copy of Texas's)"
+    )
     notes = "nodes re-indexed relative to Geom-GCN; masks equal the Geom-GCN cornell split files"
     return LoadedGraph(data, _meta("cornell", data, source, files.used, GEOM_GCN_SPLIT_NOTE, True, notes))
 
@@ -572,7 +593,7 @@ def load_planetoid(name: str, data_dir: str | Path | None = None, split: str = "
         n_train = np.asarray(obj["y"]).shape[0]
         masks = {k: torch.zeros(num_nodes, 1, dtype=torch.bool) for k in ("train_mask", "val_mask", "test_mask")}
         masks["train_mask"][:n_train, 0] = True
-        masks["val_mask"][n_train:n_train + 500, 0] = True
+        masks["val_mask"][n_train : n_train + 500, 0] = True
         masks["test_mask"][torch.from_numpy(test_index), 0] = True
         split_note = "public Planetoid split (20 per class train, next 500 val, 1000 test ids)"
     else:

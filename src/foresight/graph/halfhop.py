@@ -280,19 +280,14 @@ def _validate(
 ) -> None:
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise ValueError(
-            f"x must be a tensor of shape [N, *F], got {type(x).__name__} "
-            f"of shape {tuple(getattr(x, 'shape', ()))}"
+            f"x must be a tensor of shape [N, *F], got {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}"
         )
     if not x.is_floating_point():
         raise ValueError(f"x must be floating point to interpolate slow-node features, got dtype {x.dtype}")
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(
-            f"edge_index must have shape [2, E], got shape {tuple(getattr(edge_index, 'shape', ()))}"
-        )
+        raise ValueError(f"edge_index must have shape [2, E], got shape {tuple(getattr(edge_index, 'shape', ()))}")
     if edge_index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(
-            f"edge_index must be an integer tensor (int64 or int32), got dtype {edge_index.dtype}"
-        )
+        raise ValueError(f"edge_index must be an integer tensor (int64 or int32), got dtype {edge_index.dtype}")
     if edge_index.device != x.device:
         raise ValueError(f"edge_index is on {edge_index.device} but x is on {x.device}; expected one device")
     num_nodes, num_edges = x.size(0), edge_index.size(1)
@@ -319,20 +314,14 @@ def _validate(
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; expected one device")
     if node_mask is not None:
-        if (
-            not isinstance(node_mask, Tensor)
-            or node_mask.dtype != torch.bool
-            or node_mask.shape != (num_nodes,)
-        ):
+        if not isinstance(node_mask, Tensor) or node_mask.dtype != torch.bool or node_mask.shape != (num_nodes,):
             raise ValueError(
                 f"node_mask must be a bool tensor of shape [N={num_nodes}], got "
                 f"{getattr(node_mask, 'dtype', type(node_mask).__name__)} of shape "
                 f"{tuple(getattr(node_mask, 'shape', ()))}"
             )
         if node_mask.device != x.device:
-            raise ValueError(
-                f"node_mask is on {node_mask.device} but x is on {x.device}; expected one device"
-            )
+            raise ValueError(f"node_mask is on {node_mask.device} but x is on {x.device}; expected one device")
     if batch is not None:
         if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.size(0) != num_nodes:
             raise ValueError(
@@ -340,14 +329,10 @@ def _validate(
                 f"{tuple(getattr(batch, 'shape', ()))}"
             )
         if batch.dtype not in (torch.int64, torch.int32) or batch.device != x.device:
-            raise ValueError(
-                f"batch must be an int64/int32 tensor on {x.device}, got {batch.dtype} on {batch.device}"
-            )
+            raise ValueError(f"batch must be an int64/int32 tensor on {x.device}, got {batch.dtype} on {batch.device}")
 
 
-def _random_node_mask(
-    num_nodes: int, p: float, device: torch.device, generator: torch.Generator | None
-) -> Tensor:
+def _random_node_mask(num_nodes: int, p: float, device: torch.device, generator: torch.Generator | None) -> Tensor:
     # Exactly PyG's draw (one uniform per node on x.device, then `< p`), so a seeded run selects the
     # same targets and leaves the global RNG in the same state.
     return torch.rand(num_nodes, generator=generator, device=device) < p
@@ -384,9 +369,7 @@ def _half_hop(
         out, extra = _half_hop_single(x, edge_index, node_mask, alpha, edge_tensors)
         edge_counts = None
     else:
-        out, extra, edge_counts = _half_hop_batched(
-            x, edge_index, node_mask, alpha, edge_tensors, batch, num_graphs
-        )
+        out, extra, edge_counts = _half_hop_batched(x, edge_index, node_mask, alpha, edge_tensors, batch, num_graphs)
     return out, extra, edge_counts
 
 
@@ -507,9 +490,7 @@ def _half_hop_single(
 
     slow = torch.zeros(total_nodes, dtype=torch.bool, device=x.device)
     slow[num_nodes:] = True
-    out = HalfHopOutput(
-        x=new_x, edge_index=new_ei, slow_node_mask=slow, edge_attr=extra[0] if extra else None
-    )
+    out = HalfHopOutput(x=new_x, edge_index=new_ei, slow_node_mask=slow, edge_attr=extra[0] if extra else None)
     return out, extra
 
 
@@ -629,9 +610,7 @@ def _half_hop_batched(
     return out, extra, edges_out
 
 
-def _update_batch_bookkeeping(
-    data: Any, out: HalfHopOutput, names: Sequence[str], edge_counts: Tensor
-) -> None:
+def _update_batch_bookkeeping(data: Any, out: HalfHopOutput, names: Sequence[str], edge_counts: Tensor) -> None:
     """Make ``Batch.to_data_list()`` / ``get_example`` return the per-graph half-hopped graphs."""
     slice_dict = getattr(data, "_slice_dict", None)
     inc_dict = getattr(data, "_inc_dict", None)

@@ -32,8 +32,18 @@ from torch_geometric.utils import to_torch_csr_tensor
 from foresight.graph.halfhop import half_hop, original_nodes
 
 __all__ = [
-    "BACKBONES", "GAT", "GCN", "GNN", "GraphSAGE", "NodeClassifier", "PreparedGraph", "SparseAdj", "dropout",
-    "gcn_adj_t", "make_backbone", "mean_adj_t",
+    "BACKBONES",
+    "GAT",
+    "GCN",
+    "GNN",
+    "GraphSAGE",
+    "NodeClassifier",
+    "PreparedGraph",
+    "SparseAdj",
+    "dropout",
+    "gcn_adj_t",
+    "make_backbone",
+    "mean_adj_t",
 ]
 
 
@@ -129,8 +139,12 @@ class GNN(nn.Module):
         self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
-                            ("out_channels", out_channels), ("num_layers", num_layers)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("hidden_channels", hidden_channels),
+            ("out_channels", out_channels),
+            ("num_layers", num_layers),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 <= dropout < 1.0:
@@ -173,8 +187,10 @@ class GNN(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, hidden_channels={self.hidden_channels}, "
-                f"out_channels={self.out_channels}, num_layers={self.num_layers}, dropout={self.dropout}")
+        return (
+            f"in_channels={self.in_channels}, hidden_channels={self.hidden_channels}, "
+            f"out_channels={self.out_channels}, num_layers={self.num_layers}, dropout={self.dropout}"
+        )
 
 
 class GCN(GNN):
@@ -221,8 +237,13 @@ class GAT(GNN):
     """
 
     def __init__(
-        self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
-        dropout: float = 0.5, heads: int = 8,
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        num_layers: int = 2,
+        dropout: float = 0.5,
+        heads: int = 8,
     ) -> None:
         if not isinstance(heads, int) or heads < 1:
             raise ValueError(f"heads must be an integer >= 1, got {heads!r}")
@@ -244,8 +265,14 @@ BACKBONES: dict[str, type[GNN]] = {"gcn": GCN, "sage": GraphSAGE, "gat": GAT}
 
 
 def make_backbone(
-    name: str, in_channels: int, hidden_channels: int, out_channels: int, *, num_layers: int = 2,
-    dropout: float = 0.5, heads: int = 8,
+    name: str,
+    in_channels: int,
+    hidden_channels: int,
+    out_channels: int,
+    *,
+    num_layers: int = 2,
+    dropout: float = 0.5,
+    heads: int = 8,
 ) -> GNN:
     """``"gcn"``, ``"sage"`` or ``"gat"`` (``heads`` is used by GAT only)."""
     if name not in BACKBONES:
@@ -324,14 +351,19 @@ class NodeClassifier(nn.Module):
         # half_hop's documented edge order ends with [src->slow (M), slow->dst (M), dst->slow (M)],
         # slow node N + i belonging to the i-th half-hopped edge.
         e = aug.edge_index.size(1)
-        hop_src = aug.edge_index[0, e - 3 * m:e - 2 * m]
-        hop_dst = aug.edge_index[1, e - 2 * m:e - m]
+        hop_src = aug.edge_index[0, e - 3 * m : e - 2 * m]
+        hop_dst = aug.edge_index[1, e - 2 * m : e - m]
         graph = self.backbone.graph(aug.edge_index, num_nodes + m)
         return PreparedGraph(graph, num_nodes, hop_src, hop_dst)
 
     def forward(
-        self, x: Tensor, edge_index: Tensor | None = None, *, prepared: PreparedGraph | None = None,
-        generator: torch.Generator | None = None, node_mask: Tensor | None = None,
+        self,
+        x: Tensor,
+        edge_index: Tensor | None = None,
+        *,
+        prepared: PreparedGraph | None = None,
+        generator: torch.Generator | None = None,
+        node_mask: Tensor | None = None,
     ) -> Tensor:
         """``x`` [N, F] and either ``edge_index`` [2, E] or ``prepared`` -> logits [N, C].
 

@@ -80,8 +80,15 @@ def split_masks(data: Data, split: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def fit_node_classifier(
-    model: NodeClassifier, data: Data, split: int, *, epochs: int, lr: float, weight_decay: float,
-    patience: int | None = None, eval_seed: int = 0,
+    model: NodeClassifier,
+    data: Data,
+    split: int,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    patience: int | None = None,
+    eval_seed: int = 0,
 ) -> FitResult:
     """Train ``model`` full-batch with Adam and cross-entropy on split ``split`` of ``data``.
 
@@ -125,8 +132,9 @@ def fit_node_classifier(
         key = (accuracy(out[val], y[val]), -val_loss)
         if best is None or key > best:
             best, since_best = key, 0
-            result = FitResult(epoch, accuracy(out[train], y[train]), key[0], accuracy(out[test], y[test]),
-                               val_loss, epoch)
+            result = FitResult(
+                epoch, accuracy(out[train], y[train]), key[0], accuracy(out[test], y[test]), val_loss, epoch
+            )
         else:
             since_best += 1
             if patience is not None and since_best >= patience:

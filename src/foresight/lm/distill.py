@@ -65,15 +65,11 @@ class LMLoss:
 
 def _flat(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.shape[:-1] != targets.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree on [B, T]"
-        )
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree on [B, T]")
     return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # [N, V], [N]
 
 
-def next_token_loss(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
-) -> torch.Tensor:
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean next-token cross-entropy over non-ignored targets.
 
     logits [..., V], targets [...] (already shifted: targets[t] is the token after input t).
@@ -238,9 +234,7 @@ class TopKCache:
                 f"tokenizer mismatch: cache vocab_size={m['vocab_size']} but student vocab_size={vocab_size}"
             )
         if m["seq_len"] != seq_len:
-            raise ValueError(
-                f"top-k cache seq_len={m['seq_len']} but the student trains on seq_len={seq_len}"
-            )
+            raise ValueError(f"top-k cache seq_len={m['seq_len']} but the student trains on seq_len={seq_len}")
         if tokenizer_sha256 and m.get("tokenizer_sha256") and m["tokenizer_sha256"] != tokenizer_sha256:
             raise ValueError(
                 f"tokenizer mismatch: cache tokenizer.json sha256 {m['tokenizer_sha256'][:12]}... "
@@ -406,13 +400,9 @@ def load_teacher(
         model = model.to(device=device, dtype=dtype or torch.float32)
         tok_dirs = [path.parent, path.parent.parent]
     else:
-        raise ValueError(
-            f"teacher {str(path)!r} is neither a checkpoint folder nor a .safetensors trainer checkpoint"
-        )
+        raise ValueError(f"teacher {str(path)!r} is neither a checkpoint folder nor a .safetensors trainer checkpoint")
     model.eval().requires_grad_(False)
-    sha = next(
-        (tokenizer_sha256(d / "tokenizer.json") for d in tok_dirs if (d / "tokenizer.json").is_file()), None
-    )
+    sha = next((tokenizer_sha256(d / "tokenizer.json") for d in tok_dirs if (d / "tokenizer.json").is_file()), None)
     return Teacher(model=model, tokenizer_sha256=sha, source=str(path))
 
 

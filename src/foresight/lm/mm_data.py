@@ -238,8 +238,13 @@ def log_mel(
     """log(mel power + 1e-6) of centred (reflect-padded) Hann-windowed frames, n_fft = window length."""
     n_fft, hop = round(sample_rate * win_ms / 1000), round(sample_rate * hop_ms / 1000)
     spec = torch.stft(
-        waves, n_fft, hop_length=hop, window=torch.hann_window(n_fft, dtype=waves.dtype), center=True,
-        pad_mode="reflect", return_complex=True,
+        waves,
+        n_fft,
+        hop_length=hop,
+        window=torch.hann_window(n_fft, dtype=waves.dtype),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
     )  # [N, K, frames]
     power = spec.abs().pow(2).transpose(1, 2)  # [N, frames, K]
     return torch.log(power @ mel_filterbank(n_mels, n_fft, sample_rate).to(power.dtype) + 1e-6)

@@ -103,9 +103,7 @@ def builtin_corpus(max_chars: int | None = 1_000_000) -> list[str]:
 
 def _read_builtin(max_chars: int | None) -> list[str]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(
-        p for p in root.rglob("*.py") if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])
-    )
+    files = sorted(p for p in root.rglob("*.py") if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1]))
     docs: list[str] = []
     total = 0
     for path in files:
@@ -167,9 +165,7 @@ def load_corpus(corpus: str | os.PathLike, data_dir: str | os.PathLike | None = 
         if not text:
             raise ValueError(f"corpus file {name!r} is empty")
         return [text]
-    raise ValueError(
-        f"corpus {name!r} is neither 'tinyshakespeare', 'builtin' nor an existing file or folder"
-    )
+    raise ValueError(f"corpus {name!r} is neither 'tinyshakespeare', 'builtin' nor an existing file or folder")
 
 
 def corpus_sha256(docs: Sequence[str]) -> str:
@@ -276,9 +272,7 @@ class TokenFile:
 
     @property
     def tokens(self) -> np.ndarray:  # [N] uint16/uint32, read-only memmap
-        return np.memmap(
-            self.path, dtype=np.dtype(self.meta["dtype"]), mode="r", shape=(self.meta["n_tokens"],)
-        )
+        return np.memmap(self.path, dtype=np.dtype(self.meta["dtype"]), mode="r", shape=(self.meta["n_tokens"],))
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> TokenFile:
@@ -385,9 +379,7 @@ class ShuffledOrder:
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
             self._perm = (
-                np.random.default_rng([self.seed, epoch]).permutation(self.n)
-                if self.shuffle
-                else np.arange(self.n)
+                np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
             )
             self._epoch = epoch
         return self._perm

@@ -105,9 +105,7 @@ class TrainConfig(Config):
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(
-                f"weight_decay and grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}"
-            )
+            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
 
@@ -193,9 +191,7 @@ class DirStore(CheckpointStore):
 
     def save(self, state: dict) -> None:
         if self._is_main:
-            save_checkpoint(
-                self.path, {"state": state, "rng": rng_state(), "metrics_lines": len(self._lines())}
-            )
+            save_checkpoint(self.path, {"state": state, "rng": rng_state(), "metrics_lines": len(self._lines())})
 
     def peek(self) -> dict | None:
         return load_checkpoint(self.path)["state"] if self.resume and self.path.exists() else None
@@ -335,9 +331,7 @@ class TrainResult:
     tokens: int  # training tokens consumed (targets), all ranks
     final_loss: float  # training loss of the last step
     val_loss: float | None  # mean validation NLL (nats/token) after the last step
-    history: list[dict] = field(
-        default_factory=list
-    )  # one dict per validation pass: step, tokens, val_loss, val_ppl
+    history: list[dict] = field(default_factory=list)  # one dict per validation pass: step, tokens, val_loss, val_ppl
     train_seconds: float = 0.0  # wall time of this process's training steps (excludes eval and resume)
     tokens_per_second: float = 0.0
 
@@ -636,9 +630,7 @@ class Trainer:
             t_train += time.perf_counter() - t
             last = self.step == cfg.steps
             if self.step % cfg.log_every == 0 or last:
-                metrics["tokens_per_s"] = (
-                    (self.position - tokens0) * self.train_data.seq_len / max(t_train, 1e-9)
-                )
+                metrics["tokens_per_s"] = (self.position - tokens0) * self.train_data.seq_len / max(t_train, 1e-9)
                 if self.rank == 0:
                     self.store.log(**self.tags, **metrics)
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:

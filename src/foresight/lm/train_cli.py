@@ -69,18 +69,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("data")
     g.add_argument("--out", required=True, help="output folder (see module docstring)")
-    g.add_argument(
-        "--tokenizer", default=None, help="an existing tokenizer.json (or folder); default: train one"
-    )
+    g.add_argument("--tokenizer", default=None, help="an existing tokenizer.json (or folder); default: train one")
     g.add_argument(
         "--vocab-size",
         type=int,
         default=1024,
         help="BPE vocabulary size when training one (default %(default)s)",
     )
-    g.add_argument(
-        "--seq-len", type=int, default=128, help="tokens per training window (default %(default)s)"
-    )
+    g.add_argument("--seq-len", type=int, default=128, help="tokens per training window (default %(default)s)")
     g.add_argument(
         "--val-fraction",
         type=float,
@@ -119,9 +115,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         if tp is bool:
             g.add_argument(flag, type=_bool, default=f.default, metavar="BOOL", help=_TRAIN_HELP[f.name])
         elif f.name in TrainConfig.choices:
-            g.add_argument(
-                flag, choices=TrainConfig.choices[f.name], default=f.default, help=_TRAIN_HELP[f.name]
-            )
+            g.add_argument(flag, choices=TrainConfig.choices[f.name], default=f.default, help=_TRAIN_HELP[f.name])
         else:
             g.add_argument(flag, type=tp, default=f.default, help=_TRAIN_HELP[f.name])
 
@@ -198,15 +192,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         required=True,
         help="teacher checkpoint: HF-layout folder, train-lm folder, or trainer .safetensors",
     )
-    parser.add_argument(
-        "--temperature", type=float, default=1.0, help="τ; the KL term is scaled by τ² (default 1)"
-    )
-    parser.add_argument(
-        "--alpha", type=float, default=1.0, help="weight of the KD term vs CE (default 1 = pure KD)"
-    )
-    parser.add_argument(
-        "--topk", type=int, default=0, help="0 = online teacher; K = cache the top-K logits once"
-    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="τ; the KL term is scaled by τ² (default 1)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="weight of the KD term vs CE (default 1 = pure KD)")
+    parser.add_argument("--topk", type=int, default=0, help="0 = online teacher; K = cache the top-K logits once")
     parser.add_argument("--cache-dir", default=None, help="top-K cache folder (default OUT/teacher_topk)")
     _add_common(parser)
     return parser
@@ -232,9 +220,7 @@ def _model_config(args: argparse.Namespace, vocab_size: int):
             raise ValueError(f"--model-set {item!r} is not of the form KEY=VALUE")
         key, text = (s.strip() for s in item.split("=", 1))
         if key not in hints:
-            raise ValueError(
-                f"--model-set: unknown Gemma2Config field {key!r}; accepted: {', '.join(sorted(hints))}"
-            )
+            raise ValueError(f"--model-set: unknown Gemma2Config field {key!r}; accepted: {', '.join(sorted(hints))}")
         changes[key] = parse_value(key, text, hints[key])
     return cfg.replace(**changes)
 
@@ -281,9 +267,7 @@ def _setup(args: argparse.Namespace):
             raise ValueError(f"--distributed {args.distributed} needs a torchrun launch (WORLD_SIZE > 1)")
     out = Path(args.out)
     if not args.resume and (out / "checkpoints" / "last.safetensors").exists():
-        raise FileExistsError(
-            f"{out} already holds a training run; pass --resume to continue it or pick another --out"
-        )
+        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
     return rank, device
 
 
@@ -337,9 +321,7 @@ def _finish(args, trainer, result, data, extra: dict) -> dict:
     return summary
 
 
-def _train(
-    args: argparse.Namespace, device: torch.device, data, objective=None, extra: dict | None = None
-) -> dict:
+def _train(args: argparse.Namespace, device: torch.device, data, objective=None, extra: dict | None = None) -> dict:
     from foresight.lm.train import DirStore, Trainer
 
     cfg = _train_config(args)
@@ -430,9 +412,7 @@ def run_distill(args: argparse.Namespace) -> int:
         )
         objective = DistillationObjective(cache=cache, temperature=args.temperature, alpha=args.alpha)
     else:
-        objective = DistillationObjective(
-            teacher=teacher.model, temperature=args.temperature, alpha=args.alpha
-        )
+        objective = DistillationObjective(teacher=teacher.model, temperature=args.temperature, alpha=args.alpha)
     _train(
         args,
         device,

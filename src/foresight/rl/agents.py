@@ -62,8 +62,10 @@ def space_encoder(space: gym.Space) -> tuple[int, Callable[[np.ndarray], Tensor]
     raise ValueError(f"unsupported observation space {space!r}; expected Discrete, MultiDiscrete or Box")
 
 
-def uniform_space_sampler(space: gym.Space, rng: np.random.Generator,
-                          ) -> tuple[Callable[[int], np.ndarray], float]:
+def uniform_space_sampler(
+    space: gym.Space,
+    rng: np.random.Generator,
+) -> tuple[Callable[[int], np.ndarray], float]:
     """``(sample, prob)``: ``sample(n)`` draws n observations uniformly from a finite space (``[n]`` for
     ``Discrete``, ``[n, len(nvec)]`` for ``MultiDiscrete``); ``prob`` is the probability of each one.
 
@@ -106,8 +108,10 @@ class PPOConfig(Config):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if (self.num_envs * self.num_steps) % self.minibatches:
-            raise ValueError(f"num_envs*num_steps={self.num_envs * self.num_steps} is not divisible by "
-                             f"minibatches={self.minibatches}")
+            raise ValueError(
+                f"num_envs*num_steps={self.num_envs * self.num_steps} is not divisible by "
+                f"minibatches={self.minibatches}"
+            )
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma}, {self.gae_lambda}")
         if self.lr <= 0 or self.clip <= 0:
@@ -133,8 +137,9 @@ class ActorCritic(nn.Module):
 
     def __init__(self, obs_dim: int, num_actions: int, hidden: int = 64) -> None:
         super().__init__()
-        self.torso = nn.Sequential(layer_init(nn.Linear(obs_dim, hidden)), nn.Tanh(),
-                                   layer_init(nn.Linear(hidden, hidden)), nn.Tanh())
+        self.torso = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden)), nn.Tanh(), layer_init(nn.Linear(hidden, hidden)), nn.Tanh()
+        )
         self.policy = layer_init(nn.Linear(hidden, num_actions), std=0.01)
         self.value = layer_init(nn.Linear(hidden, 1), std=1.0)
 
@@ -213,8 +218,13 @@ class SVDBonusHooks(ExplorationHooks):
     """:class:`foresight.rl.svd.SVDExplorer` as hooks: SVD auxiliary loss on the agent's torso and the
     pseudo-count bonus read from the same representation."""
 
-    def __init__(self, explorer: nn.Module, share_torso: bool = True, extra_steps: int = 0, lr: float = 1e-3,
-                 ) -> None:
+    def __init__(
+        self,
+        explorer: nn.Module,
+        share_torso: bool = True,
+        extra_steps: int = 0,
+        lr: float = 1e-3,
+    ) -> None:
         super().__init__()
         self.explorer, self.share_torso, self.extra_steps, self.lr = explorer, share_torso, extra_steps, lr
         self._opt: torch.optim.Optimizer | None = None
@@ -250,8 +260,9 @@ class SVDBonusHooks(ExplorationHooks):
 # ------------------------------------------------------------------------------------------------
 # PPO
 # ------------------------------------------------------------------------------------------------
-def compute_gae(rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor, gamma: float,
-                lam: float) -> tuple[Tensor, Tensor]:
+def compute_gae(
+    rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over a rollout.
 
     ``rewards, values, dones [T, E]`` where ``dones[t]`` says the episode ended *at* step t (so
@@ -259,8 +270,10 @@ def compute_gae(rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tens
     value of the observation after the last step. Returns ``(advantages, returns)``, each ``[T, E]``.
     """
     if rewards.shape != values.shape or rewards.shape != dones.shape or rewards.dim() != 2:
-        raise ValueError(f"rewards, values, dones must share shape [T, E], got {tuple(rewards.shape)}, "
-                         f"{tuple(values.shape)}, {tuple(dones.shape)}")
+        raise ValueError(
+            f"rewards, values, dones must share shape [T, E], got {tuple(rewards.shape)}, "
+            f"{tuple(values.shape)}, {tuple(dones.shape)}"
+        )
     T = rewards.shape[0]
     adv = torch.zeros_like(rewards)
     last = torch.zeros_like(next_value)
@@ -286,10 +299,15 @@ class PPOResult:
     updates: list[dict[str, float]]  # per-update diagnostics
 
 
-def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationHooks | None = None,
-              seed: int = 0, on_step: Callable[[StepBatch], None] | None = None,
-              progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
-              ) -> tuple[ActorCritic, PPOResult]:
+def train_ppo(
+    envs: gym.vector.VectorEnv,
+    cfg: PPOConfig,
+    *,
+    hooks: ExplorationHooks | None = None,
+    seed: int = 0,
+    on_step: Callable[[StepBatch], None] | None = None,
+    progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
+) -> tuple[ActorCritic, PPOResult]:
     """Train a PPO agent on ``envs`` (``envs.num_envs`` must equal ``cfg.num_envs``).
 
     ``on_step`` sees every :class:`StepBatch` (e.g. for coverage metrics); ``progress`` wraps the
@@ -301,8 +319,10 @@ def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationH
     mode = envs.metadata.get("autoreset_mode")
     if mode not in (gym.vector.AutoresetMode.SAME_STEP, "SameStep"):
         # next-step autoreset would insert a fake (last obs -> first obs) transition after every episode
-        raise ValueError(f"train_ppo needs same-step autoreset, got autoreset_mode={mode!r}; build the "
-                         "vector env with autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP")
+        raise ValueError(
+            f"train_ppo needs same-step autoreset, got autoreset_mode={mode!r}; build the "
+            "vector env with autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP"
+        )
     torch.manual_seed(seed)
     hooks = hooks if hooks is not None else ExplorationHooks()
     obs_dim, encode = space_encoder(envs.single_observation_space)
@@ -385,7 +405,7 @@ def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationH
         for _ in range(cfg.epochs):
             perm = torch.randperm(batch)
             for start in range(0, batch, mb_size):
-                mb = perm[start:start + mb_size]
+                mb = perm[start : start + mb_size]
                 out = agent(b_obs[mb])
                 logp_all = torch.log_softmax(out.logits, -1)  # [mb, A]
                 logratio = logp_all.gather(1, b_act[mb][:, None])[:, 0] - b_logp[mb]
@@ -426,7 +446,18 @@ def train_ppo(envs: gym.vector.VectorEnv, cfg: PPOConfig, *, hooks: ExplorationH
 
 
 __all__ = [
-    "ActorCritic", "ActorCriticOutput", "ExplorationHooks", "PPOConfig", "PPOResult", "Rollout", "SVDBonusHooks",
-    "StepBatch", "TabularCountBonus", "compute_gae", "layer_init", "space_encoder", "train_ppo",
+    "ActorCritic",
+    "ActorCriticOutput",
+    "ExplorationHooks",
+    "PPOConfig",
+    "PPOResult",
+    "Rollout",
+    "SVDBonusHooks",
+    "StepBatch",
+    "TabularCountBonus",
+    "compute_gae",
+    "layer_init",
+    "space_encoder",
+    "train_ppo",
     "uniform_space_sampler",
 ]

@@ -95,8 +95,7 @@ class BYOLExploreConfig(Config):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0 or self.max_grad_norm <= 0:
-            raise ValueError(f"lr and max_grad_norm must be > 0, got lr={self.lr}, "
-                             f"max_grad_norm={self.max_grad_norm}")
+            raise ValueError(f"lr and max_grad_norm must be > 0, got lr={self.lr}, max_grad_norm={self.max_grad_norm}")
         if self.int_coef < 0:
             raise ValueError(f"int_coef must be >= 0, got {self.int_coef}")
 
@@ -126,8 +125,9 @@ def horizon_mask(T: int, K: int, dones: Tensor | None = None) -> Tensor:
     return mask & (crossed == 0)
 
 
-def byol_explore_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None,
-                      stop_target_gradients: bool = True) -> BYOLExploreLoss:
+def byol_explore_loss(
+    pred: Tensor, target: Tensor, mask: Tensor | None = None, stop_target_gradients: bool = True
+) -> BYOLExploreLoss:
     """The BYOL-Explore loss of one sequence batch.
 
     ``pred [T, K, B, D]``: ``g_θ(b_{t,k})`` for k = 1..K; ``target [T, B, D]``: ``target[s] = f_φ(o_{s+1})``,
@@ -136,10 +136,10 @@ def byol_explore_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None,
     combined with the K(t) truncation. Returns the mean loss ``Σ ℓ / (B·T)`` (summed over k, not
     averaged: the notes' form) and the per-(t, k) table.
     """
-    if pred.dim() != 4 or target.dim() != 3 or pred.shape[0] != target.shape[0] \
-            or pred.shape[2:] != target.shape[1:]:
-        raise ValueError(f"expected pred [T, K, B, D] and target [T, B, D], got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")
+    if pred.dim() != 4 or target.dim() != 3 or pred.shape[0] != target.shape[0] or pred.shape[2:] != target.shape[1:]:
+        raise ValueError(
+            f"expected pred [T, K, B, D] and target [T, B, D], got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     T, K, B, _ = pred.shape
     valid = horizon_mask(T, K)
     if mask is not None:
@@ -170,7 +170,7 @@ def transition_uncertainty(per_step: Tensor, indexing: str = "targeting_t1") -> 
     T, K, _ = per_step.shape
     out = torch.zeros_like(per_step[:, 0])
     for j in range(min(K, T)):  # j = q − 1: the prediction of o_{t+1} made from b_{t−j}
-        out[j:] += per_step[:T - j, j]
+        out[j:] += per_step[: T - j, j]
     return out
 
 
@@ -200,8 +200,7 @@ class RewardNormaliser:
         return (r_norm - self.mu).clamp_min(0.0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "mean": self.mean, "mean_sq": self.mean_sq, "count": self.count,
-                "mu": self.mu}
+        return {"decay": self.decay, "mean": self.mean, "mean_sq": self.mean_sq, "count": self.count, "mu": self.mu}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay, self.mean, self.mean_sq = float(state["decay"]), float(state["mean"]), float(state["mean_sq"])
@@ -241,8 +240,9 @@ class BYOLWorldModel(nn.Module):
     def update_target(self) -> None:
         ema_update(self.target_encoder, self.encoder, self.cfg.ema_decay)
 
-    def forward(self, obs: Tensor, actions: Tensor, next_obs: Tensor, dones: Tensor, state: Tensor,
-                prev_action: Tensor) -> WorldModelOutput:
+    def forward(
+        self, obs: Tensor, actions: Tensor, next_obs: Tensor, dones: Tensor, state: Tensor, prev_action: Tensor
+    ) -> WorldModelOutput:
         """``obs, next_obs [T, B, O]``, ``actions [T, B]``, ``dones [T, B]``; ``state [B, M]`` and
         ``prev_action [B]`` (``num_actions`` = none) are b_{−1} and a_{−1}, already reset where o_0 starts
         an episode."""
@@ -265,7 +265,7 @@ class BYOLWorldModel(nn.Module):
         bk = b.reshape(T * B, -1)
         preds = []
         for k in range(K):
-            bk = self.open_loop(a_pad[k:k + T].reshape(T * B, -1), bk)
+            bk = self.open_loop(a_pad[k : k + T].reshape(T * B, -1), bk)
             preds.append(self.predictor(bk).reshape(T, B, -1))
         pred = torch.stack(preds, 1)  # [T, K, B, D]
         with torch.no_grad():
@@ -286,8 +286,13 @@ class BYOLExploreHooks(ExplorationHooks):
     gradient for its parameters.
     """
 
-    def __init__(self, obs_dim: int, num_actions: int, num_envs: int, cfg: BYOLExploreConfig | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        num_actions: int,
+        num_envs: int,
+        cfg: BYOLExploreConfig | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg if cfg is not None else BYOLExploreConfig()
         self.model = BYOLWorldModel(obs_dim, num_actions, self.cfg)
@@ -315,14 +320,29 @@ class BYOLExploreHooks(ExplorationHooks):
         # the next rollout continues these episodes: carry b and a_{T−1}, reset where an episode ended
         ended = rollout.dones[-1]
         self.state = torch.where(ended[:, None], torch.zeros_like(out.state), out.state.detach())
-        self.prev_action = torch.where(ended, torch.full_like(self.prev_action, self.model.num_actions),
-                                       rollout.actions[-1])
-        self.history.append({"wm_loss": float(res.loss.detach()), "raw_uncertainty": float(raw.mean()),
-                             "bonus": float(bonus.mean()), "bonus_nonzero": float((bonus > 0).float().mean())})
+        self.prev_action = torch.where(
+            ended, torch.full_like(self.prev_action, self.model.num_actions), rollout.actions[-1]
+        )
+        self.history.append(
+            {
+                "wm_loss": float(res.loss.detach()),
+                "raw_uncertainty": float(raw.mean()),
+                "bonus": float(bonus.mean()),
+                "bonus_nonzero": float((bonus > 0).float().mean()),
+            }
+        )
         return self.cfg.int_coef * bonus
 
 
 __all__ = [
-    "BYOLExploreConfig", "BYOLExploreHooks", "BYOLExploreLoss", "BYOLWorldModel", "REWARD_INDEXINGS",
-    "RewardNormaliser", "WorldModelOutput", "byol_explore_loss", "horizon_mask", "transition_uncertainty",
+    "BYOLExploreConfig",
+    "BYOLExploreHooks",
+    "BYOLExploreLoss",
+    "BYOLWorldModel",
+    "REWARD_INDEXINGS",
+    "RewardNormaliser",
+    "WorldModelOutput",
+    "byol_explore_loss",
+    "horizon_mask",
+    "transition_uncertainty",
 ]

@@ -188,9 +188,7 @@ def composition_weights(betas: Sequence[float], gamma: float) -> tuple[Tensor, T
     if bad:
         raise ValueError(f"every beta must be in [0, gamma={gamma}], got {bad}")
     if not math.isclose(betas[-1], gamma, rel_tol=0, abs_tol=1e-12):
-        raise ValueError(
-            f"the last policy runs forever, so betas[-1] must equal gamma={gamma}, got {betas[-1]}"
-        )
+        raise ValueError(f"the last policy runs forever, so betas[-1] must equal gamma={gamma}, got {betas[-1]}")
     b = torch.tensor([float(x) for x in betas], dtype=torch.float64)
     return (1 - gamma) / (1 - b), (gamma - b) / (1 - b)
 
@@ -203,9 +201,7 @@ def _check_chain(ghms: Sequence[Tensor], policies: Sequence[Tensor], betas: Sequ
         )
 
 
-def compose_ghms(
-    ghms: Sequence[Tensor], policies: Sequence[Tensor], betas: Sequence[float], gamma: float
-) -> Tensor:
+def compose_ghms(ghms: Sequence[Tensor], policies: Sequence[Tensor], betas: Sequence[float], gamma: float) -> Tensor:
     """The occupancy ``μ_ν`` [S, A, S⁺] of a switching policy, by composing its base GHMs (notes §3.2).
 
     ``μ_ν = w_1 m_1 + c_1 m_1 ∘ [w_2 m_2 + c_2 m_2 ∘ [… m_L]]``, where ``m_i = ghms[i]`` [S, A, S⁺] is
@@ -286,9 +282,7 @@ def augmented_chain_ghm(
 # ------------------------------------------------------------------------------------------------
 
 
-def switching_set(
-    num_base: int, max_len: int, continue_probs: Sequence[float] = (0.9,)
-) -> list[SwitchingPolicy]:
+def switching_set(num_base: int, max_len: int, continue_probs: Sequence[float] = (0.9,)) -> list[SwitchingPolicy]:
     """Every switching policy of length ``<= max_len`` over ``num_base`` base policies, with no policy
     repeated back-to-back and every switch using one of ``continue_probs``.
 
@@ -384,9 +378,7 @@ def ghm_td_target(m_next: Tensor, s_next: Tensor, gamma: float | Tensor) -> Tens
     into the target.
     """
     if m_next.dim() != 2 or s_next.shape != m_next.shape[:1]:
-        raise ValueError(
-            f"m_next must be [B, S] and s_next [B], got {tuple(m_next.shape)}, {tuple(s_next.shape)}"
-        )
+        raise ValueError(f"m_next must be [B, S] and s_next [B], got {tuple(m_next.shape)}, {tuple(s_next.shape)}")
     g = torch.as_tensor(gamma, dtype=m_next.dtype)
     g = g[:, None] if g.dim() == 1 else g
     onehot = F.one_hot(s_next, m_next.shape[1]).to(m_next.dtype)
@@ -433,9 +425,7 @@ class TDTrace:
     errors: list[float] = field(default_factory=list)  # mean total variation to the exact GHM
 
 
-def _uniform_state_actions(
-    S: int, A: int, n: int, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
+def _uniform_state_actions(S: int, A: int, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     return (torch.randint(S, (n,), generator=generator), torch.randint(A, (n,), generator=generator))
 
 
@@ -466,9 +456,7 @@ def tabular_td_ghm(
     H = len(gammas)
     S, A = mdp.num_states, mdp.num_actions
     if tuple(policies.shape) != (H, S, A):
-        raise ValueError(
-            f"policies must be [H, S, A] = [{H}, {S}, {A}] (one per gamma), got {tuple(policies.shape)}"
-        )
+        raise ValueError(f"policies must be [H, S, A] = [{H}, {S}, {A}] (one per gamma), got {tuple(policies.shape)}")
     for g in gammas:
         _check_discount("gamma", g)
     if steps < 0 or batch_size < 1 or target_period < 0 or log_every < 1 or not 0 < lr <= 1:
@@ -617,9 +605,7 @@ def train_categorical_ghm(
     target_net = make_target(net) if target != "none" else net
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     # linear decay to lr_final_frac·lr: Adam's step noise otherwise sets an error floor
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: 1 - (1 - lr_final_frac) * min(t / max(steps, 1), 1.0)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 - (1 - lr_final_frac) * min(t / max(steps, 1), 1.0))
     trace = TDTrace()
     for t in range(steps + 1):
         if reference is not None and t % log_every == 0:

@@ -50,8 +50,7 @@ def parse_layout(layout: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(free [H, W] bool, starts [n, 2], goals [m, 2])`` from ASCII art ('#', '.', 'S', 'G')."""
     rows = layout.strip("\n").splitlines()
     if not rows or any(len(r) != len(rows[0]) for r in rows):
-        raise ValueError(f"layout rows must be non-empty and of equal length, got lengths "
-                         f"{[len(r) for r in rows]}")
+        raise ValueError(f"layout rows must be non-empty and of equal length, got lengths {[len(r) for r in rows]}")
     bad = sorted({c for r in rows for c in r} - set("#.SG"))
     if bad:
         raise ValueError(f"layout has unknown characters {bad}; use '#', '.', 'S', 'G'")
@@ -211,8 +210,12 @@ CUE_UP, CUE_DOWN, CORRIDOR, JUNCTION, GOAL, WRONG = range(6)
 TMAZE_SYMBOLS = ("cue_up", "cue_down", "corridor", "junction", "goal", "wrong")
 
 
-def tmaze_step(pos: np.ndarray, cue: np.ndarray, actions: np.ndarray, length: int,
-               ) -> tuple[np.ndarray, np.ndarray]:
+def tmaze_step(
+    pos: np.ndarray,
+    cue: np.ndarray,
+    actions: np.ndarray,
+    length: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """One T-maze step for a batch: ``pos [E]`` in {0..length} along the corridor (``length`` is the
     junction), ``length + 1`` = upper arm end, ``length + 2`` = lower arm end (both absorbing).
     ``cue [E]`` 0 = reward up, 1 = reward down. Returns ``(new_pos, reward [E])``.
@@ -245,9 +248,13 @@ def tmaze_observation(pos: np.ndarray, cue: np.ndarray, length: int) -> np.ndarr
     return obs
 
 
-def tmaze_trajectories(num: int, steps: int, length: int,
-                       action_probs: tuple[float, ...] = (0.15, 0.15, 0.2, 0.5),
-                       rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+def tmaze_trajectories(
+    num: int,
+    steps: int,
+    length: int,
+    action_probs: tuple[float, ...] = (0.15, 0.15, 0.2, 0.5),
+    rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
     """Roll out ``num`` T-maze episodes of ``steps`` steps under a memoryless random policy.
 
     Arm ends absorb (the episode's reward arrives once; later steps repeat the arm's symbol), so
@@ -279,8 +286,7 @@ class TMazeVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int, length: int = 6, max_steps: int = 50) -> None:
         if num_envs < 1 or length < 1 or max_steps < 1:
-            raise ValueError(f"num_envs, length and max_steps must be >= 1, got {num_envs}, {length}, "
-                             f"{max_steps}")
+            raise ValueError(f"num_envs, length and max_steps must be >= 1, got {num_envs}, {length}, {max_steps}")
         self.num_envs, self.length, self.max_steps = num_envs, length, max_steps
         self.single_observation_space = gym.spaces.Discrete(len(TMAZE_SYMBOLS))
         self.single_action_space = gym.spaces.Discrete(4)
@@ -348,7 +354,20 @@ class TMazeEnv(gym.Env):
 
 
 __all__ = [
-    "CORRIDOR", "CUE_DOWN", "CUE_UP", "GOAL", "JUNCTION", "MULTIROOM_LAYOUT", "TMAZE_SYMBOLS", "WRONG",
-    "GridEnv", "GridVectorEnv", "TMazeEnv", "TMazeVectorEnv", "parse_layout", "tmaze_observation",
-    "tmaze_step", "tmaze_trajectories",
+    "CORRIDOR",
+    "CUE_DOWN",
+    "CUE_UP",
+    "GOAL",
+    "JUNCTION",
+    "MULTIROOM_LAYOUT",
+    "TMAZE_SYMBOLS",
+    "WRONG",
+    "GridEnv",
+    "GridVectorEnv",
+    "TMazeEnv",
+    "TMazeVectorEnv",
+    "parse_layout",
+    "tmaze_observation",
+    "tmaze_step",
+    "tmaze_trajectories",
 ]

@@ -119,8 +119,9 @@ class FiniteMDP:
         return self.P.shape[0]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_states={self.num_states}, num_actions={self.num_actions}, "
-                f"gamma={self.gamma})")
+        return (
+            f"{type(self).__name__}(num_states={self.num_states}, num_actions={self.num_actions}, gamma={self.gamma})"
+        )
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -163,8 +164,9 @@ class GridWorld(FiniteMDP):
 # ------------------------------------------------------------------------------------------------
 # random matrices
 # ------------------------------------------------------------------------------------------------
-def _standard_gamma(concentration: float, shape: tuple[int, ...], generator: torch.Generator | None,
-                    dtype: torch.dtype) -> Tensor:
+def _standard_gamma(
+    concentration: float, shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype
+) -> Tensor:
     """Gamma(concentration, 1) samples drawn with ``generator`` (torch's own sampler takes none).
 
     Marsaglia & Tsang (2000) rejection sampler, vectorised; for concentration < 1 the boost
@@ -192,8 +194,12 @@ def _standard_gamma(concentration: float, shape: tuple[int, ...], generator: tor
     return out.reshape(shape)
 
 
-def random_dirichlet(shape: tuple[int, ...], concentration: float = 1.0,
-                     generator: torch.Generator | None = None, dtype: torch.dtype = DTYPE) -> Tensor:
+def random_dirichlet(
+    shape: tuple[int, ...],
+    concentration: float = 1.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = DTYPE,
+) -> Tensor:
     """Symmetric Dirichlet(concentration) vectors along the last axis of ``shape``."""
     if not concentration > 0:
         raise ValueError(f"concentration must be > 0, got {concentration}")
@@ -203,8 +209,9 @@ def random_dirichlet(shape: tuple[int, ...], concentration: float = 1.0,
     return g / g.sum(-1, keepdim=True)
 
 
-def random_transition_matrix(num_states: int, generator: torch.Generator | None = None,
-                             concentration: float = 1.0, dtype: torch.dtype = DTYPE) -> Tensor:
+def random_transition_matrix(
+    num_states: int, generator: torch.Generator | None = None, concentration: float = 1.0, dtype: torch.dtype = DTYPE
+) -> Tensor:
     """``T [S, S]`` with i.i.d. Dirichlet(concentration) rows."""
     _check_positive_int("num_states", num_states)
     return random_dirichlet((num_states, num_states), concentration, generator, dtype)
@@ -232,8 +239,9 @@ def _sinkhorn(W: Tensor, *, symmetric: bool, tol: float = 1e-13, max_iters: int 
     return T / T.sum(1, keepdim=True)  # last row renormalisation: rows exact, columns within tol
 
 
-def random_doubly_stochastic(num_states: int, generator: torch.Generator | None = None,
-                             concentration: float = 1.0, dtype: torch.dtype = DTYPE) -> Tensor:
+def random_doubly_stochastic(
+    num_states: int, generator: torch.Generator | None = None, concentration: float = 1.0, dtype: torch.dtype = DTYPE
+) -> Tensor:
     """``T [S, S]`` with rows and columns summing to 1: Sinkhorn scaling of a Dirichlet-rowed matrix.
 
     The uniform distribution is stationary for such T, and the reverse kernel is ``Tᵀ``.
@@ -242,8 +250,9 @@ def random_doubly_stochastic(num_states: int, generator: torch.Generator | None 
     return _sinkhorn(W, symmetric=False)
 
 
-def random_symmetric_transition(num_states: int, generator: torch.Generator | None = None,
-                                concentration: float = 1.0, dtype: torch.dtype = DTYPE) -> Tensor:
+def random_symmetric_transition(
+    num_states: int, generator: torch.Generator | None = None, concentration: float = 1.0, dtype: torch.dtype = DTYPE
+) -> Tensor:
     """Symmetric doubly-stochastic ``T [S, S]`` (a reversible chain with uniform stationary d).
 
     Built by symmetric Sinkhorn scaling of ``W + Wᵀ`` with W Dirichlet-rowed. Smaller
@@ -253,9 +262,16 @@ def random_symmetric_transition(num_states: int, generator: torch.Generator | No
     return _sinkhorn(W + W.T, symmetric=True)
 
 
-def random_mdp(num_states: int, num_actions: int, *, concentration: float = 1.0, reward_std: float = 1.0,
-               gamma: float = 0.9, generator: torch.Generator | None = None, dtype: torch.dtype = DTYPE,
-               ) -> FiniteMDP:
+def random_mdp(
+    num_states: int,
+    num_actions: int,
+    *,
+    concentration: float = 1.0,
+    reward_std: float = 1.0,
+    gamma: float = 0.9,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = DTYPE,
+) -> FiniteMDP:
     """Dirichlet(concentration) transition rows, Gaussian(0, reward_std²) rewards, uniform start."""
     _check_positive_int("num_states", num_states)
     _check_positive_int("num_actions", num_actions)
@@ -267,8 +283,9 @@ def random_mdp(num_states: int, num_actions: int, *, concentration: float = 1.0,
     return FiniteMDP(P=P, R=R, gamma=gamma, initial=initial)
 
 
-def chain_mdp(num_states: int, *, slip: float = 0.0, gamma: float = 0.9, reward: float = 1.0,
-              dtype: torch.dtype = DTYPE) -> FiniteMDP:
+def chain_mdp(
+    num_states: int, *, slip: float = 0.0, gamma: float = 0.9, reward: float = 1.0, dtype: torch.dtype = DTYPE
+) -> FiniteMDP:
     """A chain 0 - 1 - ... - (S-1) with actions 0 = left, 1 = right.
 
     The move goes the other way with probability ``slip``; moves off either end stay put. Arriving
@@ -291,8 +308,16 @@ def chain_mdp(num_states: int, *, slip: float = 0.0, gamma: float = 0.9, reward:
     return FiniteMDP(P=P, R=R, gamma=gamma, initial=initial)
 
 
-def gridworld(layout: str, *, slip: float = 0.0, gamma: float = 0.99, goal_reward: float = 1.0,
-              step_reward: float = 0.0, goal: str = "reward", dtype: torch.dtype = DTYPE) -> GridWorld:
+def gridworld(
+    layout: str,
+    *,
+    slip: float = 0.0,
+    gamma: float = 0.99,
+    goal_reward: float = 1.0,
+    step_reward: float = 0.0,
+    goal: str = "reward",
+    dtype: torch.dtype = DTYPE,
+) -> GridWorld:
     """A 4-action gridworld from ASCII art.
 
     Characters: ``#`` wall, ``.`` free, ``G`` goal (a free cell paying ``goal_reward`` on arrival),
@@ -350,15 +375,29 @@ def gridworld(layout: str, *, slip: float = 0.0, gamma: float = 0.99, goal_rewar
     if goal == "absorb":
         R[goal_states, :] = 0.0
     return GridWorld(
-        P=P, R=R, gamma=gamma, initial=initial,
-        coords=torch.tensor(cells, dtype=torch.long), layout="\n".join(rows),
-        goals=torch.tensor(goal_states, dtype=torch.long), height=H, width=W,
+        P=P,
+        R=R,
+        gamma=gamma,
+        initial=initial,
+        coords=torch.tensor(cells, dtype=torch.long),
+        layout="\n".join(rows),
+        goals=torch.tensor(goal_states, dtype=torch.long),
+        height=H,
+        width=W,
     )
 
 
-def four_rooms(*, goal_cell: tuple[int, int] | None = (7, 9), start_cell: tuple[int, int] | None = None,
-               slip: float = 0.0, gamma: float = 0.99, goal: str = "reward", goal_reward: float = 1.0,
-               step_reward: float = 0.0, dtype: torch.dtype = DTYPE) -> GridWorld:
+def four_rooms(
+    *,
+    goal_cell: tuple[int, int] | None = (7, 9),
+    start_cell: tuple[int, int] | None = None,
+    slip: float = 0.0,
+    gamma: float = 0.99,
+    goal: str = "reward",
+    goal_reward: float = 1.0,
+    step_reward: float = 0.0,
+    dtype: torch.dtype = DTYPE,
+) -> GridWorld:
     """Sutton's four-rooms (11x11 interior, 104 states) with an optional goal and start cell.
 
     Cells are (row, col) in the 13x13 layout including the outer wall; the default goal (7, 9) is the
@@ -372,8 +411,15 @@ def four_rooms(*, goal_cell: tuple[int, int] | None = (7, 9), start_cell: tuple[
         if not (0 <= i < len(rows) and 0 <= j < len(rows[0])) or rows[i][j] != ".":
             raise ValueError(f"{name}={cell} is not a free cell of the four-rooms layout")
         rows[i][j] = ch
-    return gridworld("\n".join("".join(r) for r in rows), slip=slip, gamma=gamma, goal_reward=goal_reward,
-                     step_reward=step_reward, goal=goal, dtype=dtype)
+    return gridworld(
+        "\n".join("".join(r) for r in rows),
+        slip=slip,
+        gamma=gamma,
+        goal_reward=goal_reward,
+        step_reward=step_reward,
+        goal=goal,
+        dtype=dtype,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -381,8 +427,7 @@ def four_rooms(*, goal_cell: tuple[int, int] | None = (7, 9), start_cell: tuple[
 # ------------------------------------------------------------------------------------------------
 def _check_policy(mdp: FiniteMDP, pi: Tensor) -> None:
     if tuple(pi.shape) != (mdp.num_states, mdp.num_actions):
-        raise ValueError(f"pi must have shape [S, A] = [{mdp.num_states}, {mdp.num_actions}], "
-                         f"got {tuple(pi.shape)}")
+        raise ValueError(f"pi must have shape [S, A] = [{mdp.num_states}, {mdp.num_actions}], got {tuple(pi.shape)}")
     _check_stochastic("pi", pi)
 
 
@@ -549,8 +594,7 @@ def orthonormal_basis(Phi: Tensor, rtol: float = 1e-10) -> Tensor:
 def principal_angles(A: Tensor, B: Tensor) -> Tensor:
     """Principal angles (radians, ascending) between span(A) and span(B); min(rank A, rank B) of them."""
     if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[0]:
-        raise ValueError(f"A and B must be [S, k1] and [S, k2] with the same S, got {tuple(A.shape)}, "
-                         f"{tuple(B.shape)}")
+        raise ValueError(f"A and B must be [S, k1] and [S, k2] with the same S, got {tuple(A.shape)}, {tuple(B.shape)}")
     Qa, Qb = orthonormal_basis(A), orthonormal_basis(B)
     cos = torch.linalg.svdvals(Qa.mH @ Qb).clamp(0.0, 1.0)  # descending cosines -> ascending angles
     return torch.arccos(cos)
@@ -565,8 +609,9 @@ def alignment(U_k: Tensor, Phi: Tensor) -> Tensor:
     non-symmetric T), and k is its rank.
     """
     if U_k.dim() != 2 or Phi.dim() != 2 or U_k.shape[0] != Phi.shape[0]:
-        raise ValueError(f"U_k and Phi must be [S, k] and [S, m] with the same S, got {tuple(U_k.shape)}, "
-                         f"{tuple(Phi.shape)}")
+        raise ValueError(
+            f"U_k and Phi must be [S, k] and [S, m] with the same S, got {tuple(U_k.shape)}, {tuple(Phi.shape)}"
+        )
     Qu, Q = orthonormal_basis(U_k), orthonormal_basis(Phi.to(U_k.dtype))
     if Qu.shape[1] == 0:
         raise ValueError("U_k has rank 0")
@@ -576,8 +621,12 @@ def alignment(U_k: Tensor, Phi: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 # samplers
 # ------------------------------------------------------------------------------------------------
-def sample_transitions(T: Tensor, d: Tensor, n: int, generator: torch.Generator | None = None,
-                       ) -> tuple[Tensor, Tensor]:
+def sample_transitions(
+    T: Tensor,
+    d: Tensor,
+    n: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """``x [n] ~ d`` and ``y [n] ~ T(·|x)`` as long state indices."""
     _check_square("T", T)
     _check_positive_int("n", n)
@@ -588,8 +637,9 @@ def sample_transitions(T: Tensor, d: Tensor, n: int, generator: torch.Generator 
     return x, y
 
 
-def sample_mdp_transitions(mdp: FiniteMDP, pi: Tensor, d: Tensor, n: int,
-                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sample_mdp_transitions(
+    mdp: FiniteMDP, pi: Tensor, d: Tensor, n: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``s ~ d``, ``a ~ pi(·|s)``, ``r = R[s, a]`` (expected reward), ``s2 ~ P[a, s, ·]`` - each [n]."""
     _check_policy(mdp, pi)
     _check_positive_int("n", n)
@@ -614,9 +664,14 @@ class FiniteMDPEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, mdp: FiniteMDP, max_steps: int = 100, obs: str = "index",
-                 reward_fn: Callable[[int, int, int], float] | None = None,
-                 terminal_states: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        mdp: FiniteMDP,
+        max_steps: int = 100,
+        obs: str = "index",
+        reward_fn: Callable[[int, int, int], float] | None = None,
+        terminal_states: tuple[int, ...] = (),
+    ) -> None:
         if obs not in ("index", "onehot"):
             raise ValueError(f"obs must be 'index' or 'onehot', got {obs!r}")
         _check_positive_int("max_steps", max_steps)
@@ -627,8 +682,9 @@ class FiniteMDPEnv(gym.Env):
         self.terminal = frozenset(int(s) for s in terminal_states)
         S = mdp.num_states
         self.action_space = gym.spaces.Discrete(mdp.num_actions)
-        self.observation_space = (gym.spaces.Discrete(S) if obs == "index"
-                                  else gym.spaces.Box(0.0, 1.0, (S,), dtype=np.float32))
+        self.observation_space = (
+            gym.spaces.Discrete(S) if obs == "index" else gym.spaces.Box(0.0, 1.0, (S,), dtype=np.float32)
+        )
         self._P = mdp.P.detach().cpu().double().numpy()
         self._R = mdp.R.detach().cpu().double().numpy()
         self._init = mdp.initial.detach().cpu().double().numpy()
@@ -663,11 +719,38 @@ class FiniteMDPEnv(gym.Env):
 
 
 __all__ = [
-    "DTYPE", "FOUR_ROOMS_LAYOUT", "GRID_ACTIONS", "GRID_ACTION_NAMES", "FiniteMDP", "FiniteMDPEnv", "GridWorld",
-    "ValueIterationResult", "alignment", "chain_mdp", "eig_sorted", "four_rooms", "greedy_policy", "gridworld",
-    "orthonormal_basis", "policy_evaluation", "policy_reward", "policy_transition", "principal_angles",
-    "q_values", "random_dirichlet", "random_doubly_stochastic", "random_mdp", "random_symmetric_transition",
-    "random_transition_matrix", "reverse_transition", "sample_mdp_transitions", "sample_transitions",
-    "stationary_distribution", "successor_representation", "top_eigvecs", "top_singular_vectors",
-    "uniform_policy", "value_iteration",
+    "DTYPE",
+    "FOUR_ROOMS_LAYOUT",
+    "GRID_ACTIONS",
+    "GRID_ACTION_NAMES",
+    "FiniteMDP",
+    "FiniteMDPEnv",
+    "GridWorld",
+    "ValueIterationResult",
+    "alignment",
+    "chain_mdp",
+    "eig_sorted",
+    "four_rooms",
+    "greedy_policy",
+    "gridworld",
+    "orthonormal_basis",
+    "policy_evaluation",
+    "policy_reward",
+    "policy_transition",
+    "principal_angles",
+    "q_values",
+    "random_dirichlet",
+    "random_doubly_stochastic",
+    "random_mdp",
+    "random_symmetric_transition",
+    "random_transition_matrix",
+    "reverse_transition",
+    "sample_mdp_transitions",
+    "sample_transitions",
+    "stationary_distribution",
+    "successor_representation",
+    "top_eigvecs",
+    "top_singular_vectors",
+    "uniform_policy",
+    "value_iteration",
 ]

@@ -71,8 +71,7 @@ def byol_pi_loss(phi_x: Tensor, phi_y: Tensor, P: Tensor, stop_target_gradients:
     ``stop_target_gradients=False`` differentiates through the target too (the full gradient).
     """
     if phi_x.dim() < 2 or phi_x.shape != phi_y.shape:
-        raise ValueError(f"phi_x and phi_y must both be [..., n, k], got {tuple(phi_x.shape)} and "
-                         f"{tuple(phi_y.shape)}")
+        raise ValueError(f"phi_x and phi_y must both be [..., n, k], got {tuple(phi_x.shape)} and {tuple(phi_y.shape)}")
     k = phi_x.shape[-1]
     if P.shape[-2:] != (k, k):
         raise ValueError(f"P must be [..., k, k] with k = {k}, got {tuple(P.shape)}")
@@ -86,8 +85,9 @@ class BidirectionalLoss(NamedTuple):
     backward: Tensor  # E ‖Ψ[y] P_b − sg(Φ[x])‖²
 
 
-def bidirectional_loss(phi_x: Tensor, psi_y: Tensor, P_f: Tensor, P_b: Tensor,
-                       stop_target_gradients: bool = True) -> BidirectionalLoss:
+def bidirectional_loss(
+    phi_x: Tensor, psi_y: Tensor, P_f: Tensor, P_b: Tensor, stop_target_gradients: bool = True
+) -> BidirectionalLoss:
     """Forward and backward self-prediction on a batch: phi_x [n, k], psi_y [n, k], P_f, P_b [k, k]."""
     forward = byol_pi_loss(phi_x, psi_y, P_f, stop_target_gradients)
     backward = byol_pi_loss(psi_y, phi_x, P_b, stop_target_gradients)
@@ -106,21 +106,23 @@ def _mT(X: Tensor) -> Tensor:
     return X.transpose(-1, -2)
 
 
-def expected_byol_pi_loss(Phi: Tensor, P: Tensor, T: Tensor, d: Tensor,
-                          stop_target_gradients: bool = True) -> Tensor:
+def expected_byol_pi_loss(Phi: Tensor, P: Tensor, T: Tensor, d: Tensor, stop_target_gradients: bool = True) -> Tensor:
     """``E_{x~d, y~T(·|x)} ‖Φ[x] P − sg(Φ[y])‖²`` exactly - shape [...]. Differentiable for autograd checks."""
     _check_rep("Phi", Phi, T)
     target = Phi.detach() if stop_target_gradients else Phi
     # Σ_x d(x) Σ_y T(x, y) ‖ΦP[x] − Φ[y]‖² = Σ_x d(x) ‖ΦP[x]‖² − 2 Σ_x d(x) ⟨ΦP[x], (TΦ)[x]⟩ + Σ_y d'(y) ‖Φ[y]‖²
     pred = Phi @ P  # [..., S, k]
     d_next = (d[..., None, :] @ T)[..., 0, :]  # [..., S]
-    return ((d * pred.pow(2).sum(-1)).sum(-1)
-            - 2 * (d * (pred * (T @ target)).sum(-1)).sum(-1)
-            + (d_next * target.pow(2).sum(-1)).sum(-1))
+    return (
+        (d * pred.pow(2).sum(-1)).sum(-1)
+        - 2 * (d * (pred * (T @ target)).sum(-1)).sum(-1)
+        + (d_next * target.pow(2).sum(-1)).sum(-1)
+    )
 
 
-def expected_bidirectional_loss(Phi: Tensor, Psi: Tensor, P_f: Tensor, P_b: Tensor, T: Tensor, d: Tensor,
-                                stop_target_gradients: bool = True) -> BidirectionalLoss:
+def expected_bidirectional_loss(
+    Phi: Tensor, Psi: Tensor, P_f: Tensor, P_b: Tensor, T: Tensor, d: Tensor, stop_target_gradients: bool = True
+) -> BidirectionalLoss:
     """Exact expectation of :func:`bidirectional_loss` - each field shape [...]."""
     _check_rep("Phi", Phi, T)
     _check_rep("Psi", Psi, T)
@@ -129,10 +131,16 @@ def expected_bidirectional_loss(Phi: Tensor, Psi: Tensor, P_f: Tensor, P_b: Tens
     joint = d[..., :, None] * T  # [..., S, S'] = Pr(x, y)
     d_next = joint.sum(-2)  # [..., S']
     fpred, bpred = Phi @ P_f, Psi @ P_b
-    forward = ((d * fpred.pow(2).sum(-1)).sum(-1) - 2 * (fpred * (joint @ tPsi)).sum((-1, -2))
-               + (d_next * tPsi.pow(2).sum(-1)).sum(-1))
-    backward = ((d_next * bpred.pow(2).sum(-1)).sum(-1) - 2 * (bpred * (_mT(joint) @ tPhi)).sum((-1, -2))
-                + (d * tPhi.pow(2).sum(-1)).sum(-1))
+    forward = (
+        (d * fpred.pow(2).sum(-1)).sum(-1)
+        - 2 * (fpred * (joint @ tPsi)).sum((-1, -2))
+        + (d_next * tPsi.pow(2).sum(-1)).sum(-1)
+    )
+    backward = (
+        (d_next * bpred.pow(2).sum(-1)).sum(-1)
+        - 2 * (bpred * (_mT(joint) @ tPhi)).sum((-1, -2))
+        + (d * tPhi.pow(2).sum(-1)).sum(-1)
+    )
     return BidirectionalLoss(forward + backward, forward, backward)
 
 
@@ -193,8 +201,14 @@ class BidirectionalGradients(NamedTuple):
     P_b: Tensor
 
 
-def bidirectional_gradients(Phi: Tensor, Psi: Tensor, P_f: Tensor, P_b: Tensor, T: Tensor, d: Tensor,
-                            ) -> BidirectionalGradients:
+def bidirectional_gradients(
+    Phi: Tensor,
+    Psi: Tensor,
+    P_f: Tensor,
+    P_b: Tensor,
+    T: Tensor,
+    d: Tensor,
+) -> BidirectionalGradients:
     """Analytic semi-gradients of :func:`expected_bidirectional_loss`."""
     _check_rep("Phi", Phi, T)
     _check_rep("Psi", Psi, T)
@@ -202,15 +216,17 @@ def bidirectional_gradients(Phi: Tensor, Psi: Tensor, P_f: Tensor, P_b: Tensor, 
     d_next = joint.sum(-2)
     f_res = _D(d, Phi @ P_f) - joint @ Psi  # D Φ P_f − D T Ψ
     b_res = _D(d_next, Psi @ P_b) - _mT(joint) @ Phi  # D' Ψ P_b − Tᵀ D Φ
-    return BidirectionalGradients(2 * f_res @ _mT(P_f), 2 * b_res @ _mT(P_b), 2 * _mT(Phi) @ f_res,
-                                  2 * _mT(Psi) @ b_res)
+    return BidirectionalGradients(
+        2 * f_res @ _mT(P_f), 2 * b_res @ _mT(P_b), 2 * _mT(Phi) @ f_res, 2 * _mT(Psi) @ b_res
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # continuous-time dynamics
 # ------------------------------------------------------------------------------------------------
-def byol_pi_field(T: Tensor, d: Tensor, *, gradient: str = "semi", predictor: str = "optimal",
-                  predictor_rate: float = 1.0) -> Callable[[State], State]:
+def byol_pi_field(
+    T: Tensor, d: Tensor, *, gradient: str = "semi", predictor: str = "optimal", predictor_rate: float = 1.0
+) -> Callable[[State], State]:
     """The BYOL-Π vector field on the state ``(Φ, P)``.
 
     ``predictor="optimal"``: P is replaced by P*(Φ) at every evaluation (the fast-predictor limit of
@@ -234,8 +250,9 @@ def byol_pi_field(T: Tensor, d: Tensor, *, gradient: str = "semi", predictor: st
     return field
 
 
-def bidirectional_field(T: Tensor, d: Tensor, *, predictor: str = "optimal",
-                        predictor_rate: float = 1.0) -> Callable[[State], State]:
+def bidirectional_field(
+    T: Tensor, d: Tensor, *, predictor: str = "optimal", predictor_rate: float = 1.0
+) -> Callable[[State], State]:
     """The bidirectional vector field on ``(Φ, Ψ, P_f, P_b)`` (semi-gradients)."""
     _check_choice("predictor", predictor, PREDICTORS)
     if predictor_rate <= 0:
@@ -272,8 +289,16 @@ class Trajectory(NamedTuple):
     states: list[State]  # m recorded states (t = times[i])
 
 
-def integrate(field: Callable[[State], State], state0: State, *, dt: float, steps: int, method: str = "rk4",
-              record_every: int = 1, progress: Callable | None = None) -> Trajectory:
+def integrate(
+    field: Callable[[State], State],
+    state0: State,
+    *,
+    dt: float,
+    steps: int,
+    method: str = "rk4",
+    record_every: int = 1,
+    progress: Callable | None = None,
+) -> Trajectory:
     """Integrate ``dstate/dt = field(state)`` for ``steps`` fixed steps of size ``dt``.
 
     Records the state at t = 0 and every ``record_every`` steps (and the last). ``progress`` wraps the
@@ -281,8 +306,9 @@ def integrate(field: Callable[[State], State], state0: State, *, dt: float, step
     """
     _check_choice("method", method, METHODS)
     if dt <= 0 or steps < 0 or record_every < 1:
-        raise ValueError(f"need dt > 0, steps >= 0, record_every >= 1; got dt={dt}, steps={steps}, "
-                         f"record_every={record_every}")
+        raise ValueError(
+            f"need dt > 0, steps >= 0, record_every >= 1; got dt={dt}, steps={steps}, record_every={record_every}"
+        )
     step = rk4_step if method == "rk4" else euler_step
     state = tuple(state0)
     times, states = [0.0], [state]
@@ -298,10 +324,21 @@ def integrate(field: Callable[[State], State], state0: State, *, dt: float, step
 # ------------------------------------------------------------------------------------------------
 # SGD on sampled transitions (tabular Φ)
 # ------------------------------------------------------------------------------------------------
-def sgd_byol_pi(Phi0: Tensor, T: Tensor, d: Tensor, *, steps: int, batch_size: int, lr: float,
-                predictor: str = "optimal", predictor_lr: float | None = None, gradient: str = "semi",
-                P0: Tensor | None = None, generator: torch.Generator | None = None,
-                record_every: int = 100) -> Trajectory:
+def sgd_byol_pi(
+    Phi0: Tensor,
+    T: Tensor,
+    d: Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    predictor: str = "optimal",
+    predictor_lr: float | None = None,
+    gradient: str = "semi",
+    P0: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    record_every: int = 100,
+) -> Trajectory:
     """Stochastic-gradient BYOL-Π on a tabular Φ from sampled (x, y) pairs.
 
     Shapes: Phi0 [S, k] or [B, S, k] (B independent problems trained at once, e.g. random MDPs),
@@ -379,8 +416,15 @@ def eigen_selection(Phi: Tensor, eigvecs: Tensor) -> Tensor:
     return (Q.mH @ U).abs().pow(2).sum(0)
 
 
-def orthonormal_init(num_states: int, k: int, *, batch: tuple[int, ...] = (), scale: float = 1.0,
-                     generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+def orthonormal_init(
+    num_states: int,
+    k: int,
+    *,
+    batch: tuple[int, ...] = (),
+    scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """Random ``Φ₀ [..., S, k]`` with orthonormal columns times ``scale`` (ΦᵀΦ = scale² I)."""
     if not 1 <= k <= num_states:
         raise ValueError(f"k must be in [1, num_states={num_states}], got {k}")
@@ -462,10 +506,17 @@ class DeepResult(NamedTuple):
     encoder: nn.Module
 
 
-def train_deep_self_predictive(obs: Tensor, T: Tensor, d: Tensor, cfg: DeepSelfPredictiveConfig, *,
-                               generator: torch.Generator | None = None,
-                               metric: Callable[[Tensor, Tensor | None], float] | None = None,
-                               log_every: int = 100, progress: Callable | None = None) -> DeepResult:
+def train_deep_self_predictive(
+    obs: Tensor,
+    T: Tensor,
+    d: Tensor,
+    cfg: DeepSelfPredictiveConfig,
+    *,
+    generator: torch.Generator | None = None,
+    metric: Callable[[Tensor, Tensor | None], float] | None = None,
+    log_every: int = 100,
+    progress: Callable | None = None,
+) -> DeepResult:
     """Train an MLP encoder with BYOL-Π (or the bidirectional loss) on sampled transitions.
 
     ``obs [S, *obs_shape]`` is the observation of each state (one-hot rows, pixel images, ...); each
@@ -508,6 +559,7 @@ def train_deep_self_predictive(obs: Tensor, T: Tensor, d: Tensor, cfg: DeepSelfP
     xs = torch.multinomial(d, cfg.steps * cfg.batch_size, replacement=True, generator=generator)
     ys = torch.multinomial(T[xs], 1, generator=generator)[:, 0]
     xs, ys = xs.view(cfg.steps, cfg.batch_size), ys.view(cfg.steps, cfg.batch_size)
+
     def record(step: int, loss: float) -> None:
         with torch.no_grad():
             phi_all = enc(obs).double()
@@ -537,7 +589,7 @@ def train_deep_self_predictive(obs: Tensor, T: Tensor, d: Tensor, cfg: DeepSelfP
             else:
                 P_f, P_b = pred, pred_b
             # online on one side, (target) on the other: the forward term trains Φ, the backward term Ψ
-            loss = (byol_pi_loss(phi_x, psi_t, P_f, stop) + byol_pi_loss(psi_y, phi_t, P_b, stop))
+            loss = byol_pi_loss(phi_x, psi_t, P_f, stop) + byol_pi_loss(psi_y, phi_t, P_b, stop)
         opt.zero_grad()
         opt_p.zero_grad()
         loss.backward()

@@ -68,8 +68,7 @@ def _sum_sq_products(a: Tensor, b: Tensor) -> Tensor:
     return ((a.T @ a) * (b.T @ b)).sum()
 
 
-def svd_loss(f_x: Tensor, g_y: Tensor, *, f_ref: Tensor | None = None,
-             g_ref: Tensor | None = None) -> SVDLoss:
+def svd_loss(f_x: Tensor, g_y: Tensor, *, f_ref: Tensor | None = None, g_ref: Tensor | None = None) -> SVDLoss:
     """Unbiased mini-batch estimate of the low-rank loss L(f, g).
 
     Args:
@@ -89,8 +88,7 @@ def svd_loss(f_x: Tensor, g_y: Tensor, *, f_ref: Tensor | None = None,
     k = f_x.shape[1]
     _check_features("g_y", g_y, k)
     if f_x.shape[0] != g_y.shape[0]:
-        raise ValueError(f"f_x and g_y must pair up row by row, got batches {f_x.shape[0]} and "
-                         f"{g_y.shape[0]}")
+        raise ValueError(f"f_x and g_y must pair up row by row, got batches {f_x.shape[0]} and {g_y.shape[0]}")
     for name, ref in (("f_ref", f_ref), ("g_ref", g_ref)):
         if ref is not None:
             _check_features(name, ref, k)
@@ -112,12 +110,12 @@ def _check_distribution(name: str, p: Tensor, n: int) -> None:
     if tuple(p.shape) != (n,):
         raise ValueError(f"{name} must have shape [{n}], got {tuple(p.shape)}")
     if (p < 0).any() or abs(float(p.sum()) - 1.0) > 1e-6:
-        raise ValueError(f"{name} must be a probability vector (non-negative, sums to 1), sums to "
-                         f"{float(p.sum()):.6g}")
+        raise ValueError(f"{name} must be a probability vector (non-negative, sums to 1), sums to {float(p.sum()):.6g}")
 
 
-def svd_loss_matrix(f_table: Tensor, g_table: Tensor, T: Tensor, d: Tensor, rho: Tensor | None = None,
-                    mu: Tensor | None = None) -> Tensor:
+def svd_loss_matrix(
+    f_table: Tensor, g_table: Tensor, T: Tensor, d: Tensor, rho: Tensor | None = None, mu: Tensor | None = None
+) -> Tensor:
     """The exact expectation of :func:`svd_loss` for tabular f, g (no sampling).
 
     ``f_table [S, k]``, ``g_table [S', k]``, transitions ``T [S, S']``, state distribution ``d [S]``,
@@ -198,8 +196,7 @@ def gauge_fix(F: Tensor, G: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     O((S + S') k²) through two QRs; the [S, S'] product is never formed.
     """
     if F.dim() != 2 or G.dim() != 2 or F.shape[1] != G.shape[1]:
-        raise ValueError(f"F and G must be [S, k] and [S', k] with the same k, got {tuple(F.shape)}, "
-                         f"{tuple(G.shape)}")
+        raise ValueError(f"F and G must be [S, k] and [S', k] with the same k, got {tuple(F.shape)}, {tuple(G.shape)}")
     Qf, Rf = torch.linalg.qr(F)
     Qg, Rg = torch.linalg.qr(G)
     u, s, vh = torch.linalg.svd(Rf @ Rg.T)  # [k, k] core
@@ -233,8 +230,16 @@ class TabularFactors(nn.Module):
     Init: N(0, init_std²); small so that f gᵀ starts near 0 and the loss near 0.
     """
 
-    def __init__(self, num_states: int, k: int, *, num_next_states: int | None = None, init_std: float = 0.1,
-                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        num_states: int,
+        k: int,
+        *,
+        num_next_states: int | None = None,
+        init_std: float = 0.1,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         if num_states < 1 or k < 1:
             raise ValueError(f"num_states and k must be >= 1, got num_states={num_states}, k={k}")
@@ -259,8 +264,9 @@ class TabularFactors(nn.Module):
 def mlp(in_dim: int, hidden: int, out_dim: int, depth: int = 2) -> nn.Sequential:
     """``depth`` hidden ReLU layers of width ``hidden``, then a linear layer to ``out_dim``."""
     if min(in_dim, hidden, out_dim) < 1 or depth < 0:
-        raise ValueError(f"mlp needs positive sizes, got in_dim={in_dim}, hidden={hidden}, "
-                         f"out_dim={out_dim}, depth={depth}")
+        raise ValueError(
+            f"mlp needs positive sizes, got in_dim={in_dim}, hidden={hidden}, out_dim={out_dim}, depth={depth}"
+        )
     layers: list[nn.Module] = []
     d = in_dim
     for _ in range(depth):
@@ -273,8 +279,9 @@ def mlp(in_dim: int, hidden: int, out_dim: int, depth: int = 2) -> nn.Sequential
 class NeuralFactors(nn.Module):
     """f and g as two MLPs on observation features (``[B, O]`` and ``[B, O']`` floats)."""
 
-    def __init__(self, obs_dim: int, k: int, *, hidden: int = 64, depth: int = 2,
-                 next_obs_dim: int | None = None) -> None:
+    def __init__(
+        self, obs_dim: int, k: int, *, hidden: int = 64, depth: int = 2, next_obs_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.k = k
         self.f_net = mlp(obs_dim, hidden, k, depth)
@@ -383,23 +390,39 @@ class SVDExplorer(nn.Module):
     after each update. The bonus of a transition is ``count_bonus(n̂(next_obs), bonus_scale)``.
     """
 
-    def __init__(self, obs_dim: int, k: int, *, torso_dim: int | None = None, hidden: int = 64,
-                 buffer_size: int = 100_000, batch_size: int = 256, bonus_scale: float = 0.1,
-                 counts: str = "elliptical", sample_reference: Callable[[int], Tensor] | None = None,
-                 mu: float | None = None, ridge: float = 1.0, refresh_samples: int = 4096) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        k: int,
+        *,
+        torso_dim: int | None = None,
+        hidden: int = 64,
+        buffer_size: int = 100_000,
+        batch_size: int = 256,
+        bonus_scale: float = 0.1,
+        counts: str = "elliptical",
+        sample_reference: Callable[[int], Tensor] | None = None,
+        mu: float | None = None,
+        ridge: float = 1.0,
+        refresh_samples: int = 4096,
+    ) -> None:
         super().__init__()
         if counts not in ("elliptical", "ratio"):
             raise ValueError(f"counts must be 'elliptical' or 'ratio', got {counts!r}")
         if counts == "ratio" and (sample_reference is None or mu is None or not 0 < mu <= 1):
             raise ValueError(f"counts='ratio' needs sample_reference and mu in (0, 1], got mu={mu}")
         if min(obs_dim, k, buffer_size, batch_size) < 1:
-            raise ValueError(f"obs_dim, k, buffer_size, batch_size must be >= 1, got {obs_dim}, {k}, "
-                             f"{buffer_size}, {batch_size}")
+            raise ValueError(
+                f"obs_dim, k, buffer_size, batch_size must be >= 1, got {obs_dim}, {k}, {buffer_size}, {batch_size}"
+            )
         self.k, self.count_method, self.mu, self.ridge = k, counts, mu, ridge
         self.batch_size, self.bonus_scale, self.refresh_samples = batch_size, bonus_scale, refresh_samples
         self.sample_reference = sample_reference
-        self.own_f = None if torso_dim is not None else nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(),
-                                                                       nn.Linear(hidden, hidden), nn.ReLU())
+        self.own_f = (
+            None
+            if torso_dim is not None
+            else nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        )
         self.f_head = nn.Linear(torso_dim if torso_dim is not None else hidden, k)
         self.g_net = mlp(obs_dim, hidden, k, 2)
         self.register_buffer("g_mean", torch.zeros(k))
@@ -423,8 +446,9 @@ class SVDExplorer(nn.Module):
         self.size = min(self.size + n, self.obs_buf.shape[0])
         self.total += n
 
-    def aux_loss(self, torso: Callable[[Tensor], Tensor] | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def aux_loss(
+        self, torso: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """:func:`svd_loss` on one replay batch."""
         if self.size < 2:
             return torch.zeros(())
@@ -437,8 +461,9 @@ class SVDExplorer(nn.Module):
         return svd_loss(f_x, g_y, f_ref=f_ref).loss
 
     @torch.no_grad()
-    def refresh(self, torso: Callable[[Tensor], Tensor] | None = None,
-                generator: torch.Generator | None = None) -> None:
+    def refresh(
+        self, torso: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> None:
         """Recompute C = N Ê[f fᵀ] + λI (elliptical) or ḡ = Ê_ρ[g] (ratio) on a replay sample."""
         if self.size == 0:
             return
@@ -485,8 +510,9 @@ def future_windows(obs: Tensor, actions: Tensor, length: int) -> Tensor:
     ``[B, T-L+1, L·(A+O)]``; window t is the future of the history ending at o_t.
     """
     if obs.dim() != 3 or actions.dim() != 3 or obs.shape[:2] != (actions.shape[0], actions.shape[1] + 1):
-        raise ValueError(f"obs must be [B, T+1, O] and actions [B, T, A], got {tuple(obs.shape)} and "
-                         f"{tuple(actions.shape)}")
+        raise ValueError(
+            f"obs must be [B, T+1, O] and actions [B, T, A], got {tuple(obs.shape)} and {tuple(actions.shape)}"
+        )
     T = actions.shape[1]
     if not 1 <= length <= T:
         raise ValueError(f"future length must be in [1, {T}], got {length}")
@@ -527,8 +553,28 @@ class ObservationEncoder(nn.Module):
 
 
 __all__ = [
-    "ExactSVD", "Factors", "HistoryEncoder", "NeuralFactors", "ObservationEncoder", "SVDExplorer", "SVDLoss",
-    "TabularFactors", "count_bonus", "density_ratio", "elliptical_counts", "exact_svd", "feature_covariance",
-    "future_windows", "gauge_fix", "mlp", "norm_counts", "pseudo_counts", "spearman", "subspace_angles_deg",
-    "svd_loss", "svd_loss_matrix", "svd_target", "to_factors",
+    "ExactSVD",
+    "Factors",
+    "HistoryEncoder",
+    "NeuralFactors",
+    "ObservationEncoder",
+    "SVDExplorer",
+    "SVDLoss",
+    "TabularFactors",
+    "count_bonus",
+    "density_ratio",
+    "elliptical_counts",
+    "exact_svd",
+    "feature_covariance",
+    "future_windows",
+    "gauge_fix",
+    "mlp",
+    "norm_counts",
+    "pseudo_counts",
+    "spearman",
+    "subspace_angles_deg",
+    "svd_loss",
+    "svd_loss_matrix",
+    "svd_target",
+    "to_factors",
 ]
