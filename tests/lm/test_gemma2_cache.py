@@ -96,7 +96,7 @@ def test_kv_cache_memory_at_16k_with_2b_dimensions():
     # global half cannot. It tends to 0.5 as the context grows.
     assert ratio == pytest.approx((4096 + 16_384) / (2 * 16_384))
     assert cache.nbytes() == 13 * (4096 + 16_384) * per_token_per_layer  # = 1.02 GiB vs 1.62 GiB
-    assert config.num_layers * per_token_per_layer == 104 * 1024  # KV per token, all layers (§7.1)
+    assert config.num_layers * per_token_per_layer == 104 * 1024  # KV per token, all layers (docs/gemma2.md)
 
 
 @torch.inference_mode()

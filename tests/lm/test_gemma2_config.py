@@ -26,7 +26,7 @@ def test_parameter_counts_on_meta_device(preset, params, hf_tensors):
     assert next(model.parameters()).is_meta
     assert sum(p.numel() for p in model.parameters()) == params  # tied head counted once
     assert len(hf_key_map(config)) == hf_tensors == 11 * config.num_layers + 2
-    # Non-embedding count = the paper's numbers (shared/papers/gemma2.md §2).
+    # Non-embedding count = the paper's numbers (docs/gemma2.md, "Sizes").
     non_embedding = params - config.vocab_size * config.hidden_size
     assert non_embedding in (2_024_517_888, 8_324_201_984, 26_047_480_320)
 

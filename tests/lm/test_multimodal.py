@@ -94,7 +94,7 @@ def test_features_replace_placeholders_in_order_and_r4_normalizer_is_cancelled()
     h0 = out.hidden_states[0][0]  # the scaled embeddings the first block reads
     img_feats = m.image_encoder(images)  # [2, 4, D]
     aud_feats = m.audio_encoder(audio)  # [1, 4, D]
-    # R4: after Gemma's x * normalizer the features are at exactly the encoder's scale
+    # R4 (docs/gemini1_multimodal.md): after Gemma's x * normalizer the features are at exactly the encoder's scale
     torch.testing.assert_close(h0[1:5], img_feats[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(h0[5:9], aud_feats[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(h0[9:13], img_feats[1], rtol=1e-6, atol=1e-6)

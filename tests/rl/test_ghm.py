@@ -86,7 +86,7 @@ def test_geometric_horizon_distribution():
 
 
 def test_composition_matches_notes_numpy_check():
-    # notes §3.2: 6 states, 3 phases, γ = 0.9, α = (0.7, 0.5, 1): composition = augmented chain to ~1e-16
+    # docs/ggpi.md: 6 states, 3 phases, γ = 0.9, α = (0.7, 0.5, 1): composition = augmented chain to ~1e-16
     mdp, pis, r, _ = _setup(4)
     alphas = (0.7, 0.5)
     nu = G.SwitchingPolicy((0, 1, 2), alphas)
@@ -138,7 +138,7 @@ def test_switching_policy_continuing_forever_is_the_first_policy():
 
 
 def test_unbiased_single_sample_estimator_by_monte_carlo():
-    """notes §7: Q̂ = (1−γ)⁻¹ Σ_k c_1⋯c_{k−1} w_k r(S_k⁺), with S_k⁺ drawn through the chained GHMs,
+    """docs/ggpi.md: Q̂ = (1−γ)⁻¹ Σ_k c_1⋯c_{k−1} w_k r(S_k⁺), with S_k⁺ drawn through the chained GHMs,
     is unbiased."""
     mdp, pis, r, g = _setup(6, S=5, A=2, L=2)
     nu = G.SwitchingPolicy((0, 1), (0.6,))

@@ -1,4 +1,4 @@
-"""Numerical checks of the BYOL-Π / bidirectional derivations (self_predictive.md §3-§4, §9)."""
+"""Numerical checks of the BYOL-Π / bidirectional derivations (docs/self_predictive.md)."""
 
 import pytest
 import torch
@@ -58,7 +58,7 @@ def test_analytic_full_gradient_equals_autograd_through_target():
     ana = SP.byol_pi_gradients(Phi, P, T, d, "full")
     assert torch.allclose(ana.phi, g_full, atol=1e-13)
     semi = SP.byol_pi_gradients(Phi, P, T, d, "semi").phi
-    # target path = −2 (Tᵀ D Φ P − D' Φ); the notes' −2 Tᵀ D (ΦP − TΦ) differs by the target-variance term
+    # target path = −2 (Tᵀ D Φ P − D' Φ); −2 Tᵀ D (ΦP − TΦ) (docs/self_predictive.md) drops the target-variance term
     D, Dn = torch.diag(d), torch.diag(d @ T)
     assert torch.allclose(g_full - semi, -2 * (T.T @ D @ Phi @ P - Dn @ Phi), atol=1e-13)
     assert not torch.allclose(g_full - semi, -2 * T.T @ D @ (Phi @ P - T @ Phi), atol=1e-3)
@@ -275,7 +275,7 @@ def test_byol_pi_does_not_recover_svd_but_bidirectional_does():
 
 
 def test_bidirectional_with_nonuniform_d_recovers_whitened_singular_subspaces():
-    # notes §4, "to verify": Φ → D^{-1/2} U_k and Ψ → D'^{-1/2} V_k for A = D^{1/2} T D'^{-1/2}
+    # docs/self_predictive.md (open question): Φ → D^{-1/2} U_k and Ψ → D'^{-1/2} V_k for A = D^{1/2} T D'^{-1/2}
     T = M.random_transition_matrix(7, gen(31))
     d = M.random_dirichlet((7,), 2.0, gen(32))  # not stationary: d' = dᵀT differs from d
     dn = d @ T

@@ -17,7 +17,7 @@ def _chain(S: int = 8, seed: int = 0, concentration: float = 0.3):
 
 
 # ------------------------------------------------------------------------------------------------
-# the loss and its identity (notes §3)
+# the loss and its identity (docs/svd_representations.md)
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("reference", ["buffer", "uniform_mu", "uniform_rho"])
 def test_loss_equals_frobenius_error_minus_constant(reference):
@@ -156,7 +156,7 @@ def test_gauge_fix_recovers_exact_factors():
 
 
 # ------------------------------------------------------------------------------------------------
-# pseudo-counts (notes §4)
+# pseudo-counts (docs/svd_representations.md)
 # ------------------------------------------------------------------------------------------------
 def _weighted_samples(f, d):
     """Rows whose mean outer product is exactly Σ_s d(s) f(s) f(s)ᵀ."""

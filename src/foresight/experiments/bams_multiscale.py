@@ -1,10 +1,10 @@
 """BAMS: a two-timescale representation decodes both slow (sequence) and fast (frame) behaviour — SYNTHETIC data.
 
 Azabou et al., "Relax, it doesn't matter how you get there" (BAMS), NeurIPS 2023, evaluated on MABe 2022
-(notes: shared/papers/bams_and_multiscale_behavior.md). The paper's model has "separate latent spaces for
+(docs/multitask_behavior.md, docs/bams.md). The paper's model has "separate latent spaces for
 short-term and long-term dynamics" and ranks first on MABe's sequence-level tasks while staying 1st/2nd on most
 frame-level ones. Claim checked here, at toy scale and on SYNTHETIC mouse triplets only (no MABe trajectories are
-available offline, notes §5): the multi-timescale representation decodes BOTH sequence-level tasks (slow latent
+available offline, docs/bams.md): the multi-timescale representation decodes BOTH sequence-level tasks (slow latent
 factors) and frame-level tasks (fast interactions) with a linear probe better than single-timescale twins of the
 same size.
 
@@ -405,7 +405,7 @@ def _run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
         f"privateTest frames (pooled: per-clip mean vote)."
     )
     notes = (
-        "SYNTHETIC result: the data are simulated mice with known factors (notes §5), not MABe 2022; nothing here "
+        "SYNTHETIC result: the data are simulated mice with known factors (docs/bams.md), not MABe 2022; nothing here "
         "measures the paper's MABe numbers. Variants run: multiscale, short-only, long-only, each for model seeds "
         f"{seeds} (all listed, none dropped). Outside the rule, two no-learning references: the raw-feature "
         "probe, and an 'oracle' probe of causal moving averages of turn rate and speed (the generator's slow-factor "
@@ -420,7 +420,7 @@ def _run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
         "seed-to-seed spread was not measured, so gaps of ~0.01-0.03 F1 between variants are not "
         "established differences. The twins differ only in the dilation base of their two encoders, so all "
         "three have the same parameter count; the long encoder here has 4 levels "
-        "(the paper's has 5 and RF 1365). Avoided public-code bugs (notes §2.8): the HoA target is the "
+        "(the paper's has 5 and RF 1365). Avoided public-code bugs (docs/multitask_behavior.md): the HoA target is the "
         "histogram of the NEXT window's bins (not the current frame's), weights are the valid fraction of the "
         "window (not 1 - it) in the right axis order, no in-place mutation of the data; generic state + action "
         "features, so the mouse feature typos cannot arise. Deviations: no MultiStepLR milestone (short runs); "

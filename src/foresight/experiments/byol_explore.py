@@ -306,8 +306,8 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, results: dict[str, Any])
     )
     notes = (
         "DM-HARD-8 / Atari with V-MPO are replaced by a small gridworld and PPO (CPU budget); the world model "
-        "has its own parameters and optimiser (no sharing with the agent). The notes leave K, the EMA rate, the "
-        "sizes and the reward indexing unverified ([S]/[R]); the defaults are documented in "
+        "has its own parameters and optimiser (no sharing with the agent). Our sources leave K, the EMA rate, the "
+        "sizes and the reward indexing unverified ([S]/[R]); the defaults are documented in docs/byol_explore.md and "
         "foresight.rl.byol_explore. Variants run in pilots (seeds 0-2, 100k steps, lambda=0.01 unless said; "
         "the evaluation seeds start at 100 so that they are disjoint from the pilots'): "
         "(1) wm_updates=1, sizes 128/128/64 (mlp/GRU/latent): success 0.01/0.00/0.00, world-model loss stayed "

@@ -1,7 +1,7 @@
 """Gemini 1.0: one natively multimodal decoder, trained jointly on interleaved image, audio and text.
 
 Gemini models are "multimodal from the beginning": one Transformer decoder takes text "interleaved with
-... audio and visual inputs" (notes: shared/papers/gemini1_multimodal.md §1). Claim checked at toy scale:
+... audio and visual inputs" (docs/gemini1_multimodal.md). Claim checked at toy scale:
 ONE decoder trained jointly on interleaved 8x8 digit images (sklearn digits), spoken digits (FSDD,
 resampled to 16 kHz, log-mel) and number words does as well as same-size single-task specialists on
 each modality's task and also solves a cross-modal composite task no single-modality model can see:

@@ -1,7 +1,7 @@
 """Gemma 2: a student distilled from a larger teacher beats the same student trained on next tokens.
 
 Gemma 2 trains its 2B and 9B models by knowledge distillation from a larger model "instead of next
-token prediction" (shared/papers/gemma2.md §5). The claim checked here, at toy scale: with the same
+token prediction" (docs/gemma2.md, "Distillation"). The claim checked here, at toy scale: with the same
 student and the same number of training tokens, distillation reaches a lower validation NLL than
 next-token prediction (NTP).
 

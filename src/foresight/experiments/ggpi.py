@@ -854,19 +854,19 @@ def _run(cfg: GGPIConfig, run: Run) -> Result:
     )
     notes = (
         "Deviations: the paper's tabular and deep-RL domains, base policies and numbers were not "
-        "available (notes §5); these are stand-ins. The paper's continuous-control task (a deep RL task "
+        "available (docs/ggpi.md); these are stand-ins. The paper's continuous-control task (a deep RL task "
         "with a β-VAE-style GHM, per TD-Flow) is replaced by a 2-D point navigation task with a "
         "Gaussian-mixture GHM. Base policies are 'always move in one direction': with goal-reaching base "
         "policies GPI is already near-optimal on such gridworlds and GGPI's gain is small. α is used as the "
         "probability of CONTINUING the current policy (β = γα); the paper's α may be the switch probability "
-        "(notes §3.3). GGPI is not guaranteed to beat GPI task by task (only every member of its set), and "
+        "(docs/ggpi.md). GGPI is not guaranteed to beat GPI task by task (only every member of its set), and "
         f"it loses to GPI on {stats_ce['loss']:.0%} of the gridworld tasks with exact models. The GGPI "
         "inequality as proved here needs the set to contain the tails of its members (GGPI's Bellman step "
         f"bounds Q^ν by the value of ν's tail); with only the length-2 sequences it failed on "
         f"{a['viol_open']}/{cfg.theorem_mdps} random MDPs (worst margin {a['worst_open']:.3g}; a fixed "
         f"counterexample is in tests/rl/test_ghm.py), and no violation was found for tail-closed sets "
         f"({a['viol_closed']}/{cfg.theorem_mdps}). The paper's exact theorem statement could not be checked "
-        "(notes §4 [R]). The neural GHM without a target network is shown for contrast and is not required "
+        "(docs/ggpi.md, GGPI). The neural GHM without a target network is shown for contrast and is not required "
         "to converge. Everything runs on the CPU (float64 linear algebra; nets too small to gain from a GPU)."
     )
     return Result(

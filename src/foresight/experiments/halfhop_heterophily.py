@@ -9,7 +9,7 @@ mean ± std test accuracy over splits is compared. Data, models and the training
 Hyperparameters. ``quick``/``tiny`` use one fixed setting for every pair. ``full`` searches on the
 validation set (mean validation accuracy over the splits): first lr x hidden x dropout for the
 baseline, then alpha x p for Half-Hop on top of the baseline's best lr/hidden/dropout. The paper's own
-grids and chosen values are not verified here (``../shared/papers/halfhop.md`` §5.3), so the grids are
+grids and chosen values are not verified here (docs/halfhop.md, "Deviations from the paper"), so the grids are
 ours.
 """
 

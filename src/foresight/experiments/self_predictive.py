@@ -515,7 +515,7 @@ def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     }
     phi_u, psi_v = align(bi.states[-1][0], 0), align(bi.states[-1][1], 2)
     one_u, one_v = align(one.states[-1][0], 0), align(one.states[-1][0], 2)
-    # non-uniform d (the notes' open question): Φ → D^{-1/2} U_k(A), Ψ → D'^{-1/2} V_k(A), A = D^{1/2} T D'^{-1/2}
+    # non-uniform d (docs/self_predictive.md): Φ → D^{-1/2} U_k(A), Ψ → D'^{-1/2} V_k(A), A = D^{1/2} T D'^{-1/2}
     T2 = torch.stack([M.random_transition_matrix(S, g, cfg.concentration) for _ in range(B)])
     d2 = M.random_dirichlet((B, S), 2.0, g)
     dn = torch.einsum("bs,bst->bt", d2, T2)
@@ -766,12 +766,12 @@ def make_figures(run: Run, cfg: SelfPredictiveConfig, parts: dict[str, Any]) -> 
 
 
 def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_init: str) -> list[str]:
-    """Where the measurements differ from the paper's statement or the notes - each sentence from the numbers."""
+    """Where the measurements differ from the paper's statement or the docs page - each sentence from the numbers."""
     a, b, c = parts["a"], parts["b"], parts["c"]
     sym, lazy = b["symmetric T"], b["lazy (I + T)/2"]
     notes = []
     notes.append(
-        f"(b) Notes vs measurement: the notes expect the top-k eigenvectors by |λ|. Here "
+        f"(b) Expected vs measured: docs/self_predictive.md expects the top-k eigenvectors by |λ|. Here "
         f"{sym['clean_frac']:.0%} of seeds converged to an exact eigen-subspace, but only {sym['top_abs_frac']:.0%} "
         f"to the top-k by |λ| (top-k by value: {sym['top_real_frac']:.0%}); {sym['extremal_frac']:.0%} selected the m "
         f"largest and the k−m most negative eigenvalues for some m - exactly the local maxima of Σ_selected λ² "
@@ -782,18 +782,18 @@ def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_ini
     )
     if sym["clean_frac"] >= 0.9:
         notes.append(
-            f"The notes' 'mixed eigen-subspaces when gaps are small' was a transient here: median time to a clean "
-            f"eigen-subspace t≈{sym['time_to_clean_median']:.0f} (the notes stopped at t=200); median |λ_k|−|λ_k+1| "
+            f"The earlier check's 'mixed eigen-subspaces when gaps are small' was a transient here: median time to a clean "
+            f"eigen-subspace t≈{sym['time_to_clean_median']:.0f} (that check stopped at t=200); median |λ_k|−|λ_k+1| "
             f"gap {sym['abs_gap_median']:.3f}."
         )
     else:
         notes.append(
             f"Only {sym['clean_frac']:.0%} reached a clean eigen-subspace by t={cfg.spectral_time:g}: mixed "
-            f"subspaces persist at this horizon, as the notes warn."
+            f"subspaces persist at this horizon, as the earlier check found."
         )
     notes.append(f"(a) Whether a slow predictor collapses depends on where P starts ({slow_init}).")
     notes.append(
-        "The full gradient of the sampled loss has target path −2(TᵀDΦP − D'Φ), not the notes' −2TᵀD(ΦP − TΦ) "
+        "The full gradient of the sampled loss has target path −2(TᵀDΦP − D'Φ), not −2TᵀD(ΦP − TΦ) (docs/self_predictive.md) "
         "(which is the gradient of ‖ΦP − TΦ‖²_D and drops the target-variance term E Var(Φ[y]|x)); the tests "
         "check ours against autograd."
     )
@@ -804,7 +804,7 @@ def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_ini
     )
     if c["nonuniform_whitened_U_mean"] >= cfg.svd_threshold and c["nonuniform_whitened_V_mean"] >= cfg.svd_threshold:
         notes.append(
-            f"(c) The notes' open question for non-uniform d: Φ and Ψ span D^(-1/2)U_k and D'^(-1/2)V_k of "
+            f"(c) The open question for non-uniform d (docs/self_predictive.md): Φ and Ψ span D^(-1/2)U_k and D'^(-1/2)V_k of "
             f"A = D^(1/2)TD'^(-1/2) (alignment {c['nonuniform_whitened_U_mean']:.4f} / "
             f"{c['nonuniform_whitened_V_mean']:.4f}), not the raw SVD of T ({c['nonuniform_raw_U_mean']:.3f})."
         )
@@ -814,7 +814,7 @@ def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_ini
             f"{c['nonuniform_whitened_U_mean']:.3f} / {c['nonuniform_whitened_V_mean']:.3f})."
         )
     notes.append(
-        "The paper's MDP sizes, k and exact metric were not available (notes §6), so these are our "
+        "The paper's MDP sizes, k and exact metric were not available (docs/self_predictive.md), so these are our "
         "choices; its large-scale DM-Lab experiments are not attempted."
     )
     return notes

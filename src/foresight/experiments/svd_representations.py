@@ -297,7 +297,7 @@ def part_b(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
         with torch.no_grad():
             est["elliptical" if method == "elliptical" else "density_ratio"] = ex.counts(feats).double()
             if method == "elliptical":
-                # the notes' shortcut 1/‖f‖², in the balanced gauge (the learned gauge is arbitrary)
+                # norm shortcut 1/‖f‖² (docs/svd_representations.md), balanced gauge (the learned one is arbitrary)
                 Fl, Gl = V.to_factors(ex.features(feats).double(), ex.g_net(feats).double(), d @ T, d)
                 Fb, _, _ = V.gauge_fix(Fl, Gl)
                 est["norm_shortcut"] = V.norm_counts(Fb / d.sqrt()[:, None])
@@ -763,9 +763,9 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, Any]) ->
         f"k={cfg.d_rank}; ridge linear probes on held-out episodes."
     )
     notes = (
-        "No official code or PDF text was available; the loss is the notes' section 3 form (rho = next-state "
+        "No official code or PDF text was available; the loss is our derived form (rho = next-state "
         "marginal, off-diagonal batch negatives). Pseudo-counts: with the buffer-only loss (mu = d) the "
-        "per-state optimum f(s) does not depend on d(s) (notes section 4), so the bonus uses the gauge-free "
+        "per-state optimum f(s) does not depend on d(s) (docs/svd_representations.md), so the bonus uses the gauge-free "
         "elliptical count n(s) = 1/(f(s)^T (N E_d[f f^T])^-1 f(s)) = N d(s)/lev_k(s), exact at full rank; "
         "the density-ratio variant (second term over a fixed uniform mu, n = N mu(s) f(s)^T E_rho[g]) and "
         "the 'norm shortcut' 1/|f|^2 are reported for comparison. DM-Lab-30 / DM-Hard-8 are replaced by "

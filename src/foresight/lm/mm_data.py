@@ -12,7 +12,7 @@ Datasets (resolved through `foresight.core.data`: --data-dir, $FORESIGHT_DATA, u
                       RemoteFile's sha256 field carries that manifest digest, and downloads (file by
                       file from the pinned commit) are checked against it as a whole.
 
-Audio front end (requirement 6 of the notes: resample once, in the dataset): the 8 kHz WAVs are read
+Audio front end (R6 of docs/gemini1_multimodal.md: resample once, in the dataset): the 8 kHz WAVs are read
 with the stdlib ``wave`` module, resampled once to 16 kHz (Gemini's input rate) with
 ``scipy.signal.resample_poly(x, 2, 1)``, padded/trimmed to ``clip_seconds`` and turned into log-mel
 frames (25 ms Hann window, 10 ms hop, HTK-mel triangular filters, log(power + 1e-6)) by `log_mel`,

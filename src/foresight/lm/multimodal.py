@@ -1,8 +1,8 @@
 """A natively multimodal decoder at toy scale (Gemini 1.0: Gemini Team 2023, arXiv 2312.11805).
 
 Gemini "build[s] on top of Transformer decoders" that take "textual input interleaved with ... audio and
-visual inputs" and ingests audio "at 16kHz" (notes: shared/papers/gemini1_multimodal.md). The report
-gives no encoder details, so this module follows the open models' interleaving pattern (notes §2):
+visual inputs" and ingests audio "at 16kHz" (docs/gemini1_multimodal.md). The report
+gives no encoder details, so this module follows the open models' interleaving pattern (described there):
 
     1. text with placeholder tokens: ``tokens_per_image`` <image> ids per image, ``audio_tokens`` <audio>
        ids per clip, in sequence order;
@@ -12,7 +12,7 @@ gives no encoder details, so this module follows the open models' interleaving p
        decoder runs over the mixed sequence.
 
 Only the delta to `foresight.lm.gemma2.Gemma2` is written here (embedding, RoPE, blocks, final norm,
-tied head and soft-cap are Gemma2's). Requirements (notes §5), each tested in tests/lm/test_multimodal.py:
+tied head and soft-cap are Gemma2's). Requirements (R1-R6 on that page), each tested in tests/lm/test_multimodal.py:
 
     R1  placeholder count != encoded-vector count -> ValueError naming both numbers;
     R2  RoPE positions count every token, placeholders included (Gemma2's ``default_positions``);

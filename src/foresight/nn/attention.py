@@ -4,7 +4,7 @@ Axis legend:
     B batch, H query heads, K key/value heads (GQA: H = K * G), G query heads per kv head,
     T queries (new tokens), S key slots, E head_dim.
 
-Score order (every reference implementation agrees, see shared/papers/gemma2.md §3.4):
+Score order (every reference implementation agrees, see docs/gemma2.md, "Forward pass"):
     1. s = (q . k) * scale                  scale = query_pre_attn_scalar ** -0.5, read from config
     2. s = cap * tanh(s / cap)              attention soft-cap, BEFORE the mask
     3. mask (causal, sliding window, padding)

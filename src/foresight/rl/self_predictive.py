@@ -1,7 +1,7 @@
 """Self-predictive representation learning: BYOL-Π and bidirectional self-predictive learning.
 
 Tang et al., "Understanding Self-Predictive Learning for Reinforcement Learning", ICML 2023
-(arXiv 2212.03319). Derivations: shared/papers/self_predictive.md §2-§4.
+(arXiv 2212.03319). Derivations: docs/self_predictive.md.
 
 Axis legend: ``...`` optional batch axes (e.g. many random MDPs integrated at once), S states,
 k representation width, n sampled transitions.
@@ -17,7 +17,7 @@ prediction for state x is ``Φ[x] P`` (= ``Pᵀ Φᵀ x`` in the paper's column 
 Matrix forms (D = diag(d), D' = diag(dᵀT), all checked against autograd in the tests):
 
 - semi-gradient   ``∇_Φ L = 2 D (ΦP − TΦ) Pᵀ``,  ``∇_P L = 2 Φᵀ D (ΦP − TΦ)``
-- full gradient   adds the target path ``−2 (Tᵀ D Φ P − D' Φ)``. (The notes' ``−2 Tᵀ D (ΦP − TΦ)`` is the
+- full gradient   adds the target path ``−2 (Tᵀ D Φ P − D' Φ)``. (The naive ``−2 Tᵀ D (ΦP − TΦ)`` is the
   gradient of ``‖ΦP − TΦ‖²_D``, which drops the target-variance term ``E Var(Φ[y] | x)`` of the sampled loss.)
 - optimal predictor ``P* = (Φᵀ D Φ)⁻¹ Φᵀ D T Φ`` (the normal equations of ∇_P L = 0), which gives
   ``Φᵀ ∇_Φ L(Φ, P*) = 0`` and hence ``d(ΦᵀΦ)/dt = 0``: the non-collapse mechanism.
@@ -28,7 +28,7 @@ Continuous-time dynamics are integrated with fixed-step classical RK4 by default
 an exact invariant of the semi-gradient / optimal-predictor flow, and a 4th-order method keeps the
 discretisation drift at O(h⁴) (≈1e-10 at the steps used), so a measured drift of 1e-2 can only be
 the dynamics (full gradient, slow predictor), not the integrator. Euler (``method="euler"``) is the
-gradient-descent discretisation and drifts at O(h), as the notes observed (1.7e-3).
+gradient-descent discretisation and drifts at O(h), as an earlier check observed (1.7e-3).
 """
 
 from __future__ import annotations
