@@ -1,11 +1,15 @@
-"""The ``foresight`` command line: list, run, reproduce, report, data, generate.
+"""The ``foresight`` command line: list, run, reproduce, report, data, generate, train-lm, distill.
 
-foresight list
-foresight run halfhop-heterophily --scale quick --seed 0 --out runs/hh --set epochs=50
-foresight run halfhop-ssl --resume runs/hh-ssl          # continue a killed run
-foresight reproduce --scale quick                       # every experiment + one REPORT.md
-foresight report runs/hh
-foresight data                                          # where each dataset resolves
+    foresight list
+    foresight run halfhop-heterophily --scale quick --seed 0 --out runs/hh --set epochs=50
+    foresight run halfhop-ssl --resume runs/hh-ssl          # continue a killed run
+    foresight reproduce --scale quick --out runs/rq         # every experiment + one REPORT.md;
+                                                            # rerun the same command to continue it
+    foresight report runs/hh
+    foresight data                                          # where each dataset resolves
+
+Imports are lazy: ``list``, ``--help`` and ``data`` never import torch. Every library error ends as one
+``foresight: error: ...`` line and exit status 2; Ctrl-C as one line and status 130.
 """
 
 from __future__ import annotations
@@ -18,15 +22,22 @@ import time
 import traceback
 from pathlib import Path
 
-from foresight.core import registry
-from foresight.core.checkpoint import atomic_write_text
+from foresight.core import fs
 from foresight.core.config import SCALES
-from foresight.core.report import write_combined_report, write_run_report
-from foresight.core.run import Run, dumps
+
+# What a user's input can raise inside the library (bad values, bad files, CheckpointError and RunFolderError
+# are ValueErrors; missing/unwritable paths are OSErrors). Anything else is a bug and keeps its traceback.
+_LIBRARY_ERRORS = (ValueError, KeyError, OSError, MemoryError)
+
+_LM_COMMANDS = {
+    "generate": "generate text with a Gemma 2 checkpoint (HF layout)",
+    "train-lm": "pretrain a Gemma 2 LM by next-token prediction (resumable; torchrun)",
+    "distill": "train a student LM by distillation from a Gemma 2 teacher",
+}
 
 
 def execute(
-    exp: registry.Experiment,
+    exp,
     *,
     scale: str = "quick",
     seed: int = 0,
@@ -39,47 +50,64 @@ def execute(
     threads: int | None = None,
 ) -> Path:
     """Run one experiment into a Run folder; write results.json and REPORT.md; return the folder."""
-    import torch
+    from foresight.core.report import write_run_report
+    from foresight.core.run import Run, check_threads, dumps, torch_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None:
+        check_threads(threads)  # before any folder is claimed
     if resume:
-        run = Run.resume(resume, exp.config, device=device, data_dir=data_dir, progress=progress)
-        if run.experiment != exp.name:
-            raise ValueError(f"{resume} is a run of {run.experiment!r}, not {exp.name!r}")
+        if overrides:
+            raise ValueError("--set cannot change a resumed run (its config is fixed); start a new run instead")
+        run = Run.resume(resume, exp.config, experiment=exp.name, device=device, data_dir=data_dir, progress=progress)
     else:
         config = exp.make_config(scale, overrides)
         run = Run.create(
             exp.name, config, scale=scale, seed=seed, out=out, device=device, data_dir=data_dir, progress=progress
         )
-    t0 = time.time()
-    result = exp.fn(run.config, run)
-    record = {
-        "experiment": exp.name,
-        "system": exp.system,
-        "paper": exp.paper,
-        "claim": exp.claim,
-        "scale": run.scale,
-        "seed": run.seed,
-        "device": str(run.device),
-        **dataclasses.asdict(result),
-        "wall_seconds": time.time() - t0,
-        "config": run.config.to_dict(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    atomic_write_text(run.dir / "results.json", dumps(record))
-    write_run_report(run.dir)
+    try:
+        t0 = time.time()
+        default = exp.threads if run.device.type == "cpu" else None
+        with torch_threads(threads if threads is not None else default):
+            result = exp.fn(run.config, run)
+        record = {
+            "experiment": exp.name,
+            "system": exp.system,
+            "paper": exp.paper,
+            "claim": exp.claim,
+            "scale": run.scale,
+            "seed": run.seed,
+            "device": str(run.device),
+            **dataclasses.asdict(result),
+            "wall_seconds": time.time() - t0,
+            "resumed": run.resumed,
+            "config": run.config.to_dict(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        fs.atomic_write_text(run.dir / "results.json", dumps(record))
+        write_run_report(run.dir)
+        run.finish()
+    finally:
+        run.close()
     return run.dir
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    for name, exp in registry.experiments().items():
-        print(f"{name:28s} {exp.system:28s} {exp.claim}")
+    from foresight import experiments
+    from foresight.core import registry
+
+    rows = {name: (e.system, e.claim) for name, e in experiments.catalogue().items()}
+    rows.update({name: (e.system, e.claim) for name, e in registry.experiments().items()})  # registered in-process
+    for name, (system, claim) in sorted(rows.items()):
+        print(f"{name:28s} {system:34s} {claim}")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    exp = registry.get(args.experiment)
+    from foresight import experiments
+
+    if args.resume and args.out:
+        raise ValueError("give either --out (a new run) or --resume RUN_DIR (continue one), not both")
+    exp = experiments.load(args.experiment)
     run_dir = execute(
         exp,
         scale=args.scale,
@@ -97,36 +125,69 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    out = Path(args.out or Path("runs") / f"reproduce-{args.scale}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    names = args.only or list(registry.experiments())
-    dirs, failed = [], []
-    for name in names:
-        exp = registry.get(name)
-        run_dir = out / name
-        print(f"== {name} ({exp.system}) at scale {args.scale}", flush=True)
-        t0 = time.time()
-        try:
-            execute(
-                exp,
-                scale=args.scale,
-                seed=args.seed,
-                out=str(run_dir),
-                device=args.device,
-                data_dir=args.data_dir,
-                progress=not args.no_progress,
-                threads=args.threads,
+def _claim_reproduce_folder(out: Path, record: dict) -> fs.FolderLock:
+    """A reproduce folder is owned like a run folder; a rerun must use the same scale and seed."""
+    marker = fs.read_marker(out) if out.is_dir() else None
+    if marker is None:
+        return fs.claim(out, "reproduce", resume=False, record=record)
+    if marker["owner"] == "reproduce":
+        started = marker.get("record", {})
+        changed = [f"{k} {started.get(k)!r} -> {v!r}" for k, v in record.items() if started.get(k) != v]
+        if changed:
+            raise fs.RunFolderError(
+                f"{out} is a reproduce run with other settings ({', '.join(changed)}); rerun it with the same "
+                "--scale/--seed to continue it, or pick another --out"
             )
-        except Exception:  # one failing experiment must not hide the others' results
-            failed.append(name)
-            tb = traceback.format_exc()
-            print(tb, file=sys.stderr)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(
-                run_dir / "results.json",
-                dumps(
-                    {
+    return fs.claim(out, "reproduce", resume=True, allow_finished=True)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from foresight import experiments
+    from foresight.core.report import write_combined_report
+    from foresight.core.run import dumps
+
+    out = fs.check_out_path(args.out or Path("runs") / f"reproduce-{args.scale}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from foresight.core import registry
+
+    known = sorted(set(experiments.catalogue()) | set(registry.experiments()))
+    names = args.only or list(experiments.catalogue())
+    for name in names:
+        if name not in known:
+            raise KeyError(f"unknown experiment {name!r}; available: {', '.join(known)}")
+    lock = _claim_reproduce_folder(out, {"scale": args.scale, "seed": args.seed})
+    dirs, failed = [], []
+    try:
+        for name in names:
+            run_dir = out / name
+            marker = fs.read_marker(run_dir) if run_dir.is_dir() else None
+            if marker is not None and marker["owner"] != name:
+                raise fs.RunFolderError(f"{run_dir} holds a run of {marker['owner']!r}, not {name!r}")
+            dirs.append(run_dir)
+            if marker is not None and marker["state"] == "finished" and (run_dir / "results.json").is_file():
+                print(f"== {name}: finished earlier, kept", flush=True)
+                continue
+            resume = str(run_dir) if marker is not None else None
+            exp = experiments.load(name)
+            print(f"== {name} ({exp.system}) at scale {args.scale}{' (resuming)' if resume else ''}", flush=True)
+            t0 = time.time()
+            try:
+                execute(
+                    exp,
+                    scale=args.scale,
+                    seed=args.seed,
+                    out=None if resume else str(run_dir),
+                    resume=resume,
+                    device=args.device,
+                    data_dir=args.data_dir,
+                    progress=not args.no_progress,
+                    threads=args.threads,
+                )
+            except Exception:  # one failing experiment must not hide the others' results
+                failed.append(name)
+                tb = traceback.format_exc()
+                print(tb, file=sys.stderr)
+                if fs.read_marker(run_dir) if run_dir.is_dir() else None:  # ours (unfinished): rerun resumes it
+                    error = {
                         "experiment": name,
                         "system": exp.system,
                         "paper": exp.paper,
@@ -139,18 +200,21 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                         "wall_seconds": time.time() - t0,
                         "error": tb[-4000:],
                     }
-                ),
-            )
-        dirs.append(run_dir)
-    report = write_combined_report(dirs, out / "REPORT.md")
-    print(f"wrote {report}")
-    if failed:
-        print(f"failed experiments: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+                    fs.atomic_write_text(run_dir / "results.json", dumps(error))
+        report = write_combined_report(dirs, out / "REPORT.md")
+        print(f"wrote {report}")
+        if failed:
+            print(f"failed experiments: {', '.join(failed)}; rerun the same command to retry them", file=sys.stderr)
+            return 1
+        fs.set_state(out, "finished")
+        return 0
+    finally:
+        lock.release()
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from foresight.core.report import write_run_report
+
     path = write_run_report(args.run_dir)
     print(path.read_text())
     return 0
@@ -166,12 +230,22 @@ def _cmd_data(args: argparse.Namespace) -> int:
         + " -> ".join(f"{why} ({root})" for why, root in data.candidate_roots(args.data_dir))
         + " -> pinned download"
     )
+    bad = 0
     for row in rows:
-        state = "ok" if not row["missing"] else f"missing {len(row['missing'])}/{row['files']} files"
+        corrupt = row.get("corrupt", [])
+        if row["missing"]:
+            state = f"missing {len(row['missing'])}/{row['files']} files"
+        elif corrupt:
+            state = f"CORRUPT {len(corrupt)}/{row['files']} files"
+        else:
+            state = "ok (sha256 checked)"
+        bad += bool(corrupt)
         print(f"{row['dataset']:24s} {state:28s} {row['where']}")
         for p in row["missing"][:5]:
             print(f"    missing: {p}")
-    return 0
+        for p in corrupt[:5]:
+            print(f"    sha256 mismatch: {p} (delete it; it is fetched again from the pinned URL)")
+    return 1 if bad else 0
 
 
 def _import_dataset_modules() -> None:
@@ -186,7 +260,8 @@ def _import_dataset_modules() -> None:
             pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. The LM commands' flags are added only when ``argv`` names that command (lazy imports)."""
     p = argparse.ArgumentParser(
         prog="foresight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -196,7 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
         sp.add_argument("--data-dir", default=None, help="folder holding dataset folders (before $FORESIGHT_DATA)")
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
-        sp.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+        sp.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="torch threads (default: the experiment's own default, else torch's)",
+        )
 
     sp = sub.add_parser("list", help="list experiments")
     sp.set_defaults(fn=_cmd_list)
@@ -211,10 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=_cmd_run)
 
-    sp = sub.add_parser("reproduce", help="run every experiment and write one combined REPORT.md")
+    sp = sub.add_parser("reproduce", help="run every experiment and write one combined REPORT.md (resumable)")
     sp.add_argument("--scale", choices=SCALES, default="quick")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", default=None)
+    sp.add_argument("--out", default=None, help="folder (rerun the same command on it to continue)")
     sp.add_argument("--only", nargs="*", default=None, help="a subset of experiments")
     common(sp)
     sp.set_defaults(fn=_cmd_reproduce)
@@ -223,43 +303,59 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.set_defaults(fn=_cmd_report)
 
-    sp = sub.add_parser("data", help="where each dataset resolves and what is missing")
+    sp = sub.add_parser("data", help="where each dataset resolves, what is missing or corrupt (sha256)")
     sp.add_argument("--data-dir", default=None)
     sp.set_defaults(fn=_cmd_data)
 
-    _add_optional_commands(sub)
+    wanted = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for name, help in _LM_COMMANDS.items():
+        sp = sub.add_parser(name, help=help)
+        if name == wanted:
+            _add_lm_command(name, sp)
     return p
 
 
-def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands that live with their area (the LM commands live in foresight.lm)."""
+def _add_lm_command(name: str, sp: argparse.ArgumentParser) -> None:
+    """The LM commands live with their area (foresight.lm)."""
     import importlib
 
-    # import_module, not `from foresight.lm import generate`: the package re-exports a function of that name
-    lm_generate = importlib.import_module("foresight.lm.generate")
-    sp = sub.add_parser("generate", help="generate text with a Gemma 2 checkpoint (HF layout)")
-    lm_generate.add_generate_arguments(sp)
-    sp.set_defaults(fn=lm_generate.run_generate)
-
+    if name == "generate":
+        # import_module, not `from foresight.lm import generate`: the package re-exports a function of that name
+        lm_generate = importlib.import_module("foresight.lm.generate")
+        lm_generate.add_generate_arguments(sp)
+        sp.set_defaults(fn=lm_generate.run_generate)
+        return
     from foresight.lm import train_cli
 
-    sp = sub.add_parser("train-lm", help="pretrain a Gemma 2 LM by next-token prediction (resumable; torchrun)")
-    train_cli.add_train_arguments(sp)
-    sp.set_defaults(fn=train_cli.run_train)
-    sp = sub.add_parser("distill", help="train a student LM by distillation from a Gemma 2 teacher")
-    train_cli.add_distill_arguments(sp)
-    sp.set_defaults(fn=train_cli.run_distill)
+    if name == "train-lm":
+        train_cli.add_train_arguments(sp)
+        sp.set_defaults(fn=train_cli.run_train)
+    else:
+        train_cli.add_distill_arguments(sp)
+        sp.set_defaults(fn=train_cli.run_distill)
+
+
+def _error_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.filename is not None:
+        msg = f"{e.strerror or type(e).__name__}: {e.filename}"
+    msg = " ".join(str(msg).split()) or type(e).__name__
+    return f"foresight: error: {msg}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    except KeyboardInterrupt:
+        hint = f" (continue with: foresight run {args.experiment} --resume DIR)" if args.command == "run" else ""
+        print(f"foresight: interrupted; rerun the same command to continue{hint}", file=sys.stderr)
+        return 130
+    except _LIBRARY_ERRORS as e:
         if os.environ.get("FORESIGHT_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"foresight: error: {msg}", file=sys.stderr)
+        print(_error_line(e), file=sys.stderr)
         return 2
 
 

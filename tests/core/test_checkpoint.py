@@ -67,3 +67,35 @@ def test_rng_state_round_trip(tmp_path):
     torch.manual_seed(9)
     set_rng_state(load_checkpoint(tmp_path / "r.safetensors")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def _flip_one_bit(path, offset_from_end):
+    data = bytearray(path.read_bytes())
+    data[len(data) - offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_anywhere_in_the_tensors_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.arange(1000.0), "step": 7})
+    _flip_one_bit(path, 100)  # inside the tensor bytes: still a valid safetensors file
+    with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
+        load_checkpoint(path)
+
+
+def test_a_non_finite_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.tensor([1.0, float("nan")]), "ok": torch.tensor([1, 2])})
+    with pytest.raises(CheckpointError, match="non-finite values in 'w'"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_files_get_normal_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.safetensors").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

@@ -60,7 +60,11 @@ def test_bad_override_is_a_clear_cli_error(tmp_path, capsys):
 def test_resume_truncates_metrics_after_checkpoint(tmp_path):
     out = tmp_path / "r"
     assert cli.main(["run", "test-echo", "--out", str(out), "--no-progress"]) == 0
-    # pretend the run was killed after logging a line past its last checkpoint
+    # pretend the run was killed after logging a line past its last checkpoint (and before finishing)
+    from foresight.core import fs
+
+    fs.set_state(out, "running")
+    (out / "results.json").unlink()
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 99}) + "\n")
     assert cli.main(["run", "test-echo", "--resume", str(out), "--no-progress"]) == 0
@@ -72,7 +76,7 @@ def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     out = tmp_path / "r"
     assert cli.main(["run", "test-echo", "--out", str(out), "--no-progress"]) == 0
     assert cli.main(["run", "test-echo", "--out", str(out), "--no-progress"]) == 2
-    assert "--resume" in capsys.readouterr().err
+    assert "holds a finished test-echo run (its results are kept)" in capsys.readouterr().err
 
 
 def test_reproduce_writes_combined_report(tmp_path):
@@ -88,7 +92,8 @@ def test_device_flag_rejects_missing_cuda(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     assert cli.main(["run", "test-echo", "--out", str(tmp_path / "r"), "--device", "cuda"]) == 2
-    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+    assert "asked for CUDA, but this machine has none" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before the folder was claimed
 
 
 def test_list_and_data_commands(capsys):

@@ -64,5 +64,22 @@ def test_validation_runs_after_override():
 def test_json_round_trip_restores_tuples():
     cfg = ToyConfig(datasets=("x",), limit=3)
     assert ToyConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match=r"unknown config keys \['bogus'\]"):
+    with pytest.raises(ValueError, match=r"unknown keys \['bogus'\] for ToyConfig"):
         ToyConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_from_dict_is_as_strict_as_set():
+    good = ToyConfig(datasets=("x", "y"), limit=3).to_dict()
+    for bad, message in [
+        ({k: v for k, v in good.items() if k != "lr"}, r"missing keys \['lr'\]"),
+        ({**good, "epochs": 2.5}, r"epochs=2.5 is not a valid int"),
+        ({**good, "epochs": True}, r"epochs=True is not a valid int"),
+        ({**good, "use_hh": 1}, r"use_hh=1 is not a valid bool"),
+        ({**good, "datasets": "x"}, r"datasets='x' is not a valid tuple"),
+        ({**good, "datasets": [1]}, r"datasets\[0\]=1 is not a valid str"),
+        ({**good, "backbone": "mlp"}, r"backbone='mlp' is not allowed"),
+        ([good], r"config must be a JSON object"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ToyConfig.from_dict(bad)
+    assert ToyConfig.from_dict({**good, "lr": 1}).lr == 1.0  # an int is a valid float

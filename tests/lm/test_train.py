@@ -15,7 +15,8 @@ from torch import nn
 from foresight.lm import train_cli
 from foresight.lm.gemma2 import Gemma2, Gemma2Config
 from foresight.lm.text_data import PackedSequences, train_tokenizer
-from foresight.lm.train import DirStore, NullStore, TrainConfig, Trainer, WarmupCosine
+from foresight.core.run import Run
+from foresight.lm.train import RESUME_MAY_CHANGE, TrainConfig, Trainer, WarmupCosine
 
 V, T = 64, 8
 
@@ -80,12 +81,12 @@ def test_train_config_rejects_bad_values():
 
 
 def test_training_reduces_validation_loss_and_logs():
-    store = NullStore()
-    result = Trainer(_model(), _cfg(steps=30, eval_every=10, lr=3e-2), _data(), _data(seed=1), store=store).fit()
+    trainer = Trainer(_model(), _cfg(steps=30, eval_every=10, lr=3e-2), _data(), _data(seed=1))
+    result = trainer.fit()
     vals = [h["val_loss"] for h in result.history]
     assert len(vals) == 3 and vals[-1] < vals[0] - 1.0
     assert vals[0] < np.log(V) + 0.5
-    steps = [line["step"] for line in store.lines if "loss" in line]
+    steps = [line["step"] for line in trainer.logged if "loss" in line]
     assert steps == list(range(1, 31))
     assert result.tokens == 30 * 4 * T
 
@@ -128,9 +129,10 @@ def test_objective_extras_are_averaged_over_micro_batches_and_logged():
             self.seen.append(marker)
             return LMLoss(loss=ce, ce=ce.detach(), extra={"marker": torch.tensor(marker), "const": 2.5})
 
-    store, objective = NullStore(), WithExtras()
-    Trainer(_model(), _cfg(steps=3, micro_batch_size=2, eval_every=0), _data(), objective=objective, store=store).fit()
-    lines = [line for line in store.lines if "loss" in line]
+    objective = WithExtras()
+    trainer = Trainer(_model(), _cfg(steps=3, micro_batch_size=2, eval_every=0), _data(), objective=objective)
+    trainer.fit()
+    lines = [line for line in trainer.logged if "loss" in line]
     assert len(lines) == 3 and len(objective.seen) == 6  # 2 micro-batches per step
     for step, line in enumerate(lines):
         assert line["const"] == pytest.approx(2.5)
@@ -145,27 +147,68 @@ def test_bf16_autocast_trains_on_cpu():
     assert next(tr.module.parameters()).dtype == torch.float32  # master weights stay fp32
 
 
+def _new_run(path, cfg):
+    return Run.create("train-lm", cfg, out=path, progress=False)
+
+
+def _resumed_run(path, cfg):
+    return Run.resume(
+        path, TrainConfig, experiment="train-lm", config=cfg, may_change=RESUME_MAY_CHANGE, progress=False
+    )
+
+
+def _fit(path, cfg, resume=False, model_seed=0):
+    run = (_resumed_run if resume else _new_run)(path, cfg)
+    try:
+        return Trainer(_model(seed=model_seed), cfg, _data(), _data(seed=1), run=run).fit()
+    finally:
+        run.close()
+
+
+def _killed_at(path, cfg, step, resume=False):
+    """Train up to ``step`` with a checkpoint there, log past it, and stop without a clean exit."""
+    run = (_resumed_run if resume else _new_run)(path, cfg)
+    first = Trainer(_model(), cfg, _data(), _data(seed=1), run=run)
+    first.resume()
+    while first.step < step + 2:
+        metrics = first.train_step()
+        run.log(**metrics)
+        if first.step == step:
+            first.save()
+    run.close()
+
+
 def test_in_process_resume_is_exact_and_truncates_metrics(tmp_path):
     cfg = _cfg(checkpoint_every=5)
-    ref = Trainer(_model(), cfg, _data(), _data(seed=1), store=DirStore(tmp_path / "ref", resume=False)).fit()
-
-    first = Trainer(_model(), cfg, _data(), _data(seed=1), store=DirStore(tmp_path / "run", resume=False))
-    for _ in range(7):  # a checkpoint is written at step 5 by fit(); emulate with save()
-        metrics = first.train_step()
-        first.store.log(**metrics)
-        if first.step == 5:
-            first.save()
-    resumed = Trainer(_model(seed=123), cfg, _data(), _data(seed=1), store=DirStore(tmp_path / "run")).fit()
+    ref = _fit(tmp_path / "ref", cfg)
+    _killed_at(tmp_path / "run", cfg, step=5)
+    resumed = _fit(tmp_path / "run", cfg, resume=True, model_seed=123)
     assert resumed.final_loss == pytest.approx(ref.final_loss, abs=1e-6)
     assert resumed.val_loss == pytest.approx(ref.val_loss, abs=1e-6)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == list(range(1, 13))  # steps 6, 7 not duplicated
 
 
-def test_resume_refuses_a_different_schedule(tmp_path):
-    Trainer(_model(), _cfg(steps=5), _data(), store=DirStore(tmp_path, resume=False)).fit()
-    with pytest.raises(ValueError, match="cannot resume exactly with a different steps, lr"):
-        Trainer(_model(), _cfg(steps=8, lr=0.5), _data(), store=DirStore(tmp_path)).fit()
+def test_resume_refuses_a_different_schedule_naming_the_field(tmp_path):
+    _fit(tmp_path, _cfg(steps=5))
+    with pytest.raises(ValueError, match=r"different config \(lr: 0.01 -> 0.5\)"):
+        _fit(tmp_path, _cfg(steps=8, lr=0.5), resume=True)
+
+
+def test_more_steps_on_resume_extend_the_run_exactly(tmp_path):
+    """--steps 8 on a finished 5-step run continues at the final LR; killed midway, it ends the same."""
+    short, long = _cfg(steps=5, checkpoint_every=1), _cfg(steps=8, checkpoint_every=1)
+    _fit(tmp_path / "a", short)
+    extended = _fit(tmp_path / "a", long, resume=True)
+    _fit(tmp_path / "b", short)
+    _killed_at(tmp_path / "b", long, step=6, resume=True)
+    again = _fit(tmp_path / "b", long, resume=True)
+    assert extended.steps == again.steps == 8
+    assert again.final_loss == extended.final_loss and again.val_loss == extended.val_loss  # bit-identical
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if "lr" in x]
+    assert lrs[5:] == [lrs[4]] * 3  # the extension runs at the schedule's final learning rate
+    with pytest.raises(ValueError, match="past steps=6"):
+        _fit(tmp_path / "a", _cfg(steps=6, checkpoint_every=1), resume=True)
 
 
 # -- the CLI and the SIGKILL test --------------------------------------------------------------
@@ -277,10 +320,13 @@ def test_cli_writes_hf_model_and_refuses_to_overwrite(corpus, tmp_path):
     model = load_pretrained(out / "model")
     assert model.config.vocab_size == 300 and model.config.hidden_size == 32
     assert tokenizer_sha256(out / "model" / "tokenizer.json") == tokenizer_sha256(corpus / "tokenizer.json")
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    with pytest.raises(ValueError, match="holds a finished train-lm run"):
         train_cli.main(_cli_args(corpus, out, "--steps", "3"))
+    with pytest.raises(ValueError, match="already trained to step 3; pass --steps larger"):
+        train_cli.main(_cli_args(corpus, out, "--steps", "3", "--resume"))
     with pytest.raises(ValueError, match="unknown Gemma2Config field 'width'"):
         train_cli.main(_cli_args(corpus, tmp_path / "x", "--model-set", "width=3"))
+    assert not (tmp_path / "x").exists()  # a bad flag is refused before the folder is claimed
 
 
 def test_distill_cli_online_and_cached_and_tokenizer_mismatch(corpus, tmp_path):

@@ -9,10 +9,10 @@ Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,44 +21,37 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from foresight.core.fs import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
 _INTKEYS = "__intkeys__"
 _META_KEY = "foresight_state"
+_SUM_KEY = "foresight_sha256"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or not what was expected."""
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt, non-finite or not what was expected."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename ``tmp_path`` over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        # fsync the directory so the rename itself survives a crash
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write_bytes(path, write)
+def _content_sha256(skeleton_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the skeleton and every tensor's key, dtype, shape and bytes (in key order)."""
+    h = hashlib.sha256(skeleton_json.encode())
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def pack(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -110,12 +103,18 @@ def unpack(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (nested dicts/lists of tensors and JSON values) to ``path``."""
     skeleton, tensors = pack(state)
-    metadata = {_META_KEY: json.dumps(skeleton)}
+    skeleton_json = json.dumps(skeleton)
+    metadata = {_META_KEY: skeleton_json, _SUM_KEY: _content_sha256(skeleton_json, tensors)}
     atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (safetensors; nothing is unpickled)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (safetensors; nothing is unpickled).
+
+    Refused with :class:`CheckpointError`: a truncated or unparsable file, content whose sha256 differs
+    from the one recorded at save time (a flipped bit anywhere), and floating tensors holding NaN or inf
+    (a diverged state must not be trained on).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -127,9 +126,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {e}") from e
-    if _META_KEY not in metadata:
+    if _META_KEY not in metadata or _SUM_KEY not in metadata:
         raise CheckpointError(f"{path} is a safetensors file but not a foresight checkpoint (no state metadata)")
-    return unpack(json.loads(metadata[_META_KEY]), tensors)
+    if _content_sha256(metadata[_META_KEY], tensors) != metadata[_SUM_KEY]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its recorded sha256")
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"checkpoint {path} holds non-finite values in {key.lstrip('/')!r}; refusing to resume from it")
+    try:
+        skeleton = json.loads(metadata[_META_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path} has unreadable state metadata: {e}") from None
+    return unpack(skeleton, tensors)
 
 
 def rng_state() -> dict[str, Any]:

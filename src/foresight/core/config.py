@@ -73,21 +73,79 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    def from_dict(cls: type[C], data: Any, *, where: str = "config") -> C:
+        """Rebuild a config from its :meth:`to_dict` (e.g. a run's ``config.json``), checking it as strictly
+        as ``--set``: ``data`` must be an object with exactly this class's keys, each of its field's type
+        (ints are not bools, a float field takes an int), then :meth:`validate` runs. Missing keys are errors,
+        never silently filled with class defaults."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be a JSON object of {cls.__name__} fields, got {type(data).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown} for {cls.__name__}; accepted: {sorted(known)}")
+            raise ValueError(f"{where}: unknown keys {unknown} for {cls.__name__}; accepted: {sorted(known)}")
+        missing = sorted(set(known) - set(data))
+        if missing:
+            raise ValueError(f"{where}: missing keys {missing} for {cls.__name__}")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce_json(v, hints[k]) for k, v in data.items()})
+        return cls(**{k: check_json_value(f"{where}: {k}", v, hints[k]) for k, v in data.items()})
 
 
-def _coerce_json(value: Any, tp: Any) -> Any:
-    """JSON turns tuples into lists; turn them back so a reloaded config equals the original."""
-    if isinstance(value, list):
+def check_json_value(key: str, value: Any, tp: Any) -> Any:
+    """``value`` (parsed JSON) as type ``tp``, or a ValueError naming ``key``, the value and the type.
+
+    JSON has no tuples: a list is accepted for a tuple field and turned back into a tuple, so a reloaded
+    config equals the original.
+    """
+    origin = typing.get_origin(tp)
+    bad = ValueError(f"{key}={value!r} is not a valid {_type_name(tp)}")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        inner = args[0] if args else Any
-        return tuple(_coerce_json(v, inner) for v in value)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return check_json_value(key, value, a)
+            except ValueError:
+                pass
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise bad
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(check_json_value(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise bad
+        return tuple(
+            check_json_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args or (Any,) * len(value)))
+        )
+    if origin in (dict, list) or tp in (dict, list):
+        if not isinstance(value, origin or tp):
+            raise bad
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise bad
     return value
 
 
@@ -152,6 +210,8 @@ def with_overrides(config: C, overrides: Iterable[str]) -> C:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
         key = key.strip()
+        if key in changes:
+            raise ValueError(f"--set {key} is given twice; give each key once")
         if key not in fields:
             raise ValueError(
                 f"unknown config key {key!r} for {type(config).__name__}; accepted keys: {', '.join(sorted(fields))}"

@@ -12,8 +12,6 @@ The function wires data and models (no maths of its own), logs through ``run`` a
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +46,7 @@ class Experiment:
     claim: str
     config: type[Config]
     fn: Callable[..., Result]
+    threads: int | None = None  # default torch threads (``--threads`` wins); None: torch's default
 
     def make_config(self, scale: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         from foresight.core.config import with_overrides
@@ -58,32 +57,28 @@ class Experiment:
 _REGISTRY: dict[str, Experiment] = {}
 
 
-def experiment(*, name: str, system: str, paper: str, claim: str, config: type[Config]) -> Callable:
+def experiment(
+    *, name: str, system: str, paper: str, claim: str, config: type[Config], threads: int | None = None
+) -> Callable:
+    """Register ``fn(cfg, run) -> Result``. ``threads``: the torch thread count it runs best with on a CPU
+    (small models: 1; the CLI's ``--threads`` overrides it). Keep the keyword values literals: ``foresight
+    list`` reads them from the source without importing the module."""
+
     def register(fn: Callable[..., Result]) -> Callable[..., Result]:
         if name in _REGISTRY and _REGISTRY[name].fn.__module__ != fn.__module__:
             raise ValueError(f"experiment {name!r} registered twice")
-        _REGISTRY[name] = Experiment(name, system, paper, claim, config, fn)
+        _REGISTRY[name] = Experiment(name, system, paper, claim, config, fn, threads)
         return fn
 
     return register
 
 
-def load_all() -> None:
-    """Import every module of ``foresight.experiments`` so that each registers itself."""
-    import foresight.experiments as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
-
-
 def experiments() -> dict[str, Experiment]:
-    load_all()
+    """Every registered experiment (the CLI imports ``foresight.experiments`` modules to register them)."""
     return dict(sorted(_REGISTRY.items()))
 
 
 def get(name: str) -> Experiment:
-    exps = experiments()
-    if name not in exps:
-        raise KeyError(f"unknown experiment {name!r}; available: {', '.join(exps)}")
-    return exps[name]
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

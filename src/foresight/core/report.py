@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from foresight.core.checkpoint import atomic_write_text
+from foresight.core.fs import atomic_write_text
 
 VERDICT_MARK = {
     "reproduced": "✅ reproduced",

@@ -378,7 +378,7 @@ def load_teacher(
     from foresight.lm.text_data import tokenizer_sha256
 
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+    if path.is_dir() and (path / "model" / "config.json").is_file():  # a train-lm run folder: its model/
         path = path / "model"
     if path.is_dir():
         from foresight.lm.hf_io import load_pretrained

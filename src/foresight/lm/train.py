@@ -17,8 +17,8 @@ The loss of a step is the mean over its ``batch_size`` sequences, whatever the s
 micro-batches, so one process with the same global batch gives the same losses (up to float order).
 
 Resumption is exact: a checkpoint holds the model, the optimizer (AdamW moments and step counts), the
-scheduler, the data position, the history and (through the store) the RNG states and the length of
-metrics.jsonl. The data order depends only on ``(seed, position)``, so nothing iterator-like is saved.
+scheduler, the data position, the history and (through the :class:`~foresight.core.run.Run`) the RNG
+states and the length of metrics.jsonl. The data order depends only on ``(seed, position)``, so nothing iterator-like is saved.
 
 Distributed (launched with ``torchrun``): ``distributed="ddp"`` wraps the model in
 ``DistributedDataParallel``; ``"fsdp"`` applies FSDP2 ``fully_shard`` to every block of
@@ -30,27 +30,19 @@ so a run can resume with another world size or without distribution at all.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from foresight.core.checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from foresight.core.config import Config
+from foresight.core.run import Run
 from foresight.lm.distill import LMLoss, next_token_loss
 from foresight.lm.text_data import PackedSequences, ShuffledOrder
 
@@ -110,10 +102,9 @@ class TrainConfig(Config):
             raise ValueError(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
 
 
-# Fields that define the optimisation trajectory: a resumed run must keep them (bookkeeping fields,
-# precision, compile and distribution may change).
+# Fields that define the optimisation trajectory: a resumed run must keep them. Bookkeeping fields,
+# precision, compile and distribution may change, and so may ``steps`` (extending a run: see Trainer.fit).
 _RESUME_FIXED = (
-    "steps",
     "batch_size",
     "lr",
     "min_lr_ratio",
@@ -126,6 +117,10 @@ _RESUME_FIXED = (
     "seed",
     "shuffle",
 )
+
+
+# What a resumed training may change: everything else in TrainConfig pins the trajectory.
+RESUME_MAY_CHANGE = tuple(f.name for f in fields(TrainConfig) if f.name not in _RESUME_FIXED)
 
 
 class WarmupCosine:
@@ -143,107 +138,6 @@ class WarmupCosine:
         span = max(1, self.total - 1 - self.warmup)
         progress = min(1.0, (step - self.warmup) / span)
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ---------------------------------------------------------------------------------------------
-# Where state and metrics go: a Run (experiments) or a plain folder (CLI)
-# ---------------------------------------------------------------------------------------------
-
-
-class CheckpointStore:
-    """Saves/loads one training run's state and appends its metrics. Subclasses: DirStore, RunStore."""
-
-    def log(self, **metrics: Any) -> None:
-        raise NotImplementedError
-
-    def save(self, state: dict) -> None:
-        raise NotImplementedError
-
-    def load(self) -> dict | None:
-        """The saved state for resuming (restoring RNG and truncating the metrics log), or None."""
-        raise NotImplementedError
-
-    def peek(self) -> dict | None:
-        """The saved state without side effects, or None."""
-        raise NotImplementedError
-
-
-class DirStore(CheckpointStore):
-    """``dir/metrics.jsonl`` and ``dir/checkpoints/<name>.safetensors``, in Run's checkpoint format."""
-
-    def __init__(self, dir: str | os.PathLike, name: str = "last", resume: bool = True):
-        self.dir, self.name, self.resume = Path(dir), name, resume
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.path = self.dir / "checkpoints" / f"{name}.safetensors"
-        self._is_main = _rank() == 0
-        if self._is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if not (resume and self.path.exists()):
-                self.metrics_path.write_text("")
-
-    def log(self, **metrics: Any) -> None:
-        if self._is_main:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(metrics) + "\n")
-
-    def _lines(self) -> list[str]:
-        return self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
-
-    def save(self, state: dict) -> None:
-        if self._is_main:
-            save_checkpoint(self.path, {"state": state, "rng": rng_state(), "metrics_lines": len(self._lines())})
-
-    def peek(self) -> dict | None:
-        return load_checkpoint(self.path)["state"] if self.resume and self.path.exists() else None
-
-    def load(self) -> dict | None:
-        if not (self.resume and self.path.exists()):
-            return None
-        full = load_checkpoint(self.path)
-        set_rng_state(full["rng"])
-        if self._is_main:
-            kept = self._lines()[: full["metrics_lines"]]
-            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
-        return full["state"]
-
-
-class RunStore(CheckpointStore):
-    """Checkpoint ``name`` of a :class:`foresight.core.run.Run` (several trainings can share one Run)."""
-
-    def __init__(self, run, name: str):
-        self.run, self.name = run, name
-        self.path = Path(run.checkpoint_dir) / f"{name}.safetensors"
-
-    def log(self, **metrics: Any) -> None:
-        self.run.log(**metrics)
-
-    def save(self, state: dict) -> None:
-        self.run.save_checkpoint(self.name, state)
-
-    def peek(self) -> dict | None:
-        return load_checkpoint(self.path)["state"] if self.path.exists() else None
-
-    def load(self) -> dict | None:
-        return self.run.load_checkpoint(self.name)
-
-
-class NullStore(CheckpointStore):
-    """No checkpoints, metrics kept in memory (tests, benchmarks)."""
-
-    def __init__(self) -> None:
-        self.lines: list[dict] = []
-
-    def log(self, **metrics: Any) -> None:
-        self.lines.append(metrics)
-
-    def save(self, state: dict) -> None:
-        pass
-
-    def load(self) -> dict | None:
-        return None
-
-    def peek(self) -> dict | None:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +244,10 @@ class Trainer:
         train, val: :class:`~foresight.lm.text_data.PackedSequences` (val may be None).
         objective: callable ``(model, input_ids, targets, window_ids) -> LMLoss``; default next-token.
             The scalars in ``LMLoss.extra`` are averaged over the step and logged under their names.
-        store: where checkpoints and metrics go (:class:`DirStore`, :class:`RunStore`;
-            default :class:`NullStore`).
+        run: the :class:`~foresight.core.run.Run` whose checkpoint ``checkpoint`` and metrics log this
+            training uses (resuming from it when the run is resumed); None: no checkpoints, metrics lines
+            kept in ``trainer.logged`` (tests, benchmarks).
+        checkpoint: the checkpoint's name in ``run`` (several trainings can share one Run).
         extra_state: JSON-able values saved in every checkpoint (e.g. the model config, for loading later).
         progress: wraps the step iterator (``Run.progress`` or tqdm); None: no bar.
         desc: the progress bar's label. tags: fields added to every metrics line.
@@ -365,7 +261,8 @@ class Trainer:
         val: PackedSequences | None = None,
         *,
         objective: Callable[..., LMLoss] | None = None,
-        store: CheckpointStore | None = None,
+        run: Run | None = None,
+        checkpoint: str = "last",
         device: torch.device | str | None = None,
         extra_state: dict | None = None,
         progress: Callable | None = None,
@@ -375,7 +272,8 @@ class Trainer:
         self.cfg = config
         self.train_data, self.val_data = train, val
         self.objective = objective or NextTokenObjective(compile=config.compile)
-        self.store = store or NullStore()
+        self.run, self.checkpoint = run, checkpoint
+        self.logged: list[dict] = []  # metrics lines, when there is no run
         self.extra_state = extra_state or {}
         self.progress, self.desc = progress, desc
         self.tags = tags or {}  # added to every metrics line, e.g. {"phase": "teacher"}
@@ -483,6 +381,11 @@ class Trainer:
                 f"cannot resume exactly with a different {', '.join(changed)} ({diffs}); "
                 "start a new run (e.g. --init from its model/) instead"
             )
+        if int(state["step"]) > self.cfg.steps:
+            raise ValueError(
+                f"the checkpoint is at step {int(state['step'])}, past steps={self.cfg.steps}; give at least "
+                f"{int(state['step'])} steps (more extends the run)"
+            )
         opts = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self._inner(), state["model"], options=opts)
         set_optimizer_state_dict(self._inner(), self.optimizer, state["optimizer"], options=opts)
@@ -495,10 +398,18 @@ class Trainer:
         m = self.model
         return getattr(m, "_orig_mod", m)
 
+    def _log(self, **metrics: Any) -> None:
+        if self.run is None:
+            self.logged.append(metrics)
+        else:
+            self.run.log(**metrics)
+
     def save(self) -> None:
+        if self.run is None:
+            return
         state = self.state_dict()
         if self.rank == 0:
-            self.store.save(state)
+            self.run.save_checkpoint(self.checkpoint, state, done=self.step >= self.cfg.steps)
         if self.world > 1:
             dist.barrier()
 
@@ -607,15 +518,21 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------
     def resume(self) -> bool:
-        """Load the store's checkpoint if there is one; True if training continues from it."""
-        state = self.store.load()
+        """Load the run's checkpoint if there is one; True if training continues from it."""
+        state = None if self.run is None else self.run.load_checkpoint(self.checkpoint)
         if state is None:
             return False
         self.load_state_dict(state)
         return True
 
     def fit(self) -> TrainResult:
-        """Train to ``config.steps`` (resuming from the store's checkpoint if any), then validate."""
+        """Train to ``config.steps`` (resuming from the run's checkpoint if any), then validate.
+
+        A resumed run may be given more ``steps`` than it was started with: it continues from its last
+        step with the schedule it was started with, whose cosine has reached ``lr * min_lr_ratio`` and
+        stays there (continued training at the final learning rate). Exact: an extension killed and
+        resumed ends like an uninterrupted extension.
+        """
         cfg = self.cfg
         self.resume()
         start_step = self.step
@@ -632,14 +549,14 @@ class Trainer:
             if self.step % cfg.log_every == 0 or last:
                 metrics["tokens_per_s"] = (self.position - tokens0) * self.train_data.seq_len / max(t_train, 1e-9)
                 if self.rank == 0:
-                    self.store.log(**self.tags, **metrics)
+                    self._log(**self.tags, **metrics)
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                 ev = self.evaluate()
                 if ev:
                     record = {"step": self.step, "tokens": metrics["tokens"], **ev}
                     self.history.append(record)
                     if self.rank == 0:
-                        self.store.log(**self.tags, **record)
+                        self._log(**self.tags, **record)
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
                 self.save()
         val = self.history[-1]["val_loss"] if self.history else None
@@ -660,81 +577,42 @@ class Trainer:
 # ---------------------------------------------------------------------------------------------
 
 
-class PhaseRunner:
-    """Named phases of one :class:`foresight.core.run.Run`, run in a fixed order, each resumable on its own.
-
-    A phase is either a training (:meth:`train`: one :class:`Trainer` with the checkpoint ``name``) or a
-    measurement (:meth:`evaluate`: a function run once, its JSON-able result checkpointed). Call the phases
-    in the same order on every (re)start of the Run:
-
-    - a finished phase is read back from its checkpoint without side effects (no retraining, no logging);
-    - the first unfinished one with a checkpoint resumes from it (``Run.load_checkpoint`` restores the RNG
-      and trims metrics.jsonl to it); without a checkpoint, metrics.jsonl is trimmed to where the last
-      finished phase ended,
-
-    so a resumed Run logs exactly what an uninterrupted one does.
+def train_phase(
+    run: Run,
+    name: str,
+    model: nn.Module,
+    config: TrainConfig,
+    train: PackedSequences,
+    val: PackedSequences | None = None,
+    objective: Callable[..., LMLoss] | None = None,
+    model_config: Any = None,
+) -> tuple[nn.Module, list[dict]]:
+    """One training as a phase of ``run`` (see :meth:`foresight.core.run.Run.phase`): (the trained model,
+    its validation history). A finished phase is read back from its checkpoint (no retraining, no logging);
+    an interrupted one resumes from it. Metrics lines carry ``phase=name``; ``model_config`` (a dataclass,
+    default ``model.config``) is saved in the checkpoint for loading later.
     """
-
-    def __init__(self, run):
-        self.run = run
-        self.finished_lines = 0  # metrics.jsonl length when the last finished phase ended
-
-    def _trim(self) -> None:
-        """Drop the lines an interrupted, checkpoint-less phase logged."""
-        if self.run.resumed and self.run.metrics_path.exists():
-            lines = self.run.metrics_path.read_text().splitlines()[: self.finished_lines]
-            atomic_write_text(self.run.metrics_path, "".join(line + "\n" for line in lines))
-
-    def train(
-        self,
-        name: str,
-        model: nn.Module,
-        config: TrainConfig,
-        train: PackedSequences,
-        val: PackedSequences | None = None,
-        objective: Callable[..., LMLoss] | None = None,
-        model_config: Any = None,
-    ) -> tuple[nn.Module, list[dict]]:
-        """(the trained model, its validation history). Metrics lines carry ``phase=name``.
-
-        ``model_config`` (a dataclass; default ``model.config``) is saved in the checkpoint for loading later.
-        """
-        store = RunStore(self.run, name)
-        if store.path.exists():
-            full = load_checkpoint(store.path)
-            if full["state"].get("done"):
-                model.load_state_dict(full["state"]["model"])
-                self.finished_lines = full["metrics_lines"]
-                return model, full["state"]["history"]
-        else:
-            self._trim()
-        model_config = model.config if model_config is None else model_config
-        trainer = Trainer(
-            model,
-            config,
-            train,
-            val,
-            objective=objective,
-            store=store,
-            device=self.run.device,
-            progress=self.run.progress,
-            desc=name,
-            tags={"phase": name},
-            extra_state={"model_config": asdict(model_config)},
-        )
-        result = trainer.fit()
-        self.finished_lines = len(self.run.metrics())
-        return trainer.module, result.history
-
-    def evaluate(self, name: str, fn: Callable[[], dict]) -> dict:
-        """``fn() -> JSON-able dict``, run once; its result (and the lines it logged) are checkpointed."""
-        path = self.run.checkpoint_dir / f"{name}.safetensors"
-        if path.exists():
-            full = load_checkpoint(path)
-            self.finished_lines = full["metrics_lines"]
-            return full["state"]
-        self._trim()
-        state = fn()
-        self.run.save_checkpoint(name, state)
-        self.finished_lines = len(self.run.metrics())
-        return state
+    done = run.finished_phase(name)
+    if done is not None:
+        model.load_state_dict(done["model"])
+        return model, done["history"]
+    if run.peek_checkpoint(name) is None:
+        run.start_phase()
+    model_config = model.config if model_config is None else model_config
+    trainer = Trainer(
+        model,
+        config,
+        train,
+        val,
+        objective=objective,
+        run=run,
+        checkpoint=name,
+        device=run.device,
+        progress=run.progress,
+        desc=name,
+        tags={"phase": name},
+        extra_state={"model_config": asdict(model_config)},
+    )
+    result = trainer.fit()
+    run.end_phase()
+    return trainer.module, result.history

@@ -249,13 +249,17 @@ def _prepare(args: argparse.Namespace, tokenizer_path):
     return prep()
 
 
-def _setup(args: argparse.Namespace):
-    """Threads, device, process group, output folder checks. Returns (rank, device)."""
-    from foresight.core.run import select_device
-    from foresight.lm.train import init_distributed
+def _setup(args: argparse.Namespace, command: str):
+    """Threads, device, process group and the run folder (owned: see foresight.core.fs). Returns (run, device).
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    A new run needs a missing or empty ``--out``. ``--resume`` continues this command's run there: its
+    config may differ only in bookkeeping fields and ``steps`` (a larger ``steps`` extends a finished run).
+    """
+    from foresight.core.run import Run, check_threads, select_device
+    from foresight.lm.train import RESUME_MAY_CHANGE, TrainConfig, init_distributed
+
+    if args.threads is not None:
+        torch.set_num_threads(check_threads(args.threads))
     device = select_device(args.device)
     rank = 0
     if args.distributed != "none":
@@ -265,10 +269,37 @@ def _setup(args: argparse.Namespace):
             rank, _, device = init_distributed(device)
         elif args.distributed in ("ddp", "fsdp"):
             raise ValueError(f"--distributed {args.distributed} needs a torchrun launch (WORLD_SIZE > 1)")
-    out = Path(args.out)
-    if not args.resume and (out / "checkpoints" / "last.safetensors").exists():
-        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
-    return rank, device
+    cfg = _train_config(args)
+    _model_config(args, vocab_size=256)  # refuse bad --model-set flags before the folder is claimed
+    extra = {"args": {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | list | None)}}
+    if args.resume:
+        run = Run.resume(
+            args.out,
+            TrainConfig,
+            experiment=command,
+            device=str(device),
+            main=rank == 0,
+            config=cfg,
+            may_change=RESUME_MAY_CHANGE,
+            allow_finished=True,
+            extra=extra,
+        )
+        state = run.peek_checkpoint("last")
+        if state is not None and state["step"] >= cfg.steps:
+            run.close()
+            raise ValueError(
+                f"{args.out} is already trained to step {state['step']}; pass --steps larger than that to extend it"
+            )
+    else:
+        run = Run.create(
+            command, cfg, scale="custom", seed=args.seed, out=args.out, device=str(device), main=rank == 0, extra=extra
+        )
+    return run, device
+
+
+def _jsonable(value):
+    """Tuples -> lists, so a config read back from a checkpoint compares equal to a fresh one."""
+    return json.loads(json.dumps(value))
 
 
 def _build_model(args, model_cfg, device):
@@ -288,9 +319,9 @@ def _build_model(args, model_cfg, device):
     return Gemma2(model_cfg).to(device)
 
 
-def _finish(args, trainer, result, data, extra: dict) -> dict:
-    """Write model/ (HF layout + tokenizer.json) and results.json from rank 0."""
-    from foresight.core.checkpoint import atomic_write_text
+def _finish(args, run, trainer, result, data, extra: dict) -> dict:
+    """Write model/ (HF layout + tokenizer.json) and results.json from rank 0; mark the run finished."""
+    from foresight.core.fs import atomic_write_text
     from foresight.lm.hf_io import save_pretrained
 
     summary = {
@@ -318,14 +349,25 @@ def _finish(args, trainer, result, data, extra: dict) -> dict:
         shutil.copyfile(data.tokenizer_path, out / "model" / "tokenizer.json")
         atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
         print(json.dumps(summary))
+    run.finish()
     return summary
 
 
-def _train(args: argparse.Namespace, device: torch.device, data, objective=None, extra: dict | None = None) -> dict:
-    from foresight.lm.train import DirStore, Trainer
+def _train(
+    args: argparse.Namespace, run, device: torch.device, data, objective=None, extra: dict | None = None
+) -> dict:
+    from foresight.lm.train import Trainer
 
-    cfg = _train_config(args)
+    cfg = run.config
     model_cfg = _model_config(args, data.vocab_size)
+    saved = run.peek_checkpoint("last")
+    if saved is not None:
+        for key, value in (
+            ("model_config", dataclasses.asdict(model_cfg)),
+            ("tokenizer_sha256", data.tokenizer_sha256),
+        ):
+            if _jsonable(saved.get(key)) != _jsonable(value):
+                raise ValueError(f"cannot resume {args.out}: its checkpoint has another {key} than these flags give")
     model = _build_model(args, model_cfg, device)
     progress = None
     if not args.no_progress:
@@ -340,7 +382,8 @@ def _train(args: argparse.Namespace, device: torch.device, data, objective=None,
         data.train,
         data.val,
         objective=objective,
-        store=DirStore(args.out, resume=args.resume),
+        run=run,
+        checkpoint="last",
         device=device,
         extra_state={
             "model_config": dataclasses.asdict(model_cfg),
@@ -350,13 +393,16 @@ def _train(args: argparse.Namespace, device: torch.device, data, objective=None,
         desc=Path(args.out).name,
     )
     result = trainer.fit()
-    return _finish(args, trainer, result, data, extra or {})
+    return _finish(args, run, trainer, result, data, extra or {})
 
 
 def run_train(args: argparse.Namespace) -> int:
     """``foresight train-lm``: next-token pretraining; see :func:`add_train_arguments` for the flags."""
-    _, device = _setup(args)
-    _train(args, device, _prepare(args, args.tokenizer))
+    run, device = _setup(args, "train-lm")
+    try:
+        _train(args, run, device, _prepare(args, args.tokenizer))
+    finally:
+        run.close()
     return 0
 
 
@@ -365,13 +411,22 @@ def run_distill(args: argparse.Namespace) -> int:
 
     See :func:`add_distill_arguments` for the flags.
     """
+
+    if args.topk < 0:
+        raise ValueError(f"--topk must be >= 0, got {args.topk}")
+    run, device = _setup(args, "distill")
+    try:
+        _distill(args, run, device)
+    finally:
+        run.close()
+    return 0
+
+
+def _distill(args: argparse.Namespace, run, device: torch.device) -> None:
     import torch.distributed as dist
 
     from foresight.lm.distill import DistillationObjective, TopKCache, check_teacher_student, load_teacher
 
-    if args.topk < 0:
-        raise ValueError(f"--topk must be >= 0, got {args.topk}")
-    _, device = _setup(args)
     teacher = load_teacher(args.teacher, device=device)
     tok = args.tokenizer
     if tok is None:  # the student speaks the teacher's tokenizer
@@ -415,12 +470,12 @@ def run_distill(args: argparse.Namespace) -> int:
         objective = DistillationObjective(teacher=teacher.model, temperature=args.temperature, alpha=args.alpha)
     _train(
         args,
+        run,
         device,
         data,
         objective,
         {"teacher": teacher.source, "temperature": args.temperature, "alpha": args.alpha, "topk": args.topk},
     )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
