@@ -366,3 +366,21 @@ def test_cli_arguments_coexist_with_foresight_cli_common_flags():
     distill = train_cli.add_distill_arguments(argparse.ArgumentParser())
     args = distill.parse_args(["--corpus", "c", "--out", "o", "--teacher", "t", "--topk", "64"])
     assert args.topk == 64 and args.temperature == 1.0 and args.alpha == 1.0
+
+
+def test_train_lm_and_distill_never_write_into_a_folder_they_do_not_own(corpus, tmp_path, capsys):
+    from foresight import cli
+
+    hf = tmp_path / "gemma-2-2b"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gemma2"}')
+    (hf / "model.safetensors").write_bytes(b"\0" * 32)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in hf.iterdir()}
+    assert cli.main(_cli_args(corpus, hf, "--steps", "1", "--no-progress")) == 2
+    assert "is not empty and is not a foresight run folder" in capsys.readouterr().err
+    distill = _cli_args(corpus, hf, "--steps", "1", "--no-progress", "--teacher", str(hf))
+    distill[0] = "distill"
+    assert cli.main(distill) == 2
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in hf.iterdir()} == before
+    assert cli.main(_cli_args(corpus, "", "--steps", "1")) == 2
+    assert "--out '' is not a folder" in capsys.readouterr().err
