@@ -1,6 +1,7 @@
 """MABe 2022 format checks, the synthetic stand-in, features, readout and the ridge evaluator."""
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -67,11 +68,99 @@ def test_validators_name_what_is_wrong(clips):
         mabe.SyntheticSpec(missing_rate=1.0)
 
 
-def test_round_trip_through_an_npy_file(clips, tmp_path):
-    path = tmp_path / "mouse_triplet_train.npy"
-    np.save(path, np.array(clips, dtype=object), allow_pickle=True)
+def _same(a, b):
+    assert list(a) == list(b) and list(a["sequences"]) == list(b["sequences"])
+    for key in a:
+        if key != "sequences":
+            assert a[key] == b[key], key
+    for seq_id, seq in a["sequences"].items():
+        assert list(seq) == list(b["sequences"][seq_id])
+        for field, value in seq.items():
+            np.testing.assert_array_equal(value, b["sequences"][seq_id][field])
+            assert value.dtype == b["sequences"][seq_id][field].dtype
+
+
+def test_round_trip_through_an_npz_file(clips, tmp_path):
+    path = mabe.save_keypoints_file(clips, tmp_path / "mouse_triplet_train.npz")
     back = mabe.load_keypoints_file(path, labelled=True)
-    assert list(back["sequences"]) == list(clips["sequences"])
+    _same(clips, back)
+    with np.load(path, allow_pickle=False) as z:  # every entry is a plain array: nothing needs pickle
+        assert str(z["format"]) == mabe.KEYPOINTS_FORMAT and all(z[k].dtype != object for k in z.files)
+
+
+def _legacy_npy(path, obj, numpy1: bool):
+    """np.save of an object array, the challenge format; ``numpy1``: as numpy 1.x wrote it (protocol 3, numpy.core)."""
+    arr = np.array(obj, dtype=object)
+    if not numpy1:
+        np.save(path, arr, allow_pickle=True)
+        return
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+        f.write(pickle.dumps(arr, protocol=3).replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
+
+
+@pytest.mark.parametrize("numpy1", [False, True])
+def test_the_challenge_pickled_npy_is_refused_and_converts_once_to_an_equal_npz(clips, tmp_path, numpy1):
+    legacy = tmp_path / "mouse_triplet_train.npy"
+    _legacy_npy(legacy, clips, numpy1)
+    with pytest.raises(mabe.PickledKeypointsFileError, match=r"pickled \.npy .*convert_pickled_keypoints_file"):
+        mabe.load_keypoints_file(legacy, labelled=True)
+    out = mabe.convert_pickled_keypoints_file(legacy, tmp_path / "converted.npz")
+    _same(clips, mabe.load_keypoints_file(out, labelled=True))
+
+
+class _Touch:
+    """Pickles as os.system("touch <marker>"): unpickling it is running it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_npy_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    top = tmp_path / "evil_top.npy"
+    _legacy_npy(top, _Touch(marker), numpy1=False)
+    nested = tmp_path / "evil_nested.npy"  # the payload where a keypoints array should be
+    evil = {"vocabulary": [], "sequences": {"a": {"keypoints": _Touch(marker)}}}
+    _legacy_npy(nested, evil, numpy1=True)
+    for path in (top, nested):
+        with pytest.raises(mabe.PickledKeypointsFileError, match="which foresight does not unpickle"):
+            mabe.load_keypoints_file(path)
+        # the converter decodes the pickle, but with the restricted unpickler: os.system is refused
+        with pytest.raises(pickle.UnpicklingError, match="refusing to load global (posix|os|nt).system"):
+            mabe.convert_pickled_keypoints_file(path, tmp_path / "out.npz")
+    raw = tmp_path / "evil_raw.npy"  # a bare pickle with a .npy name
+    raw.write_bytes(pickle.dumps(_Touch(marker)))
+    with pytest.raises(ValueError, match="neither an .npz nor an .npy file"):
+        mabe.load_keypoints_file(raw)
+    assert not marker.exists() and not (tmp_path / "out.npz").exists()
+
+
+def test_an_npz_smuggling_an_object_array_is_refused_and_runs_nothing(clips, tmp_path):
+    marker = tmp_path / "marker"
+    good = mabe.save_keypoints_file(clips, tmp_path / "good.npz")
+    with np.load(good, allow_pickle=False) as z:
+        entries = {k: z[k] for k in z.files}
+    entries["sequences/0/keypoints"] = np.array([_Touch(marker)], dtype=object)  # np.savez pickles it
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, **entries)
+    with pytest.raises(ValueError, match="entry 'sequences/0/keypoints' cannot be read without pickle"):
+        mabe.load_keypoints_file(evil)
+    assert not marker.exists()
+
+
+def test_save_refuses_what_it_could_not_read_back_without_pickle(clips, tmp_path):
+    bad = {**clips, "extra": {"nested": 1}}
+    with pytest.raises(ValueError, match="top-level 'extra' must be a list of strings or a numeric array, got dict"):
+        mabe.save_keypoints_file(bad, tmp_path / "x.npz")
+    seq_id = next(iter(clips["sequences"]))
+    bad = {**clips, "sequences": {seq_id: {"keypoints": np.array([object()])}}}
+    with pytest.raises(ValueError, match=f"sequence {seq_id}: field 'keypoints' must be an identifier -> numeric"):
+        mabe.save_keypoints_file(bad, tmp_path / "x.npz")
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_submission_validation_and_frame_map():

@@ -1,4 +1,5 @@
 import hashlib
+import os
 
 import pytest
 
@@ -56,3 +57,58 @@ def test_unknown_dataset_and_status(spec, isolated):
         resolve("nope")
     rows = {r["dataset"]: r for r in data.status()}
     assert rows["toy-set"]["missing"] == ["sub/a.txt"]
+
+
+def _flip_one_byte(path, offset=3):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    st = path.stat()
+    path.write_bytes(bytes(raw))
+    # a later write lands on a later clock tick; force that here so the in-memory hash cache sees the edit
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def _pinned_set(tmp_path, name, contents, unpinned=()):
+    """A registered dataset whose files are present under tmp_path/dd/<name>/ with their pinned sha256."""
+    folder = tmp_path / "dd" / name
+    files = []
+    for rel, body in contents.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(body)
+        sha = "" if rel in unpinned else hashlib.sha256(body).hexdigest()
+        files.append(RemoteFile(rel, f"https://example.invalid/{rel}", sha))
+    register_dataset(DatasetSpec(name, tuple(files), "test", "none"))
+    return folder
+
+
+def test_status_flags_a_present_file_with_one_flipped_byte_as_corrupt(isolated, tmp_path):
+    folder = _pinned_set(
+        tmp_path, "toy-sha", {"a.bin": bytes(range(64)), "sub/b.txt": b"kept", "c.txt": b"free"}, unpinned={"c.txt"}
+    )
+    rows = {r["dataset"]: r for r in data.status(tmp_path / "dd")}
+    assert set(rows["toy-sha"]) == {"dataset", "where", "files", "missing", "corrupt"}
+    assert rows["toy-sha"]["corrupt"] == [] and rows["toy-sha"]["missing"] == []
+    _flip_one_byte(folder / "a.bin")  # same size, same name: only the hash can tell
+    _flip_one_byte(folder / "c.txt", offset=0)  # no pinned sha: not flagged
+    row = {r["dataset"]: r for r in data.status(tmp_path / "dd")}["toy-sha"]
+    assert row["corrupt"] == ["a.bin"] and row["missing"] == [] and row["where"] == str(folder)
+    # still reported when the folder is incomplete (status then shows the most complete candidate)
+    (folder / "sub" / "b.txt").unlink()
+    row = {r["dataset"]: r for r in data.status(tmp_path / "dd")}["toy-sha"]
+    assert row["corrupt"] == ["a.bin"] and row["missing"] == ["sub/b.txt"] and row["where"] == str(folder)
+
+
+def test_status_checks_files_pinned_by_one_manifest_digest(isolated, tmp_path):
+    # fsdd's convention: every recording carries the sha256 of "<name> <sha256>\n" lines over all of them
+    bodies = {f"rec/{i}.wav": bytes([i]) * 16 for i in range(3)}
+    lines = "".join(f"{i}.wav {hashlib.sha256(bytes([i]) * 16).hexdigest()}\n" for i in range(3))
+    folder = tmp_path / "dd" / "toy-manifest"
+    for rel, body in bodies.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(body)
+    digest = hashlib.sha256(lines.encode()).hexdigest()
+    register_dataset(DatasetSpec("toy-manifest", tuple(RemoteFile(p, "u", digest) for p in bodies), "test", "none"))
+    assert {r["dataset"]: r for r in data.status(tmp_path / "dd")}["toy-manifest"]["corrupt"] == []
+    _flip_one_byte(folder / "rec/1.wav")
+    row = {r["dataset"]: r for r in data.status(tmp_path / "dd")}["toy-manifest"]
+    assert row["corrupt"] == list(bodies)  # a manifest cannot say which file changed: all are suspect

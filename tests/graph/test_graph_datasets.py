@@ -4,11 +4,16 @@ Tests that read data need the pinned files under ``$FORESIGHT_DATA`` (or the use
 repository's sibling ``../shared/data``); without them they are skipped with the reason.
 """
 
+import collections
 import os
 import pickle
 import shutil
+import struct
+import warnings
 
+import numpy as np
 import pytest
+import scipy.sparse
 import torch
 
 from foresight.core.data import get_dataset
@@ -167,3 +172,123 @@ def test_restricted_unpickler_reads_allowed_globals(tmp_path):
     path.write_bytes(raw)
     assert read_planetoid_pickle(path) == {0: [1], 1: [0]}
     # (numpy/scipy objects are covered by loading the real files in the data tests above)
+
+
+# --- attacks on the Planetoid unpickler ------------------------------------------------------------
+# The pinned sha256 keeps a tampered file from reaching the unpickler in load_planetoid; these attack the
+# unpickler itself (read_planetoid_pickle), the second line of defence.
+def _p2_tuple(values) -> bytes:
+    return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
+
+
+def _p2_array(values, code: bytes) -> bytes:
+    """Protocol-2 opcodes numpy (Python 2) writes for a 1-D array, as in ind.cora.x."""
+    raw = np.asarray(values, dtype="<" + code.decode()).tobytes()
+    dtype = b"cnumpy\ndtype\nU\x02" + code + b"K\x00K\x01\x87R(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    head = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+    return head + b"(K\x01" + _p2_tuple([len(values)]) + dtype + b"\x89T" + struct.pack("<I", len(raw)) + raw + b"tb"
+
+
+def _p2_csr(shape, indptr, indices, data) -> bytes:
+    """A Planetoid-style csr_matrix pickle: NEWOBJ, then BUILD of its __dict__ (scipy checks nothing here)."""
+    items = b"U\x06formatU\x03csrU\x06_shape" + _p2_tuple(shape)
+    items += b"U\x06indptr" + _p2_array(indptr, b"i4") + b"U\x07indices" + _p2_array(indices, b"i4")
+    items += b"U\x04data" + _p2_array(data, b"f4")
+    return b"\x80\x02cscipy.sparse.csr\ncsr_matrix\n)\x81}(" + items + b"ub."
+
+
+def _write(tmp_path, raw: bytes, name="ind.evil.x"):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    return path
+
+
+def test_the_handmade_csr_pickle_is_what_scipy_reads_and_the_unpickler_rebuilds_it(tmp_path):
+    raw = _p2_csr((2, 3), [0, 1, 3], [2, 0, 1], [1.0, 2.0, 3.0])
+    with warnings.catch_warnings():  # scipy.sparse.csr / numpy.core are deprecated names, still importable
+        warnings.simplefilter("ignore")
+        reference = pickle.loads(raw, encoding="latin1")
+    m = read_planetoid_pickle(_write(tmp_path, raw))
+    assert type(m) is scipy.sparse.csr_matrix and m.shape == (2, 3)
+    np.testing.assert_array_equal(m.toarray(), reference.toarray())
+    np.testing.assert_array_equal(m.toarray(), [[0, 0, 1], [2, 3, 0]])
+
+
+@pytest.mark.parametrize(
+    "parts, match",
+    [
+        (((2, 3), [0, 1, 3], [2, 0, 1_000_000], [1, 2, 3]), r"column index out of range \[0, 3\)"),
+        (((2, 3), [0, 1, 3], [2, -1, 1], [1, 2, 3]), r"column index out of range \[0, 3\): -1"),
+        (((2, 3), [0, 3, 1], [2, 0, 1], [1, 2, 3]), r"indptr must rise from 0"),
+        (((2, 3), [0, 1, 2, 3], [2, 0, 1], [1, 2, 3]), r"indptr must rise from 0 in 3 entries, got 4"),
+        (((2, 3), [0, 1, 9], [2, 0, 1], [1, 2, 3]), r"indptr ends at 9, with 3 indices, 3 values"),
+        (((2, 3), [0, 1, 3], [2, 0, 1], [1, float("nan"), 3]), r"csr_matrix data holds NaN or Inf"),
+        (((-2, 3), [0, 1, 3], [2, 0, 1], [1, 2, 3]), r"shape must be two non-negative ints"),
+    ],
+)
+def test_a_csr_with_bad_indices_is_refused_before_anything_reads_them(tmp_path, monkeypatch, parts, match):
+    raw = _p2_csr(*parts)
+    with warnings.catch_warnings():  # the stock unpickler builds the broken matrix without a word ...
+        warnings.simplefilter("ignore")
+        assert type(pickle.loads(raw, encoding="latin1")) is scipy.sparse.csr_matrix
+
+    def boom(*args, **kwargs):  # ... whose toarray() writes out of bounds; it must never be reached
+        raise AssertionError("toarray called on an unvalidated matrix")
+
+    monkeypatch.setattr(scipy.sparse.csr_matrix, "toarray", boom)
+    path = _write(tmp_path, raw)
+    with pytest.raises(ValueError, match=f"{path}: .*{match}"):
+        read_planetoid_pickle(path)
+
+
+def test_array_data_shorter_than_its_shape_is_refused(tmp_path):
+    raw = _p2_csr((2, 3), [0, 1, 3], [2, 0, 1], [1.0, 2.0, 3.0])
+    raw = raw.replace(b"\x89T\x0c\x00\x00\x00", b"\x89T\x08\x00\x00\x00", 1)  # indptr: 2 of its 3 int32s
+    raw = raw.replace(struct.pack("<3i", 0, 1, 3), struct.pack("<2i", 0, 1), 1)
+    with pytest.raises(ValueError, match=r"csr_matrix: numpy array: 8 data bytes, but shape \(3,\) of int32 needs 12"):
+        read_planetoid_pickle(_write(tmp_path, raw))
+
+
+@pytest.mark.parametrize(
+    "target", [b"cscipy.sparse.csr\ncsr_matrix\n", b"ccollections\ndefaultdict\n", b"cnumpy\nndarray\n"]
+)
+def test_build_on_a_class_is_refused_and_patches_nothing(tmp_path, target):
+    # GLOBAL <class>, BUILD (None, {"foresight_pwned": 1}): the stock unpickler setattr()s it onto the class
+    raw = b"\x80\x02" + target + b"N}U\x0fforesight_pwnedK\x01s\x86b."
+    with pytest.raises(pickle.UnpicklingError, match="refusing to set state on"):
+        read_planetoid_pickle(_write(tmp_path, raw))
+    assert not hasattr(scipy.sparse.csr_matrix, "foresight_pwned")
+    assert not hasattr(collections.defaultdict, "foresight_pwned")
+
+
+def test_calls_and_constructions_outside_the_allow_list_are_refused(tmp_path):
+    call_list = b"\x80\x02c__builtin__\nlist\nU\x02ab\x85\x85R."  # list(("ab",)): an allowed global, called
+    with pytest.raises(pickle.UnpicklingError, match="refusing to call"):
+        read_planetoid_pickle(_write(tmp_path, call_list))
+    new_array = b"\x80\x02cnumpy\nndarray\n)\x81."  # NEWOBJ on numpy.ndarray
+    with pytest.raises(pickle.UnpicklingError, match="refusing to construct"):
+        read_planetoid_pickle(_write(tmp_path, new_array))
+    factory = b"\x80\x02ccollections\ndefaultdict\nccollections\ndefaultdict\n\x85R."  # defaultdict(defaultdict)
+    with pytest.raises(pickle.UnpicklingError, match="defaultdict factory must be list"):
+        read_planetoid_pickle(_write(tmp_path, factory))
+
+
+def test_os_system_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "marker"
+
+    class Touch:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load global (posix|os|nt).system"):
+        read_planetoid_pickle(_write(tmp_path, pickle.dumps(Touch(), protocol=2)))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "graph", [{0: [1], 1: [-1]}, {0: [1], "1": [0]}, {0: (1,), 1: [0]}, {0: [1.5], 1: [0]}, {0: [True]}]
+)
+def test_a_graph_with_non_int_or_negative_ids_is_refused(tmp_path, graph):
+    raw = pickle.dumps(collections.defaultdict(list, graph), protocol=2)
+    with pytest.raises(ValueError, match="adjacency entry .* must be a non-negative int -> list of such ints"):
+        read_planetoid_pickle(_write(tmp_path, raw, "ind.evil.graph"))

@@ -368,3 +368,42 @@ def test_repr_shows_hyperparameters():
     text = repr(SparseMoE(8, 16, MoEConfig(num_experts=4, top_k=1, gating="softmax", capacity_factor=1.25)))
     expected = "hidden_size=8, intermediate_size=16, num_experts=4, top_k=1, gating=softmax, activation=gelu_tanh"
     assert expected in text and "capacity_factor=1.25" in text
+
+
+# --- untrusted input: non-finite values and zero tokens ---------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_is_refused_even_in_a_padding_token(bad):
+    moe = make_moe(num_experts=4, top_k=2)
+    x = torch.randn(2, 5, 16)
+    x[1, 4, 3] = bad  # a padding position: routing would ignore it, but a NaN anywhere means a broken upstream
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    valid[1, 4] = False
+    with pytest.raises(ValueError, match=r"x must be finite, got NaN or Inf in the \[B=2, T=5, D=16\] input"):
+        moe(x, valid)
+
+
+@pytest.mark.parametrize("capacity_factor", [0.0, 1.0])
+@pytest.mark.parametrize("shape", [(0, 5, 16), (2, 0, 16)])
+def test_zero_tokens_give_empty_hidden_and_finite_zero_losses(shape, capacity_factor):
+    moe = make_moe(num_experts=4, top_k=2, capacity_factor=capacity_factor).train()
+    x = torch.randn(shape, requires_grad=True)
+    out = moe(x)
+    assert out.hidden.shape == shape and out.router_logits.shape == (0, 4) and out.expert_index.shape == (0, 2)
+    for name in ("aux_loss", "z_loss", "dropped_fraction"):
+        assert getattr(out, name).item() == 0.0, name  # == 0 also fails for NaN
+    assert out.expert_fraction.tolist() == [0.0] * 4
+    (moe.loss(out) + out.hidden.sum()).backward()  # a step on an empty batch must not poison the weights
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in moe.parameters())
+    assert x.grad is not None and x.grad.shape == shape
+
+
+def test_loss_functions_on_zero_tokens_are_zero_not_nan():
+    probs, index, logits = torch.zeros(0, 4), torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 4)
+    empty = torch.zeros(0, dtype=torch.bool)
+    for normalise in (True, False):
+        assert load_balancing_loss(probs, index, normalise_top_k=normalise).item() == 0.0
+        assert load_balancing_loss(probs, index, empty, normalise_top_k=normalise).item() == 0.0
+    assert router_z_loss(logits).item() == 0.0  # the mean over zero tokens was NaN
+    assert router_z_loss(logits, empty).item() == 0.0

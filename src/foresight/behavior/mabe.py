@@ -1,9 +1,9 @@
 """MABe 2022 (trajectory track, round 1): file format, a synthetic stand-in, features and the linear evaluator.
 
 Sun, Marks et al., "MABe22: A Multi-Species Multi-Task Benchmark for Learned Representations of Behavior",
-ICML 2023. Notes: shared/papers/bams_and_multiscale_behavior.md §3 (format, tasks, evaluator) and §5.
+ICML 2023. Docs: docs/multitask_behavior.md (format, tasks, evaluator, data availability).
 
-No MABe trajectories are available offline (notes §5), so :func:`synthetic_mouse_triplets` writes clips in the
+No MABe trajectories are available offline (see the docs), so :func:`synthetic_mouse_triplets` writes clips in the
 mouse-triplet format of §3.1 — keypoints [T, 3 mice, 12 keypoints, (x, y)] in pixels of an 850 x 850 arena —
 with known labels: two SEQUENCE-level binary factors that are weak per frame and only decodable by integrating
 over many seconds, and two FRAME-level labels from scripted interactions:
@@ -16,6 +16,11 @@ over many seconds, and two FRAME-level labels from scripted interactions:
 
 Anything measured on these clips is a SYNTHETIC result and says nothing about real mice.
 
+Files: the challenge ships each split as a dict pickled into an ``.npy`` (an object array), and unpickling a
+file runs whatever code it names. foresight reads and writes a pickle-free ``.npz`` instead
+(:func:`save_keypoints_file`, :func:`load_keypoints_file`); a challenge ``.npy`` is refused with a pointer to
+:func:`convert_pickled_keypoints_file`, a one-off converter that decodes it with a restricted unpickler.
+
 Shape legend: T frames, M mice, K keypoints, N frames of all clips stacked, D embedding width.
 """
 
@@ -23,13 +28,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from foresight.core.data import DataNotFoundError, DatasetSpec, RemoteFile, register_dataset, resolve
+from foresight.core.checkpoint import atomic_write_bytes
+from foresight.core.data import (
+    NUMPY_ARRAY_GLOBALS,
+    DataNotFoundError,
+    DatasetSpec,
+    PickledArray,
+    RemoteFile,
+    RestrictedUnpickler,
+    decode_array,
+    register_dataset,
+    resolve,
+)
 
 MOUSE_KEYPOINTS = (
     "nose",
@@ -45,7 +62,7 @@ MOUSE_KEYPOINTS = (
     "tail middle",
     "tail tip",
 )
-MOUSE_SHAPE = (3, 12, 2)  # mice x keypoints x (x, y), per frame (notes §3.1)
+MOUSE_SHAPE = (3, 12, 2)  # mice x keypoints x (x, y), per frame (docs/multitask_behavior.md)
 MOUSE_MAX_EMBEDDING = 128
 SPLITS = ("SubmissionTrain", "publicTest", "privateTest")
 EVALUATOR_SEEDS = (42, 43, 44)
@@ -75,7 +92,7 @@ PUBLISHED_SPLIT_SIZES = {"SubmissionTrain": 2668, "publicTest": 533, "privateTes
 
 
 # ---------------------------------------------------------------------------------------------
-# File format (notes §3.1 / §3.3)
+# File format (docs/multitask_behavior.md, "MABe 2022 format and evaluator")
 # ---------------------------------------------------------------------------------------------
 def validate_keypoints_file(data: Any, frame_shape: tuple[int, ...] = MOUSE_SHAPE, labelled: bool = False) -> None:
     """Check a loaded MABe trajectory dict: ``{"vocabulary", "sequences": {id: {"keypoints", "annotations"}}}``.
@@ -101,13 +118,187 @@ def validate_keypoints_file(data: Any, frame_shape: tuple[int, ...] = MOUSE_SHAP
                 )
 
 
+# Pickle-free on-disk layout of a trajectory dict (``save_keypoints_file`` / ``load_keypoints_file``): one
+# uncompressed-by-default ``.npz`` of plain arrays, so that ``np.load(..., allow_pickle=False)`` reads all of it.
+#   format                      "foresight-mabe-keypoints/1"
+#   keys                        unicode, the top-level keys in order ("sequences" among them)
+#   sequence_ids                unicode [S], the sequence ids in order
+#   sequences/<i>/<field>       numeric array, field of sequence i ("keypoints", "annotations", ...)
+#   strings/<key>               unicode [n], a top-level list of strings ("vocabulary", "task_type", ...)
+#   arrays/<key>                numeric or unicode array, any other top-level array
+KEYPOINTS_FORMAT = "foresight-mabe-keypoints/1"
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class PickledKeypointsFileError(ValueError):
+    """A MABe ``.npy`` that is a pickle (the challenge's own format); foresight never unpickles a data file."""
+
+
+def _str_array(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=str) if values else np.zeros(0, dtype="U1")
+
+
+def save_keypoints_file(data: dict[str, Any], path: str | Path, compressed: bool = False) -> Path:
+    """Write a MABe trajectory dict (as :func:`validate_keypoints_file` describes) as a pickle-free ``.npz``.
+
+    Keeps every top-level key: ``sequences`` (each sequence's fields must be numeric arrays), lists of strings
+    (``vocabulary``, ``task_type``, ...) and plain arrays. Raises ValueError naming anything else (a nested
+    dict, an object array), which could not be read back without pickle. The file is written atomically.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("sequences"), dict) or "vocabulary" not in data:
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"expected a dict with 'vocabulary' and a 'sequences' dict, got {got}")
+    ids = list(data["sequences"])
+    if not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"sequence ids must be strings, got {sorted({type(i).__name__ for i in ids})}")
+    arrays: dict[str, np.ndarray] = {"format": np.array(KEYPOINTS_FORMAT), "keys": _str_array(list(data))}
+    arrays["sequence_ids"] = _str_array(ids)
+    for i, seq_id in enumerate(ids):
+        seq = data["sequences"][seq_id]
+        if not isinstance(seq, dict):
+            raise ValueError(f"sequence {seq_id}: expected a dict of arrays, got {type(seq).__name__}")
+        for field, value in seq.items():
+            a = np.asarray(value)
+            if not (isinstance(field, str) and _FIELD.fullmatch(field)) or a.dtype.kind not in "biuf":
+                raise ValueError(f"sequence {seq_id}: field {field!r} must be an identifier -> numeric array")
+            arrays[f"sequences/{i}/{field}"] = a
+    for key, value in data.items():
+        if key == "sequences":
+            continue
+        if not (isinstance(key, str) and _FIELD.fullmatch(key)):
+            raise ValueError(f"top-level key {key!r} must be an identifier")
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            arrays[f"strings/{key}"] = _str_array(list(value))
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "biufU":
+            arrays[f"arrays/{key}"] = value
+        else:
+            raise ValueError(
+                f"top-level {key!r} must be a list of strings or a numeric array, got {type(value).__name__}"
+            )
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+    atomic_write_bytes(path, write)
+    return Path(path)
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        names = set(z.files)
+        if "format" not in names or z["format"].shape != () or str(z["format"]) != KEYPOINTS_FORMAT:
+            raise ValueError(f"{path}: not a foresight MABe keypoints file (no format entry {KEYPOINTS_FORMAT!r})")
+        ids = z["sequence_ids"] if "sequence_ids" in names else None
+        if ids is None or ids.ndim != 1 or ids.dtype.kind != "U" or len(set(ids.tolist())) != len(ids):
+            raise ValueError(f"{path}: sequence_ids must be a 1-D array of distinct strings")
+        sequences: dict[str, dict[str, np.ndarray]] = {str(s): {} for s in ids.tolist()}
+        order = list(sequences)
+        data: dict[str, Any] = {}
+        keys = z["keys"] if "keys" in names else None
+        for name in z.files:  # in the order written
+            if name in ("format", "keys", "sequence_ids"):
+                continue
+            parts = name.split("/")
+            try:
+                value = z[name]  # an object array raises here (allow_pickle=False), before any pickle runs
+            except ValueError as e:
+                raise ValueError(f"{path}: entry {name!r} cannot be read without pickle ({e})") from None
+            if len(parts) == 3 and parts[0] == "sequences" and parts[1].isdigit() and int(parts[1]) < len(order):
+                if value.dtype.kind not in "biuf" or not _FIELD.fullmatch(parts[2]):
+                    raise ValueError(f"{path}: entry {name!r} must be a numeric array, got {value.dtype}")
+                sequences[order[int(parts[1])]][parts[2]] = value
+            elif len(parts) == 2 and parts[0] == "strings" and value.dtype.kind == "U" and value.ndim == 1:
+                data[parts[1]] = value.tolist()
+            elif len(parts) == 2 and parts[0] == "arrays" and value.dtype.kind in "biufU":
+                data[parts[1]] = value
+            else:
+                raise ValueError(f"{path}: unexpected entry {name!r} ({value.dtype} {value.shape})")
+    data["sequences"] = sequences
+    if keys is None or keys.ndim != 1 or keys.dtype.kind != "U" or sorted(keys.tolist()) != sorted(data):
+        raise ValueError(f"{path}: keys must list the top-level entries {sorted(data)}")
+    return {k: data[k] for k in keys.tolist()}
+
+
 def load_keypoints_file(
     path: str | Path, frame_shape: tuple[int, ...] = MOUSE_SHAPE, labelled: bool = False
 ) -> dict[str, Any]:
-    """Load ``mouse_triplet_{train,test}.npy`` (a pickled dict) and validate it."""
-    data = np.load(path, allow_pickle=True).item()
+    """Load a trajectory file written by :func:`save_keypoints_file` (``.npz``) and validate it.
+
+    Nothing is unpickled: the challenge's own ``mouse_triplet_{train,test}.npy`` files are pickles (an object
+    array holding the dict), and reading one raises :class:`PickledKeypointsFileError`, which says how to
+    convert it once with :func:`convert_pickled_keypoints_file`.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:4] == b"PK\x03\x04":  # a zip, i.e. an .npz
+        data = _read_npz(path)
+    elif magic == b"\x93NUMPY":
+        with open(path, "rb") as f:
+            dtype = _npy_header(f, path)[2]
+        if not dtype.hasobject:
+            raise ValueError(f"{path} holds one plain {dtype} array, not a MABe trajectory dict")
+        raise PickledKeypointsFileError(
+            f"{path} is a pickled .npy (an object array), which foresight does not unpickle; convert it once with "
+            f"foresight.behavior.mabe.convert_pickled_keypoints_file('{path}', '{path.with_suffix('.npz')}') "
+            "and load the .npz"
+        )
+    else:
+        raise ValueError(f"{path} is neither an .npz nor an .npy file (starts with {magic!r})")
     validate_keypoints_file(data, frame_shape, labelled)
     return data
+
+
+def _npy_header(f: Any, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"{path}: .npy format version {version} is not supported (expected 1.0 or 2.0)")
+
+
+def _decode_tree(obj: Any, path: Path, depth: int = 0) -> Any:
+    """Placeholders from the restricted unpickler -> arrays, inside dicts / lists of str, int, float, bool."""
+    if depth > 8:  # the MABe dict is 3 levels deep; deeper (or a cycle) is not a MABe file
+        raise ValueError(f"{path}: nesting deeper than 8 levels")
+    if isinstance(obj, PickledArray):
+        try:
+            return decode_array(obj)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    if type(obj) is dict:
+        return {k: _decode_tree(v, path, depth + 1) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return [_decode_tree(v, path, depth + 1) for v in obj]
+    if obj is None or type(obj) in (str, int, float, bool):
+        return obj
+    raise ValueError(f"{path}: unexpected {type(obj).__name__} in the pickled dict")
+
+
+def convert_pickled_keypoints_file(src: str | Path, dst: str | Path, compressed: bool = False) -> Path:
+    """Convert a challenge ``.npy`` (a pickled dict in an object array) into the pickle-free ``.npz`` format, once.
+
+    Run it on a file you trust (the CaltechDATA download, say): the pickle is decoded by
+    ``foresight.core.data.RestrictedUnpickler``, which resolves only numpy's array globals and builds only
+    dicts, lists, strings, numbers and plain numeric arrays (any other global, call or BUILD raises
+    ``pickle.UnpicklingError``), so a hostile file cannot run code here either; the result is then read with
+    no pickle at all by :func:`load_keypoints_file`. Returns ``dst``.
+    """
+    src = Path(src)
+    with open(src, "rb") as f:
+        _, _, dtype = _npy_header(f, src)
+        if not dtype.hasobject:
+            raise ValueError(f"{src} holds one plain {dtype} array, not a pickled MABe trajectory dict")
+        top = RestrictedUnpickler(f, NUMPY_ARRAY_GLOBALS, what=str(src)).load()
+    try:
+        arr = decode_array(top, allow_object=True)
+    except ValueError as e:
+        raise ValueError(f"{src}: {e}") from None
+    if arr.shape != ():
+        raise ValueError(f"{src}: expected a 0-d object array holding the dict, got shape {arr.shape}")
+    return save_keypoints_file(_decode_tree(arr.item(), src), dst, compressed=compressed)
 
 
 def frame_number_map(lengths: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -314,7 +505,7 @@ def synthetic_mouse_triplets(num_clips: int, spec: SyntheticSpec = SyntheticSpec
 
 
 # ---------------------------------------------------------------------------------------------
-# Features (the generic KeypointsDataset features of notes §2.2)
+# Features (the public code's generic KeypointsDataset features; docs/multitask_behavior.md)
 # ---------------------------------------------------------------------------------------------
 def keypoint_features(keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-animal sequences from clips: state = keypoints, action = their first difference in time.
@@ -364,13 +555,13 @@ def max_abs_scale(x: np.ndarray) -> np.ndarray:
 
 
 def pool_animals(embeddings: np.ndarray, animals: int) -> np.ndarray:
-    """Per-clip readout of BAMS (notes §2.7): [S * M, T, D] -> [S, T, 2D] = [mean over animals ; max - min]."""
+    """Per-clip readout of BAMS (see docs): [S * M, T, D] -> [S, T, 2D] = [mean over animals ; max - min]."""
     e = embeddings.reshape(-1, animals, *embeddings.shape[1:])  # [S, M, T, D]
     return np.concatenate([e.mean(1), e.max(1) - e.min(1)], axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
-# Linear evaluator (notes §3.3): ridge / balanced ridge classifier, alpha = 1, seeds 42-44, 90/10
+# Linear evaluator (docs/multitask_behavior.md): ridge / balanced ridge classifier, alpha = 1, seeds 42-44, 90/10
 # ---------------------------------------------------------------------------------------------
 def ridge_fit(
     X: np.ndarray, y: np.ndarray, alpha: float = 1.0, sample_weight: np.ndarray | None = None

@@ -51,7 +51,9 @@ Edge convention (``undirected``, recorded in ``meta``):
 
 Planetoid files are Python-2 pickles. They are read by :class:`_PlanetoidUnpickler`, which resolves only
 the six globals those files reference (``csr_matrix``, numpy array reconstruction, ``defaultdict``,
-``list``) and refuses everything else, so a tampered file cannot run code.
+``list``), and only as inert stand-ins, and refuses everything else, so a tampered file cannot run code or
+patch a class. Every matrix, array and graph is validated (indices in range, indptr monotone, values finite,
+shapes consistent across the files) before the real ``csr_matrix`` is built and densified.
 """
 
 from __future__ import annotations
@@ -69,7 +71,19 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
-from foresight.core.data import DatasetSpec, RemoteFile, register_dataset, resolve, sha256_file
+from foresight.core.data import (
+    NUMPY_ARRAY_GLOBALS,
+    DatasetSpec,
+    PickledArray,
+    PickledInstance,
+    RemoteFile,
+    RestrictedUnpickler,
+    SafeCall,
+    decode_array,
+    register_dataset,
+    resolve,
+    sha256_file,
+)
 
 GEOM_GCN_COMMIT = "f1fc0d14b3b019c562737240d06ec83b07d16a8f"
 YANDEX_COMMIT = "a431395582e929d88271309716bea4fe24ce6318"
@@ -348,7 +362,7 @@ def _read_geom_gcn_splits(files: _Files, name: str, num_nodes: int) -> dict[str,
     """The 10 Geom-GCN masks of ``name`` stacked to [N, 10] bool."""
     cols: dict[str, list[np.ndarray]] = {"train_mask": [], "val_mask": [], "test_mask": []}
     for rel in _split_paths(name):
-        with np.load(files.path(rel)) as z:
+        with np.load(files.path(rel), allow_pickle=False) as z:
             for key in cols:
                 m = z[key]
                 if m.shape != (num_nodes,):
@@ -445,7 +459,7 @@ def load_geom_gcn(name: str, data_dir: str | Path | None = None, *, undirected: 
     geom_paths = [f"new_data/{name}/out1_graph_edges.txt", *_split_paths(name)]
     if name in ("chameleon", "squirrel"):
         yandex = _Files(YANDEX, [f"{name}.npz"], data_dir)
-        with np.load(yandex.path(f"{name}.npz")) as z:
+        with np.load(yandex.path(f"{name}.npz"), allow_pickle=False) as z:
             x = torch.from_numpy(z["node_features"].astype(np.float32))
             y = torch.from_numpy(z["node_labels"].astype(np.int64))
         source = (
@@ -470,7 +484,7 @@ def load_geom_gcn(name: str, data_dir: str | Path | None = None, *, undirected: 
 
 def _load_yandex_cornell(data_dir: str | Path | None) -> LoadedGraph:
     files = _Files(YANDEX, ["cornell.npz"], data_dir)
-    with np.load(files.path("cornell.npz")) as z:
+    with np.load(files.path("cornell.npz"), allow_pickle=False) as z:
         x = torch.from_numpy(z["node_features"].astype(np.float32))
         y = torch.from_numpy(z["node_labels"].astype(np.int64))
         edges = torch.from_numpy(z["edges"].T.astype(np.int64).copy())  # [2, E], u < v, no self-loops
@@ -485,56 +499,162 @@ def _load_yandex_cornell(data_dir: str | Path | None) -> LoadedGraph:
 
 
 # -- Planetoid ------------------------------------------------------------------------------------
-class _PlanetoidUnpickler(pickle.Unpickler):
-    """Unpickler for the Planetoid ``ind.*`` files that resolves only the globals those files use.
+class _PickledCsr(PickledInstance):
+    """A ``scipy.sparse.csr_matrix`` pickle (NEWOBJ + BUILD of its ``__dict__``); see :func:`_csr_from_state`."""
+
+    __slots__ = ()
+
+
+def _defaultdict_of_list(factory: Any = None) -> collections.defaultdict:
+    # the graph files pickle defaultdict(list); any other factory would be a callable the file chose
+    if factory is not list:
+        raise pickle.UnpicklingError(f"defaultdict factory must be list, got {factory!r}")
+    return collections.defaultdict(list)
+
+
+class _PlanetoidUnpickler(RestrictedUnpickler):
+    """Unpickler for the Planetoid ``ind.*`` files: the six globals those files use, as inert stand-ins.
 
     The files (Python 2, protocol 2) reference exactly: ``scipy.sparse.csr.csr_matrix``,
     ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``,
     ``collections.defaultdict`` and ``__builtin__.list``. Any other global - ``os.system``,
-    ``builtins.eval``, ... - raises ``pickle.UnpicklingError`` before it can be called.
+    ``builtins.eval``, ... - raises ``pickle.UnpicklingError`` before it can be called. The allowed ones do
+    not resolve to scipy / numpy either (see ``foresight.core.data.RestrictedUnpickler``): a matrix or an
+    array comes out as a placeholder of its pickled state, a BUILD on anything but such a placeholder (a
+    class object, say) is refused, and :func:`read_planetoid_pickle` validates the state before it builds
+    the real ``csr_matrix`` / array with their public constructors.
     """
 
-    @staticmethod
-    def _allowed() -> dict[tuple[str, str], Any]:
-        import scipy.sparse
+    ALLOWED: dict[tuple[str, str], Any] = {
+        ("scipy.sparse.csr", "csr_matrix"): _PickledCsr,
+        ("numpy.core.multiarray", "_reconstruct"): NUMPY_ARRAY_GLOBALS[("numpy.core.multiarray", "_reconstruct")],
+        ("numpy", "ndarray"): NUMPY_ARRAY_GLOBALS[("numpy", "ndarray")],
+        ("numpy", "dtype"): NUMPY_ARRAY_GLOBALS[("numpy", "dtype")],
+        ("collections", "defaultdict"): SafeCall("collections.defaultdict", _defaultdict_of_list),
+        ("__builtin__", "list"): list,  # only ever an argument (the defaultdict factory), never called
+    }
 
-        try:  # numpy >= 2 moved numpy.core to numpy._core
-            from numpy._core.multiarray import _reconstruct
-        except ImportError:  # pragma: no cover - numpy 1.x
-            from numpy.core.multiarray import _reconstruct
-        return {
-            ("scipy.sparse.csr", "csr_matrix"): scipy.sparse.csr_matrix,
-            ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype,
-            ("collections", "defaultdict"): collections.defaultdict,
-            ("__builtin__", "list"): list,
-        }
+    def __init__(self, file: Any, what: str) -> None:
+        super().__init__(file, self.ALLOWED, what=what, encoding="latin1")
 
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = self._allowed()
-        if (module, name) not in allowed:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name} from a Planetoid file; "
-                f"allowed: {sorted(f'{m}.{n}' for m, n in allowed)}"
-            )
-        return allowed[(module, name)]
+
+def _numeric(a: np.ndarray, path: str, what: str) -> np.ndarray:
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: {what} must be numeric, got dtype {a.dtype}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{path}: {what} holds NaN or Inf")
+    return a
+
+
+def _csr_from_state(state: Any, path: str) -> Any:
+    """Validate a pickled csr_matrix's arrays, THEN build it: a bad index would crash ``toarray`` (no check)."""
+    import scipy.sparse
+
+    if type(state) is not dict:
+        raise ValueError(f"{path}: csr_matrix state must be a dict, got {type(state).__name__}")
+    if state.get("format", "csr") != "csr":
+        raise ValueError(f"{path}: csr_matrix state has format {state.get('format')!r}, expected 'csr'")
+    shape = state.get("_shape", state.get("shape"))
+    if type(shape) is not tuple or len(shape) != 2 or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"{path}: csr_matrix shape must be two non-negative ints, got {shape!r:.80}")
+    rows, cols = shape
+    try:
+        arrays = {k: decode_array(state[k]) for k in ("data", "indices", "indptr")}
+    except KeyError as e:
+        raise ValueError(f"{path}: csr_matrix state has no {e.args[0]!r} array") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: csr_matrix: {e}") from None
+    data, indices, indptr = (_numeric(arrays[k], path, f"csr_matrix {k}") for k in ("data", "indices", "indptr"))
+    if data.ndim != 1 or indices.ndim != 1 or indptr.ndim != 1:
+        raise ValueError(f"{path}: csr_matrix data/indices/indptr must be 1-D, got {data.shape}/{indices.shape}")
+    if indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+        raise ValueError(f"{path}: csr_matrix indices/indptr must be integers, got {indices.dtype}/{indptr.dtype}")
+    if len(indptr) != rows + 1 or indptr[0] != 0 or (np.diff(indptr.astype(np.int64)) < 0).any():
+        raise ValueError(f"{path}: csr_matrix indptr must rise from 0 in {rows + 1} entries, got {len(indptr)}")
+    if not int(indptr[-1]) == len(indices) == len(data):
+        raise ValueError(
+            f"{path}: csr_matrix indptr ends at {int(indptr[-1])}, with {len(indices)} indices, {len(data)} values"
+        )
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= cols):
+        raise ValueError(
+            f"{path}: csr_matrix column index out of range [0, {cols}): {int(indices.min())}..{int(indices.max())}"
+        )
+    m = scipy.sparse.csr_matrix((data, indices, indptr), shape=(rows, cols))
+    m.check_format(full_check=True)  # scipy's own verdict, after ours
+    if type(m) is not scipy.sparse.csr_matrix:  # pragma: no cover - the constructor above
+        raise ValueError(f"{path}: expected a csr_matrix, got {type(m).__name__}")
+    return m
+
+
+def _graph_from(obj: Any, path: str) -> collections.defaultdict:
+    """Adjacency lists: int node -> list of int nodes, all non-negative (the node count is checked later)."""
+    if type(obj) not in (dict, collections.defaultdict):
+        raise ValueError(f"{path}: expected a dict of adjacency lists, got {type(obj).__name__}")
+    for u, nbrs in obj.items():
+        if type(u) is not int or u < 0 or type(nbrs) is not list or not all(type(v) is int and v >= 0 for v in nbrs):
+            raise ValueError(f"{path}: adjacency entry {u!r:.20} must be a non-negative int -> list of such ints")
+    return obj
 
 
 def read_planetoid_pickle(path: str | Path) -> Any:
-    """Read one Planetoid ``ind.*`` pickle with :class:`_PlanetoidUnpickler` (``latin1`` for Python 2)."""
+    """Read one Planetoid ``ind.*`` pickle with :class:`_PlanetoidUnpickler` (``latin1`` for Python 2).
+
+    Returns a validated ``csr_matrix`` (x, tx, allx), a numeric ``np.ndarray`` (y, ty, ally) or the
+    ``defaultdict`` graph. Raises ``pickle.UnpicklingError`` for a pickle that tries anything else and a
+    one-line ValueError naming the file for a malformed matrix, array or graph.
+    """
     data = Path(path).read_bytes()
-    return _PlanetoidUnpickler(io.BytesIO(data), encoding="latin1").load()
+    obj = _PlanetoidUnpickler(io.BytesIO(data), what=str(path)).load()
+    if type(obj) is _PickledCsr:
+        return _csr_from_state(obj.state, str(path))
+    if type(obj) is PickledArray:
+        try:
+            return _numeric(decode_array(obj), str(path), "array")
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    if type(obj) in (dict, collections.defaultdict):
+        return _graph_from(obj, str(path))
+    raise ValueError(f"{path}: expected a csr_matrix, an array or a graph dict, got {type(obj).__name__}")
 
 
 def _dense(m: Any, path: str) -> np.ndarray:
     import scipy.sparse
 
-    if scipy.sparse.issparse(m):
+    if type(m) is scipy.sparse.csr_matrix:  # built by _csr_from_state, after validation
         return np.asarray(m.toarray(), dtype=np.float32)
-    if isinstance(m, np.ndarray):
+    if isinstance(m, np.ndarray) and m.ndim == 2:
         return m.astype(np.float32)
-    raise ValueError(f"{path}: expected a matrix, got {type(m).__name__}")
+    raise ValueError(f"{path}: expected a [nodes, features] matrix, got {type(m).__name__} {getattr(m, 'shape', '')}")
+
+
+def _labels(a: Any, path: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.ndim != 2:
+        raise ValueError(
+            f"{path}: expected one-hot labels [nodes, classes], got {type(a).__name__} {getattr(a, 'shape', '')}"
+        )
+    return a.astype(np.float32)
+
+
+def _check_planetoid_shapes(
+    name: str, obj: dict[str, Any], allx: np.ndarray, tx: np.ndarray, ally: np.ndarray, ty: np.ndarray, test: np.ndarray
+) -> None:
+    """The files must agree before they are combined: a mismatch would index out of range or misalign rows."""
+    x, y = _dense(obj["x"], f"ind.{name}.x"), _labels(obj["y"], f"ind.{name}.y")
+    pairs = {"x/y": (x.shape[0], y.shape[0]), "allx/ally": (allx.shape[0], ally.shape[0])}
+    pairs["tx/ty/test.index"] = (tx.shape[0], ty.shape[0], len(test))
+    for what, counts in pairs.items():
+        if len(set(counts)) != 1:
+            raise ValueError(f"ind.{name}.{what}: row counts differ, {counts}")
+    if not x.shape[1] == allx.shape[1] == tx.shape[1] or not y.shape[1] == ally.shape[1] == ty.shape[1]:
+        raise ValueError(
+            f"ind.{name}: feature widths {x.shape[1]}/{allx.shape[1]}/{tx.shape[1]} (x/allx/tx) or class counts "
+            f"{y.shape[1]}/{ally.shape[1]}/{ty.shape[1]} (y/ally/ty) differ"
+        )
+    if len(test) == 0 or len(np.unique(test)) != len(test) or int(test.min()) != allx.shape[0]:
+        raise ValueError(
+            f"ind.{name}.test.index: ids must be distinct and start right after the {allx.shape[0]} allx rows, "
+            f"got {len(test)} ids from {int(test.min()) if len(test) else None}"
+        )
 
 
 def load_planetoid(name: str, data_dir: str | Path | None = None, split: str = "geom-gcn") -> LoadedGraph:
@@ -559,8 +679,9 @@ def load_planetoid(name: str, data_dir: str | Path | None = None, split: str = "
     obj = {k: read_planetoid_pickle(files.path(f"ind.{name}.{k}")) for k in keys}
     test_index = np.asarray(files.path(f"ind.{name}.test.index").read_text().split(), dtype=np.int64)
 
-    allx, tx = _dense(obj["allx"], "allx"), _dense(obj["tx"], "tx")
-    ally, ty = np.asarray(obj["ally"], dtype=np.float32), np.asarray(obj["ty"], dtype=np.float32)
+    allx, tx = _dense(obj["allx"], f"ind.{name}.allx"), _dense(obj["tx"], f"ind.{name}.tx")
+    ally, ty = _labels(obj["ally"], f"ind.{name}.ally"), _labels(obj["ty"], f"ind.{name}.ty")
+    _check_planetoid_shapes(name, obj, allx, tx, ally, ty, test_index)
     test_sorted = np.sort(test_index)
     # CiteSeer: the test range holds ids with no tx row; pad so that every id in it has a row
     n_test_range = int(test_sorted[-1]) - int(test_sorted[0]) + 1
@@ -578,11 +699,15 @@ def load_planetoid(name: str, data_dir: str | Path | None = None, split: str = "
     graph = obj["graph"]
     if not isinstance(graph, dict):
         raise ValueError(f"ind.{name}.graph: expected a dict of adjacency lists, got {type(graph).__name__}")
-    src = [int(u) for u, nbrs in graph.items() for _ in nbrs]
-    dst = [int(v) for nbrs in graph.values() for v in nbrs]
+    src = [u for u, nbrs in graph.items() for _ in nbrs]
+    dst = [v for nbrs in graph.values() for v in nbrs]
+    # read_planetoid_pickle checked the types and signs; the node range needs the features' row count
+    if len(graph) != num_nodes or max(max(src, default=0), max(dst, default=0)) >= num_nodes:
+        raise ValueError(
+            f"ind.{name}.graph has {len(graph)} nodes and ids up to {max(src + dst, default=0)}, "
+            f"features have {num_nodes} nodes"
+        )
     edge_index = torch.tensor([src, dst], dtype=torch.long)
-    if int(edge_index.max()) >= num_nodes or len(graph) != num_nodes:
-        raise ValueError(f"ind.{name}.graph has {len(graph)} nodes, features have {num_nodes}")
 
     x = torch.from_numpy(features)
     y = torch.from_numpy(labels.argmax(axis=1).astype(np.int64))

@@ -129,7 +129,7 @@ def router_z_loss(
     _check_valid(valid, (logits.shape[0],), "one per token")
     z2 = torch.logsumexp(logits.float(), dim=-1).square()  # [N]
     if valid is None:
-        return z2.mean()
+        return z2.sum() / max(z2.shape[0], 1)  # not z2.mean(): the mean of zero tokens is NaN
     return (z2 * valid.float()).sum() / valid.sum().clamp_min(1)
 
 
@@ -149,6 +149,10 @@ class SparseMoE(nn.Module):
 
     Parameters: `router` (a `Linear(D, E, bias=False)`, evaluated in fp32 whatever its dtype),
     `gate_up_proj` [E, 2F, D] (gate rows first, then up rows) and `down_proj` [E, D, F].
+
+    `forward` raises ValueError when x holds NaN or Inf (anywhere, padding included): a non-finite router input
+    makes NaN probabilities, whose top-k silently routes to arbitrary experts. Zero tokens ([0, T, D] or
+    [B, 0, D]) give an empty `hidden`, zero aux and z losses and all-zero `expert_fraction` / `dropped_fraction`.
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, config: MoEConfig):
@@ -185,6 +189,8 @@ class SparseMoE(nn.Module):
             raise ValueError(f"x must be [B, T, D={self.hidden_size}], got {list(x.shape)}")
         B, T, D = x.shape
         _check_valid(valid, (B, T), "[B, T], False = padding")
+        if not torch.isfinite(x).all():  # one host sync; routing is already data-dependent (counts, capacity)
+            raise ValueError(f"x must be finite, got NaN or Inf in the [B={B}, T={T}, D={D}] input")
         cfg, E, k, N = self.config, self.config.num_experts, self.config.top_k, B * T
         h = x.reshape(N, D)  # [N, D]
         valid_n = None if valid is None else valid.reshape(N)  # [N]
