@@ -64,11 +64,12 @@ def execute(
         run = Run.create(
             exp.name, config, scale=scale, seed=seed, out=out, device=device, data_dir=data_dir, progress=progress
         )
+    t0, counted = time.time(), False
     try:
-        t0 = time.time()
         default = exp.threads if run.device.type == "cpu" else None
         with torch_threads(threads if threads is not None else default):
             result = exp.fn(run.config, run)
+        total, counted = fs.add_seconds(run.dir, time.time() - t0), True
         record = {
             "experiment": exp.name,
             "system": exp.system,
@@ -78,7 +79,8 @@ def execute(
             "seed": run.seed,
             "device": str(run.device),
             **dataclasses.asdict(result),
-            "wall_seconds": time.time() - t0,
+            "wall_seconds": time.time() - t0,  # this session
+            "wall_seconds_total": total,  # every session on this folder (a SIGKILLed one's time is lost)
             "resumed": run.resumed,
             "config": run.config.to_dict(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -87,6 +89,8 @@ def execute(
         write_run_report(run.dir)
         run.finish()
     finally:
+        if not counted and run._lock is not None:  # interrupted or failed: keep its time for the total
+            fs.add_seconds(run.dir, time.time() - t0)
         run.close()
     return run.dir
 

@@ -205,9 +205,27 @@ def claim(
     return lock
 
 
-def write_marker(folder: str | os.PathLike, owner: str, state: str, record: dict[str, Any]) -> None:
-    marker = {"owner": owner, "state": state, "record": record, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+def write_marker(
+    folder: str | os.PathLike, owner: str, state: str, record: dict[str, Any], seconds: float = 0.0
+) -> None:
+    marker = {
+        "owner": owner,
+        "state": state,
+        "record": record,
+        "seconds": seconds,  # wall time of the sessions that worked on this folder, summed
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     atomic_write_text(Path(folder) / MARKER, json.dumps(marker, indent=2, default=str))
+
+
+def add_seconds(folder: str | os.PathLike, seconds: float) -> float:
+    """Add one session's wall time to the marker's total (a SIGKILLed session's time is lost); return it."""
+    marker = read_marker(folder)
+    if marker is None:
+        raise RunFolderError(f"{folder} has no {MARKER}")
+    total = float(marker.get("seconds", 0.0)) + seconds
+    write_marker(folder, marker["owner"], marker["state"], marker.get("record", {}), total)
+    return total
 
 
 def set_state(folder: str | os.PathLike, state: str) -> None:
@@ -215,4 +233,4 @@ def set_state(folder: str | os.PathLike, state: str) -> None:
     marker = read_marker(folder)
     if marker is None:
         raise RunFolderError(f"{folder} has no {MARKER}")
-    write_marker(folder, marker["owner"], state, marker.get("record", {}))
+    write_marker(folder, marker["owner"], state, marker.get("record", {}), float(marker.get("seconds", 0.0)))
