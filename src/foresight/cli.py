@@ -225,9 +225,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from foresight.core import data
+    from foresight.core import data, datasets  # noqa: F401  (importing datasets registers every pinned spec)
 
-    _import_dataset_modules()
     rows = data.status(args.data_dir)
     print(
         "search order: "
@@ -250,18 +249,6 @@ def _cmd_data(args: argparse.Namespace) -> int:
         for p in corrupt[:5]:
             print(f"    sha256 mismatch: {p} (delete it; it is fetched again from the pinned URL)")
     return 1 if bad else 0
-
-
-def _import_dataset_modules() -> None:
-    """Datasets register themselves when their area's loader module is imported."""
-    import importlib
-
-    modules = ("foresight.graph.datasets", "foresight.lm.text_data", "foresight.lm.mm_data", "foresight.behavior.mabe")
-    for mod in modules:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError:
-            pass
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -39,14 +39,12 @@ from foresight.core.checkpoint import atomic_write_bytes
 from foresight.core.data import (
     NUMPY_ARRAY_GLOBALS,
     DataNotFoundError,
-    DatasetSpec,
     PickledArray,
-    RemoteFile,
     RestrictedUnpickler,
     decode_array,
-    register_dataset,
     resolve,
 )
+from foresight.core.datasets import METADATA
 
 MOUSE_KEYPOINTS = (
     "nose",
@@ -68,26 +66,7 @@ SPLITS = ("SubmissionTrain", "publicTest", "privateTest")
 EVALUATOR_SEEDS = (42, 43, 44)
 SYNTHETIC_TASKS = ("strain", "lights", "chases", "close")
 SYNTHETIC_SEQUENCE_TASKS = ("strain", "lights")
-_EVALUATOR = "https://raw.githubusercontent.com/damaggu/MABe2022/e97ddeedb873c503aab86a1b9bb2f8b47360aece/"
-METADATA = register_dataset(
-    DatasetSpec(
-        name="mabe2022-evaluator-metadata",
-        files=(
-            RemoteFile(
-                "round1/metadata/jax_tasks.json",
-                _EVALUATOR + "round1/metadata/jax_tasks.json",
-                "2ea7d089e66ef1260d824c52814c6e182a3741b64f2ef9f15cac164f85b6b82a",
-            ),
-            RemoteFile(
-                "round1/metadata/jax_split.json",
-                _EVALUATOR + "round1/metadata/jax_split.json",
-                "e773fe15f808fd47b58c2fb6500aedfb71b7f3a75697decfbc5229ca84ecaf31",
-            ),
-        ),
-        source="damaggu/MABe2022 @ e97ddeedb873c503aab86a1b9bb2f8b47360aece, round1/metadata (evaluator metadata only)",
-        license="none stated in the repository",
-    )
-)
+
 PUBLISHED_SPLIT_SIZES = {"SubmissionTrain": 2668, "publicTest": 533, "privateTest": 535}  # mouse triplets
 
 

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from foresight.core.checkpoint import atomic_write_bytes
+from foresight.core.fs import atomic_write_bytes
 
 ENV_DATA = "FORESIGHT_DATA"
 ENV_OFFLINE = "FORESIGHT_OFFLINE"

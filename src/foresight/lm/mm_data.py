@@ -44,56 +44,26 @@ from foresight.core.checkpoint import atomic_write_bytes
 from foresight.core.data import (
     ENV_OFFLINE,
     DataNotFoundError,
-    DatasetSpec,
-    RemoteFile,
     cache_root,
     candidate_roots,
     locate,
-    register_dataset,
     resolve,
     sha256_file,
 )
+from foresight.core.datasets import (
+    DIGITS_SHA256,
+    FSDD,
+    FSDD_COMMIT,
+    FSDD_MANIFEST_SHA256,
+    FSDD_NAMES,
+    FSDD_URL,
+    SKLEARN_VERSION,
+)
 from foresight.lm.multimodal import MultimodalConfig, multimodal_targets
 
-# ---------------------------------------------------------------------------------------------
-# Dataset registration
-# ---------------------------------------------------------------------------------------------
-
-SKLEARN_VERSION = "1.9.1"
-DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
-SKLEARN_DIGITS = register_dataset(
-    DatasetSpec(
-        name="sklearn-digits",
-        files=(
-            RemoteFile(
-                "digits.csv.gz",
-                f"https://raw.githubusercontent.com/scikit-learn/scikit-learn/{SKLEARN_VERSION}/"
-                "sklearn/datasets/data/digits.csv.gz",
-                DIGITS_SHA256,
-            ),
-        ),
-        source=f"scikit-learn {SKLEARN_VERSION}, sklearn/datasets/data/digits.csv.gz (UCI optdigits test set)",
-        license="BSD-3-Clause (scikit-learn); data from UCI Optical Recognition of Handwritten Digits",
-    )
-)
-
-FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
-FSDD_URL = f"https://raw.githubusercontent.com/Jakobovski/free-spoken-digit-dataset/{FSDD_COMMIT}/recordings"
-FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+# The pinned files (sklearn-digits, fsdd) are declared in foresight.core.datasets.
 FSDD_TEST_INDICES = range(0, 5)  # official split (README): index 0-4 test, 5-49 train
 FSDD_RATE = 8000
-# sha256 of "".join(f"{name} {sha256(file)}\n" for name in sorted(names)) over recordings/*.wav
-FSDD_MANIFEST_SHA256 = "dbd573d7cafe79c4b49f65718115e1304e24e067fa39eff18a660dc6cb9c360f"
-FSDD_NAMES = tuple(sorted(f"{d}_{s}_{i}.wav" for d in range(10) for s in FSDD_SPEAKERS for i in range(50)))
-FSDD = register_dataset(
-    DatasetSpec(
-        name="fsdd",
-        files=tuple(RemoteFile(f"recordings/{n}", f"{FSDD_URL}/{n}", FSDD_MANIFEST_SHA256) for n in FSDD_NAMES),
-        source=f"github.com/Jakobovski/free-spoken-digit-dataset @ {FSDD_COMMIT} (recordings/*.wav; "
-        f"pinned by the manifest digest {FSDD_MANIFEST_SHA256[:12]}..)",
-        license="CC BY-SA 4.0 (FSDD README)",
-    )
-)
 
 # ---------------------------------------------------------------------------------------------
 # Loading and checking

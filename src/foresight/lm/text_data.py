@@ -45,27 +45,11 @@ import numpy as np
 import torch
 
 from foresight.core.checkpoint import atomic_write_bytes, atomic_write_text
-from foresight.core.data import DatasetSpec, RemoteFile, register_dataset, resolve
+from foresight.core.data import resolve
 
 # Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3), so Gemma2Config's defaults fit our tokenizers.
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = range(4)
-
-TINYSHAKESPEARE = register_dataset(
-    DatasetSpec(
-        name="tinyshakespeare",
-        files=(
-            RemoteFile(
-                "input.txt",
-                "https://raw.githubusercontent.com/karpathy/char-rnn/"
-                "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt",
-                "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-            ),
-        ),
-        source="karpathy/char-rnn @ 6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e, data/tinyshakespeare/input.txt",
-        license="MIT (char-rnn README); the text is public domain",
-    )
-)
 
 # Folders of the stdlib that are tests, demos or third-party code rather than documented modules.
 _STDLIB_SKIP = {
