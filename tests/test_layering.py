@@ -81,7 +81,8 @@ def test_no_import_cycles():
     assert not real, "import cycles:\n" + "\n".join(real)
 
 
-def test_list_and_help_do_not_import_torch():
-    code = "import sys; from foresight import cli; cli.main(['list']); assert 'torch' not in sys.modules, 'torch'"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+def test_list_and_data_do_not_import_torch():
+    for command in ("list", "data"):
+        code = f"import sys; from foresight import cli; cli.main([{command!r}]); assert 'torch' not in sys.modules"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, (command, out.stderr)
