@@ -13,6 +13,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from foresight.graph.halfhop import HalfHop, HalfHopOutput, half_hop, original_nodes
+from foresight.graph.halfhop import half_hop_reference as reference
 
 PROPERTY = settings(max_examples=40, deadline=None)
 
@@ -23,30 +24,6 @@ GOLDEN_EI = torch.tensor([[0, 1, 1, 2, 0, 1, 2], [1, 0, 2, 1, 0, 1, 2]])
 
 def golden_data() -> Data:
     return Data(x=GOLDEN_X.clone(), edge_index=GOLDEN_EI.clone())
-
-
-def reference(x: Tensor, ei: Tensor, node_mask: Tensor, alpha: float, attr: Tensor | None = None):
-    """Independent spec by boolean masking + cat (the paper's definition, PyG's order)."""
-    loop = ei[0] == ei[1]
-    hop = node_mask[ei[1]] & ~loop
-    kept = ~loop & ~hop
-    h = ei[:, hop]  # [2, M]
-    n, m = x.size(0), h.size(1)
-    ids = torch.arange(n, n + m)
-    edge_index = torch.cat(
-        [
-            ei[:, kept],
-            ei[:, loop],
-            torch.stack([h[0], ids]),
-            torch.stack([ids, h[1]]),
-            torch.stack([h[1], ids]),
-        ],
-        dim=1,
-    )
-    new_x = torch.cat([x, alpha * x[h[0]] + (1 - alpha) * x[h[1]]])
-    slow = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(m, dtype=torch.bool)])
-    new_attr = None if attr is None else torch.cat([attr[kept], attr[loop], attr[hop], attr[hop], attr[hop]])
-    return new_x, edge_index, slow, new_attr
 
 
 @st.composite

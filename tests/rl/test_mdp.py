@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from foresight.rl import gridworlds as GW
 from foresight.rl import mdp as M
 
 
@@ -110,6 +111,40 @@ def test_gridworld_moves_walls_goal_and_slip():
         M.gridworld("#x#")
     with pytest.raises(ValueError, match="goal must be"):
         M.gridworld(layout, goal="teleport")
+
+
+def test_check_discount_is_the_one_discount_check():
+    assert M.check_discount(0.0) == 0.0 and M.check_discount(torch.tensor(0.5)) == 0.5
+    assert M.check_discount(1.0, allow_one=True) == 1.0
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\), got 1.0; at gamma=1.0 discounted sums diverge"):
+        M.check_discount(1.0)
+    with pytest.raises(ValueError, match=r"head discount must be in \[0, 1\), got -0.1$"):
+        M.check_discount(-0.1, "head discount")
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\], got 1.5"):
+        M.check_discount(1.5, allow_one=True)
+    with pytest.raises(ValueError, match="got nan"):
+        M.check_discount(float("nan"), allow_one=True)
+    # the sites that solve (I - γT) share it; an MDP's own field and PPO's GAE allow γ = 1
+    chain = M.chain_mdp(3, gamma=1.0)
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\), got 1.0"):
+        M.value_iteration(chain)
+
+
+def test_parse_grid_is_the_one_layout_parser():
+    grid = M.parse_grid("\n#S.#\n#.G#\n")
+    assert grid.shape == (2, 4) and grid[0, 1] == "S" and grid[1, 2] == "G"
+    assert "\n".join("".join(r) for r in grid) == "#S.#\n#.G#"
+    with pytest.raises(ValueError, match=r"equal length, got lengths \[3, 2\]"):
+        M.parse_grid("#.#\n#.")
+    with pytest.raises(ValueError, match=r"equal length, got lengths \[\]"):
+        M.parse_grid("\n\n")
+    with pytest.raises(ValueError, match=r"unknown characters \['x'\]; use '#', '.', 'S', 'G'"):
+        M.parse_grid("#x#")
+    # gridworld() and the vectorised environments read layouts through it
+    layout = "#####\n#S.G#\n#####"
+    free, starts, goals = GW.parse_layout(layout)
+    assert np.array_equal(free, M.parse_grid(layout) != "#")
+    assert M.gridworld(layout).layout == layout and starts.tolist() == [[1, 1]] and goals.tolist() == [[1, 3]]
 
 
 def test_four_rooms_has_104_states_and_hallways():

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from foresight.core.config import Config
+from foresight.nn.losses import byol_loss
 
 
 def receptive_field(kernel_size: int, dilations: tuple[int, ...]) -> int:
@@ -321,10 +322,14 @@ def hoa_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, s
 
 
 def bootstrap_loss(prediction: torch.Tensor, target: torch.Tensor, stop_target_gradients: bool = True) -> torch.Tensor:
-    """Mean over the batch of 1 - cos(prediction, target); [N, D] x [N, D] -> scalar."""
-    if stop_target_gradients:
-        target = target.detach()
-    return (1.0 - F.cosine_similarity(prediction, target, dim=-1)).mean()
+    """Mean over the batch of 1 - cos(prediction, target); [N, D] x [N, D] -> scalar.
+
+    BAMS's scale is half of BYOL's :func:`foresight.nn.losses.byol_loss` (2 - 2 cos).
+    """
+    per_row = byol_loss(prediction, target, stop_target_gradients=stop_target_gradients, reduction="none")  # [N]
+    # mean of the rows, then halved (exact in floating point): bit for bit mean(1 - cos); reduction="mean"
+    # would give 1 - mean(cos), equal only up to rounding
+    return 0.5 * per_row.mean()
 
 
 def sample_positive_pairs(

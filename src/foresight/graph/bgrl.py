@@ -41,6 +41,7 @@ from torch_geometric.nn import GCNConv
 from foresight.graph.halfhop import half_hop, original_nodes
 from foresight.graph.models import gcn_adj_t
 from foresight.nn.ema import make_target
+from foresight.nn.losses import byol_loss
 
 __all__ = [
     "BGRL",
@@ -248,16 +249,15 @@ class BGRL(nn.Module):
 def cosine_loss(q: Tensor, y: Tensor) -> Tensor:
     """BYOL/BGRL regression loss ``mean_i (2 - 2 cos(q_i, y_i))`` = mean squared distance of unit vectors.
 
-    ``q`` [N, D] predictions, ``y`` [N, D] targets (the caller stops their gradient).
+    ``q`` [N, D] predictions, ``y`` [N, D] targets (the caller stops their gradient): one direction of
+    :func:`bgrl_loss`, i.e. :func:`foresight.nn.losses.byol_loss` without its stop-gradient.
     """
-    if q.shape != y.shape:
-        raise ValueError(f"q and y must have the same shape, got {tuple(q.shape)} and {tuple(y.shape)}")
-    return 2.0 - 2.0 * F.cosine_similarity(q, y, dim=-1).mean()
+    return byol_loss(q, y, stop_target_gradients=False)
 
 
 def bgrl_loss(q_1: Tensor, y_2: Tensor, q_2: Tensor, y_1: Tensor) -> Tensor:
     """Symmetrised BGRL loss: view 1 predicts view 2's target embedding and vice versa (targets detached)."""
-    return cosine_loss(q_1, y_2.detach()) + cosine_loss(q_2, y_1.detach())
+    return byol_loss(q_1, y_2) + byol_loss(q_2, y_1)
 
 
 def ema_decay(step: int, total_steps: int, base: float = 0.99) -> float:

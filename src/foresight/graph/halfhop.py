@@ -29,7 +29,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-__all__ = ["HalfHop", "HalfHopOutput", "half_hop", "original_nodes"]
+__all__ = ["HalfHop", "HalfHopOutput", "half_hop", "half_hop_reference", "original_nodes"]
 
 # Slow-node features are written straight into the output; only the target term goes through a
 # scratch buffer, processed in at most _MAX_CHUNKS row blocks, so the buffer is at most
@@ -176,6 +176,42 @@ def original_nodes(out: Tensor, slow_node_mask: Tensor) -> Tensor:
             "expected one row per node of the half-hopped graph"
         )
     return out[~slow_node_mask]
+
+
+def half_hop_reference(
+    x: Tensor, edge_index: Tensor, node_mask: Tensor, alpha: float, edge_attr: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The readable specification of :func:`half_hop` on one graph, which the fast path is tested against.
+
+    The definition in :func:`half_hop`'s docstring, written with boolean masks and one ``cat`` per
+    output in PyG's order; no chunking, buffers or batching. ``node_mask [N]`` is the set of selected
+    targets (the random draw is not part of the spec). Returns ``(x [N+M, *F], edge_index
+    [2, K+L+3M], slow_node_mask [N+M], edge_attr [K+L+3M, ...] or None)``, equal to the fields of
+    ``half_hop(x, edge_index, alpha=alpha, edge_attr=edge_attr, node_mask=node_mask)`` bit for bit
+    (``tests/graph/test_halfhop.py``).
+    """
+    loop = edge_index[0] == edge_index[1]  # [E]
+    hop = node_mask[edge_index[1]] & ~loop  # incoming non-loop edges of selected targets
+    kept = ~loop & ~hop
+    h = edge_index[:, hop]  # [2, M] the half-hopped edges i -> j, in input order
+    n, m = x.size(0), h.size(1)
+    slow_ids = torch.arange(n, n + m, dtype=edge_index.dtype, device=edge_index.device)  # k, one per hopped edge
+    new_edge_index = torch.cat(
+        [
+            edge_index[:, kept],  # K
+            edge_index[:, loop],  # L
+            torch.stack([h[0], slow_ids]),  # i -> k
+            torch.stack([slow_ids, h[1]]),  # k -> j
+            torch.stack([h[1], slow_ids]),  # j -> k
+        ],
+        dim=1,
+    )
+    new_x = torch.cat([x, alpha * x[h[0]] + (1 - alpha) * x[h[1]]])  # x_k = a x_i + (1 - a) x_j
+    slow = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(m, dtype=torch.bool)]).to(x.device)
+    new_attr = None
+    if edge_attr is not None:  # the three edges replacing i -> j inherit its attribute
+        new_attr = torch.cat([edge_attr[kept], edge_attr[loop], edge_attr[hop], edge_attr[hop], edge_attr[hop]])
+    return new_x, new_edge_index, slow, new_attr
 
 
 class HalfHop(BaseTransform):

@@ -4,6 +4,7 @@ a linear layer with a compiled one-row CPU path, a sparse mixture-of-experts blo
 from foresight.nn.attention import BACKENDS, AttentionMask, attention, eager_attention
 from foresight.nn.ema import ema_update, make_target
 from foresight.nn.linear import Linear, linear, row_product_is_faster, tune_row_products
+from foresight.nn.losses import byol_loss
 from foresight.nn.moe import MoEConfig, MoEOutput, SparseMoE, load_balancing_loss, router_z_loss
 from foresight.nn.norms import RMSNorm
 from foresight.nn.rope import RotaryEmbedding, apply_rope, rotate_half
@@ -20,6 +21,7 @@ __all__ = [
     "SparseMoE",
     "apply_rope",
     "attention",
+    "byol_loss",
     "eager_attention",
     "ema_update",
     "linear",

@@ -1,4 +1,4 @@
-"""EMA ("target") networks, shared by BYOL-style methods (BGRL, BYOL-Π, GHM target networks).
+"""EMA ("target") networks, shared by BYOL-style methods (BGRL, BAMS, BYOL-Π, BYOL-Explore, GHM target networks).
 
 A target network is created eagerly as a frozen deep copy and moved towards the online network by
 one explicit function, so optimiser contents never depend on call order.
@@ -23,7 +23,8 @@ def make_target(online: nn.Module) -> nn.Module:
 def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
     """Polyak averaging in place: ``θ_target ← decay · θ_target + (1 − decay) · θ_online``.
 
-    ``decay = 0`` copies the online weights; ``decay = 1`` leaves the target unchanged. Buffers (e.g.
+    ``decay = 0`` copies the online weights; ``decay = 1`` leaves the target unchanged. A Polyak rate
+    ``tau`` (``θ̄ ← (1 − τ) θ̄ + τ θ``, the GHM target networks) is ``decay = 1 − tau``. Buffers (e.g.
     BatchNorm running statistics) are copied, as in BYOL, since averaging them has no meaning.
     """
     if not 0.0 <= decay <= 1.0:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from foresight.core.config import Config
+from foresight.rl.mdp import check_discount
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,8 +113,9 @@ class PPOConfig(Config):
                 f"num_envs*num_steps={self.num_envs * self.num_steps} is not divisible by "
                 f"minibatches={self.minibatches}"
             )
-        if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma}, {self.gae_lambda}")
+        check_discount(self.gamma, allow_one=True)
+        if not 0 <= self.gae_lambda <= 1:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if self.lr <= 0 or self.clip <= 0:
             raise ValueError(f"lr and clip must be > 0, got lr={self.lr}, clip={self.clip}")
 

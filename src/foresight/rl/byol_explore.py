@@ -6,7 +6,7 @@ observations; the prediction losses are the intrinsic reward (notes: /work/share
 
     b_t     = h^c(b_{t-1}, f_θ(o_t), a_{t-1})                       closed loop (history)
     b_{t,0} = b_t,   b_{t,k} = h^o(b_{t,k-1}, a_{t+k-1})            open loop, the actions taken
-    ℓ(t, k) = ‖ g_θ(b_{t,k})/‖g_θ(b_{t,k})‖ − sg(y)/‖sg(y)‖ ‖²,  y = f_φ(o_{t+k})   (= 2 − 2·cos)
+    ℓ(t, k) = ‖ g_θ(b_{t,k})/‖g_θ(b_{t,k})‖ − sg(y)/‖sg(y)‖ ‖²,  y = f_φ(o_{t+k})   (= 2 − 2·cos, nn.byol_loss)
     L(θ)    = 1/(B(T_o−1)) Σ_j Σ_{t=0}^{T_o−2} Σ_{k=1}^{K(t)} ℓ_j(t, k),   K(t) = min(K, T_o−1−t)
     φ      ← α·φ + (1 − α)·θ_f                                      (after every optimiser step)
 
@@ -61,10 +61,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from foresight.core.config import Config
 from foresight.nn.ema import ema_update, make_target
+from foresight.nn.losses import byol_loss
 from foresight.rl.agents import ActorCritic, ExplorationHooks, Rollout
 
 REWARD_INDEXINGS = ("targeting_t1", "from_t")
@@ -147,10 +147,9 @@ def byol_explore_loss(
             raise ValueError(f"mask must have shape {(T, K, B)}, got {tuple(mask.shape)}")
         valid = valid & mask
     valid = valid.expand(T, K, B)
-    y = target.detach() if stop_target_gradients else target
-    y = torch.cat([y, y.new_zeros(K - 1, B, y.shape[-1])], 0)  # [T+K−1, B, D], padding is masked
+    y = torch.cat([target, target.new_zeros(K - 1, B, target.shape[-1])], 0)  # [T+K−1, B, D], padding is masked
     y_tk = y.unfold(0, K, 1).permute(0, 3, 1, 2)  # [T, K, B, D]: y_tk[t, k−1] = target[t+k−1]
-    err = (F.normalize(pred, dim=-1) - F.normalize(y_tk, dim=-1)).pow(2).sum(-1)  # [T, K, B]
+    err = byol_loss(pred, y_tk, stop_target_gradients=stop_target_gradients, reduction="none")  # [T, K, B]
     per_step = err * valid
     return BYOLExploreLoss(per_step.sum() / (B * T), per_step, valid)
 

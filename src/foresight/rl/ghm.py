@@ -34,16 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foresight.nn.ema import ema_update, make_target
-from foresight.rl.mdp import FiniteMDP, greedy_policy, policy_transition
+from foresight.rl.mdp import FiniteMDP, check_discount, greedy_policy, policy_transition
 
 # ------------------------------------------------------------------------------------------------
 # validation helpers
 # ------------------------------------------------------------------------------------------------
-
-
-def _check_discount(name: str, gamma: float) -> None:
-    if not 0.0 <= float(gamma) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {gamma}")
 
 
 def _check_reward(mdp: FiniteMDP, r: Tensor) -> None:
@@ -72,7 +67,7 @@ def state_ghm(T: Tensor, gamma: float) -> Tensor:
     """``M = (1 − γ) T (I − γ T)⁻¹`` - [S, S⁺]: the GHM of a Markov chain, starting at the next state."""
     if T.dim() != 2 or T.shape[0] != T.shape[1]:
         raise ValueError(f"T must be a square matrix [S, S], got shape {tuple(T.shape)}")
-    _check_discount("gamma", gamma)
+    check_discount(gamma)
     eye = torch.eye(T.shape[0], dtype=T.dtype)
     # T and (I − γT)⁻¹ commute, so solving (I − γT) M = (1 − γ) T is the same product.
     return torch.linalg.solve(eye - gamma * T, (1 - gamma) * T)
@@ -84,7 +79,7 @@ def ghm(mdp: FiniteMDP, pi: Tensor, gamma: float) -> Tensor:
     ``m(·|s, a) = Σ_{s'} P(s'|s, a) [(1 − γ) e_{s'} + γ M_π(s', ·)]`` with ``M_π`` the state GHM.
     ``gamma`` is the model's own discount (it need not be ``mdp.gamma``).
     """
-    _check_discount("gamma", gamma)
+    check_discount(gamma)
     M_state = state_ghm(policy_transition(mdp, pi), gamma)  # [S', S⁺]
     eye = torch.eye(mdp.num_states, dtype=M_state.dtype)
     return torch.einsum("ast,tu->sau", mdp.P, (1 - gamma) * eye + gamma * M_state)
@@ -92,7 +87,7 @@ def ghm(mdp: FiniteMDP, pi: Tensor, gamma: float) -> Tensor:
 
 def ghm_q_values(M: Tensor, r: Tensor, gamma: float) -> Tensor:
     """``Q[s, a] = (1 − γ)⁻¹ Σ_{s⁺} M[s, a, s⁺] r(s⁺)`` - [S, A] (the GHM's discount is ``gamma``)."""
-    _check_discount("gamma", gamma)
+    check_discount(gamma)
     if M.dim() != 3 or M.shape[-1] != r.shape[-1]:
         raise ValueError(f"M must be [S, A, S⁺] with S⁺ = len(r) = {r.shape[-1]}, got {tuple(M.shape)}")
     return (M @ r.to(M.dtype)) / (1 - gamma)
@@ -100,7 +95,7 @@ def ghm_q_values(M: Tensor, r: Tensor, gamma: float) -> Tensor:
 
 def sample_geometric_horizon(gamma: float, n: int, generator: torch.Generator | None = None) -> Tensor:
     """``H [n]`` on {1, 2, …} with ``P(H = h) = (1 − γ) γ^{h−1}`` (long)."""
-    _check_discount("gamma", gamma)
+    check_discount(gamma)
     if gamma == 0:
         return torch.ones(n, dtype=torch.long)
     u = torch.rand(n, generator=generator, dtype=torch.float64).clamp_min(1e-300)
@@ -181,7 +176,7 @@ def composition_weights(betas: Sequence[float], gamma: float) -> tuple[Tensor, T
 
     ``w_i + c_i = 1``; the term of the expansion that ends in ``m_k`` has weight ``c_1 ⋯ c_{k−1} w_k``.
     """
-    _check_discount("gamma", gamma)
+    check_discount(gamma)
     if len(betas) == 0:
         raise ValueError("betas must hold at least one discount, got ()")
     bad = [b for b in betas if not 0.0 <= b <= gamma]
@@ -391,7 +386,7 @@ def ghm_bellman_operator(M: Tensor, mdp: FiniteMDP, pi: Tensor, gamma: float) ->
 
     A γ-contraction in the sup-norm over rows; its fixed point is :func:`ghm`.
     """
-    _check_discount("gamma", gamma)
+    check_discount(gamma)
     M_state = torch.einsum("sa,sau->su", pi.to(M.dtype), M)  # [S', S⁺]
     eye = torch.eye(mdp.num_states, dtype=M.dtype)
     return torch.einsum("ast,tu->sau", mdp.P.to(M.dtype), (1 - gamma) * eye + gamma * M_state)
@@ -458,7 +453,7 @@ def tabular_td_ghm(
     if tuple(policies.shape) != (H, S, A):
         raise ValueError(f"policies must be [H, S, A] = [{H}, {S}, {A}] (one per gamma), got {tuple(policies.shape)}")
     for g in gammas:
-        _check_discount("gamma", g)
+        check_discount(g)
     if steps < 0 or batch_size < 1 or target_period < 0 or log_every < 1 or not 0 < lr <= 1:
         raise ValueError(
             f"need steps >= 0, batch_size >= 1, target_period >= 0, log_every >= 1, 0 < lr <= 1; "
@@ -557,11 +552,6 @@ def categorical_td_loss(logits: Tensor, target: Tensor) -> Tensor:
     return -(target * logits.log_softmax(-1)).sum(-1).mean()
 
 
-def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """Polyak averaging ``θ̄ ← (1 − τ) θ̄ + τ θ`` (``tau = 1`` copies): the shared EMA with decay 1 − τ."""
-    ema_update(target, online, 1.0 - tau)
-
-
 def train_categorical_ghm(
     net: CategoricalGHM,
     features: Tensor,
@@ -598,7 +588,7 @@ def train_categorical_ghm(
             f"{tuple(policies.shape)} and {len(gammas)} gammas"
         )
     for g in gammas:
-        _check_discount("gamma", g)
+        check_discount(g)
     dtype = next(net.parameters()).dtype
     features, policies = features.to(dtype), policies.to(dtype)
     g = torch.tensor(list(gammas), dtype=dtype)[None, :, None]  # [1, H, 1]
@@ -629,9 +619,9 @@ def train_categorical_ghm(
         opt.step()
         sched.step()
         if target == "polyak":
-            soft_update(target_net, net, tau)
+            ema_update(target_net, net, 1.0 - tau)  # Polyak rate tau = EMA decay 1 - tau
         elif target == "hard" and (t + 1) % target_period == 0:
-            soft_update(target_net, net, 1.0)
+            ema_update(target_net, net, 0.0)  # decay 0 copies the online weights
     return trace
 
 
@@ -853,7 +843,7 @@ def train_mixture_ghm(
     if len(heads) != H:
         raise ValueError(f"model has {H} heads but {len(heads)} (policy, discount) pairs were given")
     for _, g in heads:
-        _check_discount("head discount", g)
+        check_discount(g, "head discount")
     dtype = next(model.parameters()).dtype
     gamma = torch.tensor([g for _, g in heads], dtype=dtype)  # [H]
     target = make_target(model)
@@ -872,7 +862,7 @@ def train_mixture_ghm(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        soft_update(target, model, tau)
+        ema_update(target, model, 1.0 - tau)
         losses.append(loss.item())
         if on_step is not None:
             on_step(t, losses[-1])
@@ -906,7 +896,6 @@ __all__ = [
     "required_models",
     "sample_geometric_horizon",
     "sample_ghm",
-    "soft_update",
     "state_ghm",
     "switching_q_monte_carlo",
     "switching_q_values",

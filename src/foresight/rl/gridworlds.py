@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from foresight.rl.mdp import GRID_ACTIONS
+from foresight.rl.mdp import GRID_ACTIONS, parse_grid
 
 # Four 5x5 rooms in a ring that is cut between the first and the last room, so the only way
 # from S to G is through all four rooms (door cells are the gaps in the inner walls).
@@ -47,14 +47,8 @@ _MOVES = np.array(GRID_ACTIONS, dtype=np.int64)  # [4, 2] (d_row, d_col): up, do
 
 
 def parse_layout(layout: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(free [H, W] bool, starts [n, 2], goals [m, 2])`` from ASCII art ('#', '.', 'S', 'G')."""
-    rows = layout.strip("\n").splitlines()
-    if not rows or any(len(r) != len(rows[0]) for r in rows):
-        raise ValueError(f"layout rows must be non-empty and of equal length, got lengths {[len(r) for r in rows]}")
-    bad = sorted({c for r in rows for c in r} - set("#.SG"))
-    if bad:
-        raise ValueError(f"layout has unknown characters {bad}; use '#', '.', 'S', 'G'")
-    grid = np.array([list(r) for r in rows])
+    """``(free [H, W] bool, starts [n, 2], goals [m, 2])`` from ASCII art (:func:`foresight.rl.mdp.parse_grid`)."""
+    grid = parse_grid(layout)  # [H, W]
     free = grid != "#"
     starts, goals = np.argwhere(grid == "S"), np.argwhere(grid == "G")
     if len(starts) == 0:

@@ -33,6 +33,8 @@ _ROW_ATOL = {torch.float64: 1e-8, torch.float32: 1e-4}
 # The four gridworld actions as (d_row, d_col): up, down, left, right.
 GRID_ACTIONS: tuple[tuple[int, int], ...] = ((-1, 0), (1, 0), (0, -1), (0, 1))
 GRID_ACTION_NAMES: tuple[str, ...] = ("up", "down", "left", "right")
+# The characters of gridworld ASCII art (:func:`parse_grid`): wall, free, start, goal.
+GRID_CHARS = "#.SG"
 
 # Sutton, Precup & Singh (1999), "Between MDPs and semi-MDPs", Fig. 2: 11x11 interior, 104 cells.
 FOUR_ROOMS_LAYOUT = """\
@@ -78,6 +80,40 @@ def _check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def check_discount(gamma: float, name: str = "gamma", *, allow_one: bool = False) -> float:
+    """``float(gamma)`` if ``0 <= gamma < 1`` (``<= 1`` with ``allow_one``), else a ValueError naming the value.
+
+    The one discount check of ``foresight.rl``. ``gamma < 1`` is what discounted sums need: exact
+    evaluation (``I - γT`` invertible), GHMs and geometric horizons. ``allow_one=True`` is for
+    quantities that stay finite at ``gamma = 1`` on finite episodes: an MDP's own ``gamma`` field,
+    PPO's GAE. ``name`` is the argument's name in the message.
+    """
+    g = float(gamma)
+    if allow_one:
+        if not 0.0 <= g <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {gamma}")
+    elif not 0.0 <= g < 1.0:
+        why = f"; at {name}={gamma} discounted sums diverge" if g >= 1.0 else ""
+        raise ValueError(f"{name} must be in [0, 1), got {gamma}{why}")
+    return g
+
+
+def parse_grid(layout: str) -> np.ndarray:
+    """``[H, W]`` array of single characters from gridworld ASCII art, validated.
+
+    The one layout parser of ``foresight.rl`` (:func:`gridworld` here, ``gridworlds.parse_layout``
+    for the vectorised environments). Characters: ``#`` wall, ``.`` free, ``S`` start, ``G`` goal.
+    Blank lines at either end are dropped; rows must be non-empty and of equal length.
+    """
+    rows = layout.strip("\n").splitlines()
+    if not rows or any(len(r) != len(rows[0]) for r in rows):
+        raise ValueError(f"layout rows must be non-empty and of equal length, got lengths {[len(r) for r in rows]}")
+    bad = sorted({c for r in rows for c in r} - set(GRID_CHARS))
+    if bad:
+        raise ValueError(f"layout has unknown characters {bad}; use {', '.join(repr(c) for c in GRID_CHARS)}")
+    return np.array([list(r) for r in rows])
+
+
 # ------------------------------------------------------------------------------------------------
 # the MDP
 # ------------------------------------------------------------------------------------------------
@@ -104,8 +140,7 @@ class FiniteMDP:
             raise ValueError(f"R must have shape [S, A] = [{S}, {A}], got {tuple(self.R.shape)}")
         if not torch.isfinite(self.R).all():
             raise ValueError("R has non-finite entries")
-        if not (0.0 <= float(self.gamma) <= 1.0):
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        check_discount(self.gamma, allow_one=True)
         if tuple(self.initial.shape) != (S,):
             raise ValueError(f"initial must have shape [S] = [{S}], got {tuple(self.initial.shape)}")
         _check_stochastic("initial", self.initial)
@@ -154,7 +189,7 @@ class GridWorld(FiniteMDP):
 
     def pixel_observations(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """One image per state, ``[S, 2, H, W]``: channel 0 the walls, channel 1 the agent's cell."""
-        walls = torch.tensor([[c == "#" for c in row] for row in self.layout.splitlines()], dtype=dtype)
+        walls = torch.from_numpy(parse_grid(self.layout) == "#").to(dtype)  # [H, W]
         obs = torch.zeros(self.num_states, 2, self.height, self.width, dtype=dtype)
         obs[:, 0] = walls
         obs[torch.arange(self.num_states), 1, self.coords[:, 0], self.coords[:, 1]] = 1.0
@@ -335,20 +370,15 @@ def gridworld(
         raise ValueError(f"goal must be 'reward', 'absorb' or 'reset', got {goal!r}")
     if not 0.0 <= slip <= 1.0:
         raise ValueError(f"slip must be in [0, 1], got {slip}")
-    rows = [r for r in layout.strip("\n").splitlines()]
-    if not rows or any(len(r) != len(rows[0]) for r in rows):
-        raise ValueError(f"layout rows must be non-empty and of equal length, got lengths {[len(r) for r in rows]}")
-    bad = sorted({c for r in rows for c in r} - set("#.GS"))
-    if bad:
-        raise ValueError(f"layout has unknown characters {bad}; use '#', '.', 'G', 'S'")
-    H, W = len(rows), len(rows[0])
-    cells = [(i, j) for i in range(H) for j in range(W) if rows[i][j] != "#"]
+    grid = parse_grid(layout)  # [H, W]
+    H, W = grid.shape
+    cells = [(i, j) for i in range(H) for j in range(W) if grid[i, j] != "#"]
     if not cells:
         raise ValueError("layout has no free cells")
     index = {c: s for s, c in enumerate(cells)}
     S, A = len(cells), len(GRID_ACTIONS)
-    goal_states = [index[c] for c in cells if rows[c[0]][c[1]] == "G"]
-    starts = [index[c] for c in cells if rows[c[0]][c[1]] == "S"]
+    goal_states = [index[c] for c in cells if grid[c] == "G"]
+    starts = [index[c] for c in cells if grid[c] == "S"]
     initial = torch.zeros(S, dtype=dtype)
     if starts:
         initial[starts] = 1.0 / len(starts)
@@ -361,7 +391,7 @@ def gridworld(
     for s, (i, j) in enumerate(cells):
         for a, (di, dj) in enumerate(GRID_ACTIONS):
             ni, nj = i + di, j + dj
-            inside = 0 <= ni < H and 0 <= nj < W and rows[ni][nj] != "#"
+            inside = 0 <= ni < H and 0 <= nj < W and grid[ni, nj] != "#"
             move[a, s, index[(ni, nj)] if inside else s] = 1.0
     P = (1 - slip) * move + slip * move.mean(0, keepdim=True)
     is_goal = torch.zeros(S, dtype=dtype)
@@ -380,7 +410,7 @@ def gridworld(
         gamma=gamma,
         initial=initial,
         coords=torch.tensor(cells, dtype=torch.long),
-        layout="\n".join(rows),
+        layout="\n".join("".join(row) for row in grid),
         goals=torch.tensor(goal_states, dtype=torch.long),
         height=H,
         width=W,
@@ -403,16 +433,16 @@ def four_rooms(
     Cells are (row, col) in the 13x13 layout including the outer wall; the default goal (7, 9) is the
     east hallway ("G1" in Sutton, Precup & Singh 1999). The other arguments are :func:`gridworld`'s.
     """
-    rows = [list(r) for r in FOUR_ROOMS_LAYOUT.splitlines()]
+    grid = parse_grid(FOUR_ROOMS_LAYOUT)  # [13, 13]
     for name, cell, ch in (("goal_cell", goal_cell, "G"), ("start_cell", start_cell, "S")):
         if cell is None:
             continue
         i, j = cell
-        if not (0 <= i < len(rows) and 0 <= j < len(rows[0])) or rows[i][j] != ".":
+        if not (0 <= i < grid.shape[0] and 0 <= j < grid.shape[1]) or grid[i, j] != ".":
             raise ValueError(f"{name}={cell} is not a free cell of the four-rooms layout")
-        rows[i][j] = ch
+        grid[i, j] = ch
     return gridworld(
-        "\n".join("".join(r) for r in rows),
+        "\n".join("".join(row) for row in grid),
         slip=slip,
         gamma=gamma,
         goal_reward=goal_reward,
@@ -456,14 +486,9 @@ def policy_reward(mdp: FiniteMDP, pi: Tensor) -> Tensor:
     return (pi.to(mdp.R.dtype) * mdp.R).sum(1)
 
 
-def _check_discount(gamma: float) -> None:
-    if not 0.0 <= gamma < 1.0:
-        raise ValueError(f"exact evaluation needs 0 <= gamma < 1, got gamma={gamma}")
-
-
 def policy_evaluation(mdp: FiniteMDP, pi: Tensor) -> Tensor:
     """``V [S]`` solving ``(I - γ T_pi) V = r_pi`` exactly."""
-    _check_discount(mdp.gamma)
+    check_discount(mdp.gamma)
     T = policy_transition(mdp, pi)
     r = policy_reward(mdp, pi)
     eye = torch.eye(mdp.num_states, dtype=T.dtype)
@@ -485,7 +510,7 @@ class ValueIterationResult(NamedTuple):
 
 def value_iteration(mdp: FiniteMDP, *, tol: float = 1e-10, max_iters: int = 100_000) -> ValueIterationResult:
     """Optimal values by value iteration, stopped when the sup-norm change is below ``tol``."""
-    _check_discount(mdp.gamma)
+    check_discount(mdp.gamma)
     V = torch.zeros(mdp.num_states, dtype=mdp.P.dtype)
     iterations = 0
     for iterations in range(1, max_iters + 1):  # noqa: B007 - reported in the result
@@ -518,7 +543,7 @@ def stationary_distribution(T: Tensor) -> Tensor:
 def successor_representation(T: Tensor, gamma: float) -> Tensor:
     """``(I - γ T)⁻¹`` - [S, S]; row s is the expected discounted visit count from s."""
     _check_square("T", T)
-    _check_discount(gamma)
+    check_discount(gamma)
     eye = torch.eye(T.shape[0], dtype=T.dtype)
     return torch.linalg.solve(eye - gamma * T, eye)
 
@@ -723,17 +748,20 @@ __all__ = [
     "FOUR_ROOMS_LAYOUT",
     "GRID_ACTIONS",
     "GRID_ACTION_NAMES",
+    "GRID_CHARS",
     "FiniteMDP",
     "FiniteMDPEnv",
     "GridWorld",
     "ValueIterationResult",
     "alignment",
     "chain_mdp",
+    "check_discount",
     "eig_sorted",
     "four_rooms",
     "greedy_policy",
     "gridworld",
     "orthonormal_basis",
+    "parse_grid",
     "policy_evaluation",
     "policy_reward",
     "policy_transition",
