@@ -1,13 +1,13 @@
 """The self-predictive experiment at tiny scale: a valid verdict from the rule, sub-claim rows, figures, resume."""
 
-import dataclasses
 import json
 
 import pytest
 
 from foresight.cli import main
 from foresight.core.registry import VERDICTS, get
-from foresight.experiments.self_predictive import SelfPredictiveConfig, verdict_bidirectional, verdict_spectral
+from foresight.experiments import self_predictive as X
+from foresight.experiments.self_predictive import SelfPredictiveConfig
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +56,24 @@ def test_tiny_run_writes_a_valid_result(tiny_run):
     assert "(a) non-collapse" in report and "Notes." in report
 
 
-def test_resume_of_a_finished_run_reuses_the_checkpoint(tiny_run, tmp_path):
-    before = json.loads((tiny_run / "results.json").read_text())["metrics"]
-    log_lines = (tiny_run / "metrics.jsonl").read_text().splitlines()
-    assert len(log_lines) > 0
-    assert main(["run", "self-predictive", "--resume", str(tiny_run), "--no-progress"]) == 0
-    after = json.loads((tiny_run / "results.json").read_text())
-    assert after["metrics"] == before
-    # no part was re-run: nothing new was logged after the checkpoint
-    assert (tiny_run / "metrics.jsonl").read_text().splitlines() == log_lines
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    real = X.deep_cell
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # Ctrl-C after (a)-(c) and the ODE reference were checkpointed
+
+    monkeypatch.setattr(X, "deep_cell", killed)
+    assert main(["run", "self-predictive", "--scale", "tiny", "--out", str(out), "--no-progress"]) == 130
+    assert not (out / "results.json").exists()
+    for unit in ("non_collapse_unit", "spectral_unit", "bidirectional_unit", "deep_ode_unit"):
+        monkeypatch.setattr(X, unit, lambda *a, **k: pytest.fail("a finished unit was run again"))
+    monkeypatch.setattr(X, "deep_cell", real)
+    assert main(["run", "self-predictive", "--resume", str(out), "--no-progress"]) == 0
+    full, resumed = (json.loads((d / "results.json").read_text()) for d in (tiny_run, out))
+    assert resumed["metrics"] == full["metrics"] and resumed["table"] == full["table"]
+    # nothing was logged twice, nothing lost
+    assert (out / "metrics.jsonl").read_text() == (tiny_run / "metrics.jsonl").read_text()
 
 
 def test_config_validation_names_the_value():
@@ -81,29 +90,29 @@ def test_config_validation_names_the_value():
 
 def test_sub_verdict_rules_follow_the_numbers():
     cfg = SelfPredictiveConfig()
-    sym = {
-        "clean_frac": 0.95,
-        "top_abs_frac": 0.5,
-        "top_real_frac": 0.3,
-        "extremal_frac": 1.0,
-        "purity_mean": 0.999,
-        "align_top_abs_mean": 0.8,
-    }
-    b = {"symmetric T": sym, "lazy (I + T)/2": dict(sym, top_abs_frac=1.0)}
-    assert verdict_spectral(cfg, b)["verdict"] == "reproduced"
-    assert verdict_spectral(cfg, {**b, "symmetric T": dict(sym, clean_frac=0.6)})["verdict"] == "partial"
-    assert verdict_spectral(cfg, {**b, "symmetric T": dict(sym, clean_frac=0.2)})["verdict"] == "not reproduced"
-    c = {
-        "bi_phi_U_mean": 0.995,
-        "bi_psi_V_mean": 0.995,
-        "bi_min": 0.97,
-        "bi_frac_above": 0.9,
-        "byol_U_mean": 0.6,
-        "byol_V_mean": 0.5,
-        "nonuniform_whitened_U_mean": 1.0,
-        "nonuniform_whitened_V_mean": 1.0,
-    }
-    assert verdict_bidirectional(cfg, c)["verdict"] == "reproduced"
+    # (a) the invariant is the heart of the claim; the collapse contrasts complete it
+    collapsed = {"semi": 0.0, "full": 1.0, "slow": 0.6, "fast": 0.0, "sgd_semi": 0.0, "sgd_full": 0.95}
+    assert X.non_collapse_verdict(1e-9, collapsed, 1e-6)[0] == "reproduced"
+    assert X.non_collapse_verdict(1e-9, {**collapsed, "slow": 0.2}, 1e-6)[0] == "partial"
+    assert X.non_collapse_verdict(1e-9, {**collapsed, "sgd_full": 0.5}, 1e-6)[0] == "partial"
+    assert X.non_collapse_verdict(1e-3, collapsed, 1e-6)[0] == "not reproduced"  # ΦᵀΦ drifted
+    assert X.non_collapse_verdict(1e-9, {**collapsed, "semi": 0.05}, 1e-6)[0] == "not reproduced"
+    assert X.non_collapse_verdict(float("nan"), collapsed, 1e-6)[0] == "not reproduced"  # diverged
+    # (b)
+    assert X.spectral_verdict(0.95, cfg.clean_threshold)[0] == "reproduced"
+    assert X.spectral_verdict(0.6, cfg.clean_threshold)[0] == "partial"
+    assert X.spectral_verdict(0.2, cfg.clean_threshold)[0] == "not reproduced"
+    # (c)
+    assert X.bidirectional_verdict(0.995, 0.995, 0.6, 0.5, cfg.svd_threshold)[0] == "reproduced"
     # BYOL-Π as good as bidirectional: the contrast is missing, so only partial
-    assert verdict_bidirectional(cfg, dict(c, byol_U_mean=0.99))["verdict"] == "partial"
-    assert verdict_bidirectional(dataclasses.replace(cfg, svd_threshold=0.999), c)["verdict"] == "partial"
+    assert X.bidirectional_verdict(0.995, 0.995, 0.99, 0.5, cfg.svd_threshold)[0] == "partial"
+    assert X.bidirectional_verdict(0.995, 0.995, 0.6, 0.5, 0.999)[0] == "partial"
+    assert X.bidirectional_verdict(0.995, 0.7, 0.6, 0.5, cfg.svd_threshold)[0] == "not reproduced"
+    # (d) against the ODE's alignment, never below 0.95
+    assert X.deep_verdict({"onehot": 0.97, "pixels": 0.96}, 0.99, 0.05)[0] == "reproduced"
+    assert X.deep_verdict({"onehot": 0.97, "pixels": 0.93}, 0.96, 0.05)[0] == "partial"  # 0.95 floor
+    assert X.deep_verdict({"onehot": 0.97, "pixels": 0.5}, 0.99, 0.05)[0] == "not reproduced"
+    # overall
+    assert X.overall_verdict(["reproduced"] * 4) == "reproduced"
+    assert X.overall_verdict(["reproduced", "partial", "not reproduced", "reproduced"]) == "partial"
+    assert X.overall_verdict(["not reproduced"] * 4) == "not reproduced"

@@ -345,3 +345,60 @@ def test_bad_arguments_raise_value_errors():
         SP.optimal_predictor(torch.zeros(5, 2, dtype=F64), T, d)
     with pytest.raises(ValueError, match="k must be in"):
         SP.orthonormal_init(4, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# which subspace the dynamics select: classification, the whitened SVD target, step sizes
+# ---------------------------------------------------------------------------------------------
+def test_classify_eigen_selection_on_exact_and_mixed_subspaces():
+    lams = [1.0, 0.6, 0.3, 0.1, 0.0, -0.2, -0.5, -0.7]  # sorted by value; top-2 by |λ| is {1, −0.7}
+    _, Q = symmetric_with_spectrum(lams, 40)
+    lam = torch.tensor(lams, dtype=F64)
+    top_value = SP.classify_eigen_selection(Q[:, [0, 1]] @ torch.randn(2, 2, generator=gen(41), dtype=F64), lam, Q, 2)
+    assert top_value.ranks == [0, 1] and top_value.clean and top_value.top_real and top_value.extremal
+    assert not top_value.top_abs and top_value.purity == pytest.approx(1.0)
+    assert top_value.align_top_abs == pytest.approx(0.5)  # shares λ = 1 with the top-|λ| pair, not −0.7
+    top_abs = SP.classify_eigen_selection(Q[:, [0, 7]], lam, Q, 2)
+    assert top_abs.top_abs and top_abs.extremal and not top_abs.top_real and top_abs.align_top_abs == pytest.approx(1)
+    middle = SP.classify_eigen_selection(Q[:, [2, 3]], lam, Q, 2)  # an eigen-subspace, but not extremal
+    assert middle.clean and not (middle.extremal or middle.top_abs or middle.top_real)
+    mixed = SP.classify_eigen_selection(Q[:, [0]] + Q[:, [1]], lam, Q, 1)  # half of two eigenvectors
+    assert not mixed.clean and mixed.purity == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="need 1 <= k <= S"):
+        SP.classify_eigen_selection(Q[:, :2], lam, Q, 9)
+
+
+def test_whitened_singular_subspaces_reduce_to_the_svd_and_are_a_fixed_point():
+    # uniform d, doubly-stochastic T: the top-k singular subspaces of T itself
+    T = M.random_doubly_stochastic(8, gen(42))
+    Phi_star, Psi_star = SP.whitened_singular_subspaces(T, torch.full((8,), 1 / 8, dtype=F64), 2)
+    U, _, V = M.top_singular_vectors(T, 2)
+    assert M.alignment(U, Phi_star).item() == pytest.approx(1.0) and M.alignment(V, Psi_star).item() == pytest.approx(1)
+    # non-uniform, non-stationary d: the formula, and the bidirectional flow does not move these spans
+    T = M.random_transition_matrix(7, gen(43))
+    d = M.random_dirichlet((7,), 2.0, gen(44))
+    Phi_star, Psi_star = SP.whitened_singular_subspaces(T, d, 2)
+    dn = d @ T
+    U, _, V = M.top_singular_vectors(d.sqrt()[:, None] * T / dn.sqrt()[None, :], 2)
+    torch.testing.assert_close(Phi_star, U / d.sqrt()[:, None])
+    torch.testing.assert_close(Psi_star, V / dn.sqrt()[:, None])
+    Z = torch.zeros(2, 2, dtype=F64)
+    dPhi, dPsi, _, _ = SP.bidirectional_field(T, d)((Phi_star, Psi_star, Z, Z))
+    for X, dX in ((Phi_star, dPhi), (Psi_star, dPsi)):
+        Qx = M.orthonormal_basis(X)
+        assert (dX - Qx @ (Qx.T @ dX)).abs().max().item() < 1e-12  # the velocity stays inside the span
+    # ... and a random subspace is not a fixed point
+    R = SP.orthonormal_init(7, 2, generator=gen(45))
+    dR = SP.bidirectional_field(T, d)((R, Psi_star, Z, Z))[0]
+    assert (dR - R @ (R.T @ dR)).abs().max().item() > 1e-4
+    with pytest.raises(ValueError, match="d and dᵀT must be positive"):
+        SP.whitened_singular_subspaces(T, torch.tensor([1.0] + [0.0] * 6, dtype=F64), 2)
+
+
+def test_fast_predictor_dt_keeps_the_predictor_rate_times_step_bounded():
+    d = torch.tensor([0.1, 0.5, 0.4], dtype=F64)
+    dt = SP.fast_predictor_dt(10.0, d, dt_max=0.5)
+    assert dt == pytest.approx(0.1) and 2 * 10.0 * 0.5 * dt <= 1.0 + 1e-12
+    assert SP.fast_predictor_dt(0.01, d, dt_max=0.5) == 0.5  # a slow predictor: the cap
+    with pytest.raises(ValueError, match="predictor_rate and dt_max must be > 0, got 0.0, 0.5"):
+        SP.fast_predictor_dt(0.0, d, 0.5)

@@ -19,7 +19,9 @@ Everything runs on the CPU in float64 (matrices of 10-104 states; a GPU would on
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -27,7 +29,7 @@ import torch
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
-from foresight.core.run import Run, torch_threads
+from foresight.core.run import Run
 from foresight.rl import mdp as M
 from foresight.rl import self_predictive as SP
 
@@ -134,37 +136,12 @@ class SelfPredictiveConfig(Config):
         }[check_scale(scale)]
 
     def validate(self) -> None:
-        for name in (
-            "num_mdps",
-            "num_states",
-            "k",
-            "sgd_steps",
-            "sgd_batch",
-            "deep_k",
-            "deep_seeds",
-            "deep_steps",
-            "deep_batch",
-            "deep_hidden",
-        ):
+        for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.k >= self.num_states:
             raise ValueError(f"k={self.k} must be < num_states={self.num_states}")
-        for name in (
-            "concentration",
-            "collapse_dt",
-            "collapse_time",
-            "slow_predictor_rate",
-            "fast_predictor_rate",
-            "sgd_lr",
-            "spectral_dt",
-            "spectral_time",
-            "bidir_dt",
-            "bidir_time",
-            "deep_lr",
-            "deep_variant_lr",
-            "deep_ode_time",
-        ):
+        for name in _POSITIVE:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.slow_predictor_rate >= self.fast_predictor_rate:
@@ -179,39 +156,86 @@ class SelfPredictiveConfig(Config):
             raise ValueError("deep_obs must name at least one observation type")
 
 
+_AT_LEAST_ONE = "num_mdps num_states k sgd_steps sgd_batch deep_k deep_seeds deep_steps deep_batch deep_hidden".split()
+_POSITIVE = (
+    "concentration collapse_dt collapse_time slow_predictor_rate fast_predictor_rate sgd_lr spectral_dt "
+    "spectral_time bidir_dt bidir_time deep_lr deep_variant_lr deep_ode_time"
+).split()
+
+
+# ------------------------------------------------------------------------------------------------
+# verdict rules (pure: numbers in, verdict and criterion out)
+# ------------------------------------------------------------------------------------------------
+def _verdict(holds: bool, partial: bool) -> str:
+    return "reproduced" if holds else ("partial" if partial else "not reproduced")
+
+
+def non_collapse_verdict(
+    semi_drift_max: float, collapsed: Mapping[str, float], invariance_tol: float
+) -> tuple[str, str]:
+    """(a) from the Gram drift of semi-gradient + P* and the fraction of MDPs whose Φ collapsed per variant
+    (keys ``semi full slow fast sgd_semi sgd_full``; SGD runs that diverged count as collapsed)."""
+    c = collapsed
+    checks = (
+        semi_drift_max <= invariance_tol and c["semi"] == 0.0,  # the invariant, the heart of the claim
+        c["full"] >= 0.9,
+        c["slow"] >= 0.5,
+        c["fast"] == 0.0,
+        c["sgd_semi"] == 0.0 and c["sgd_full"] >= 0.9,
+    )
+    criterion = (
+        f"semi+P* drift ≤ {invariance_tol:g} and 0% collapse; full ≥ 90%, slow ≥ 50%, fast 0% "
+        f"collapsed; SGD semi 0%, full ≥ 90%"
+    )
+    return _verdict(all(checks), checks[0]), criterion
+
+
+def spectral_verdict(clean_frac: float, clean_threshold: float) -> tuple[str, str]:
+    """(b): the learned span is an eigen-subspace of the symmetric T in ≥ 90% of seeds (≥ 50%: partial)."""
+    criterion = f"span is an eigen-subspace (each selected eigvec ≥ {clean_threshold}) in ≥ 90% of seeds"
+    return _verdict(clean_frac >= 0.9, clean_frac >= 0.5), criterion
+
+
+def bidirectional_verdict(
+    bi_phi_U: float, bi_psi_V: float, byol_U: float, byol_V: float, svd_threshold: float
+) -> tuple[str, str]:
+    """(c): bidirectional learning aligns Φ with U_k and Ψ with V_k; one-directional BYOL-Π, the
+    contrast, must fall at least 0.1 short (without the contrast the result is only partial)."""
+    bi, one = min(bi_phi_U, bi_psi_V), max(byol_U, byol_V)
+    criterion = (
+        f"mean bidirectional alignment ≥ {svd_threshold} for both Φ and Ψ, and BYOL-Π's best ≤ bidirectional − 0.1"
+    )
+    return _verdict(bi >= svd_threshold and one <= bi - 0.1, bi >= 0.9), criterion
+
+
+def deep_verdict(alignment_means: Mapping[str, float], ode_alignment: float, margin: float) -> tuple[str, str]:
+    """(d): every observation type's mean deep alignment reaches max(0.95, ODE − margin) (≥ 0.8: partial)."""
+    need, worst = max(0.95, ode_alignment - margin), min(alignment_means.values())
+    criterion = f"mean deep alignment per observation type ≥ max(0.95, ODE − {margin})"
+    return _verdict(worst >= need, worst >= 0.8), criterion
+
+
+def overall_verdict(subs: Sequence[str]) -> str:
+    if all(v == "reproduced" for v in subs):
+        return "reproduced"
+    return "not reproduced" if all(v == "not reproduced" for v in subs) else "partial"
+
+
+RULE = (
+    "reproduced iff all four sub-claims (a)-(d) are reproduced by their criteria in the table; "
+    "not reproduced iff none is reproduced or partial; partial otherwise"
+)
+
+
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-def _gen(run: Run, part: int) -> torch.Generator:
-    return torch.Generator().manual_seed(1000 * run.seed + part)
-
-
-def _steps(time: float, dt: float) -> int:
-    return max(1, int(round(time / dt)))
-
-
-def _record_every(steps: int, points: int = 60) -> int:
-    return max(1, steps // points)
-
-
 def _integrate(run: Run, field, state0, *, dt: float, time: float, method: str, desc: str) -> SP.Trajectory:
-    steps = _steps(time, dt)
+    steps = max(1, int(round(time / dt)))
+    bar = partial(run.progress, desc=desc, total=steps)
     return SP.integrate(
-        field,
-        state0,
-        dt=dt,
-        steps=steps,
-        method=method,
-        record_every=_record_every(steps),
-        progress=lambda it: run.progress(it, desc=desc, total=steps),
+        field, state0, dt=dt, steps=steps, method=method, record_every=max(1, steps // 60), progress=bar
     )
-
-
-def _fast_dt(cfg: SelfPredictiveConfig, d: torch.Tensor) -> float:
-    """RK4 step for the fast predictor. dP/dt = −β∇_P L = −2β ΦᵀD(ΦP − TΦ) has rate ≤ 2β·max(d) for orthonormal
-    Φ, so dt = 0.5 / (β·max d) keeps |rate·dt| ≤ 1, well inside RK4's stability region (2.78); halving it
-    changed no reported number by more than 1e-4 in a pilot."""
-    return min(cfg.collapse_dt, 0.5 / (cfg.fast_predictor_rate * float(d.max())))
 
 
 def _frac(mask: torch.Tensor) -> float:
@@ -223,15 +247,11 @@ def _nan0(x: float | None) -> float:
     return 0.0 if x is None or not math.isfinite(x) else float(x)
 
 
-def _verdict(holds: bool, partial: bool) -> str:
-    return "reproduced" if holds else ("partial" if partial else "not reproduced")
-
-
 # ------------------------------------------------------------------------------------------------
 # (a) non-collapse
 # ------------------------------------------------------------------------------------------------
-def part_non_collapse(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
-    g = _gen(run, 1)
+def non_collapse_unit(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
+    g = run.generator("non_collapse")
     B, S, k = cfg.num_mdps, cfg.num_states, cfg.k
     T = torch.stack([M.random_transition_matrix(S, g, cfg.concentration) for _ in range(B)])  # [B, S, S]
     d = torch.stack([M.stationary_distribution(t) for t in T])  # non-uniform on purpose: the argument needs no symmetry
@@ -242,36 +262,26 @@ def part_non_collapse(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
         "zero": torch.zeros(B, k, k, dtype=F64),
     }
     P0 = P_inits[cfg.predictor_init]
-    fast_dt = _fast_dt(cfg, d)
+    fast_dt = SP.fast_predictor_dt(cfg.fast_predictor_rate, d, cfg.collapse_dt)
     other = "euler" if cfg.integrator == "rk4" else "rk4"  # the same run with the other integrator
-    variants = {
+    slow, fast = cfg.slow_predictor_rate, cfg.fast_predictor_rate
+    variants = {  # name -> (field options, dt, integrator)
         "semi + optimal P*": (dict(), cfg.collapse_dt, cfg.integrator),
         f"semi + optimal P* ({other})": (dict(), cfg.collapse_dt, other),
         "full gradient + optimal P*": (dict(gradient="full"), cfg.collapse_dt, cfg.integrator),
-        f"semi + slow P (β={cfg.slow_predictor_rate:g})": (
-            dict(predictor="learned", predictor_rate=cfg.slow_predictor_rate),
+        f"semi + slow P (β={slow:g})": (
+            dict(predictor="learned", predictor_rate=slow),
             cfg.collapse_dt,
             cfg.integrator,
         ),
-        f"semi + fast P (β={cfg.fast_predictor_rate:g})": (
-            dict(predictor="learned", predictor_rate=cfg.fast_predictor_rate),
-            fast_dt,
-            cfg.integrator,
-        ),
+        f"semi + fast P (β={fast:g})": (dict(predictor="learned", predictor_rate=fast), fast_dt, cfg.integrator),
     }
     s0 = SP.sigma_min(Phi0)
     out: dict[str, Any] = {"variants": {}, "series": {}, "fast_dt": fast_dt}
     for name, (kw, dt, method) in variants.items():
-        traj = _integrate(
-            run,
-            SP.byol_pi_field(T, d, **kw),
-            (Phi0, P0),
-            dt=dt,
-            time=cfg.collapse_time,
-            method=method,
-            desc=f"(a) {name}",
-        )
-        ratio = torch.stack([SP.sigma_min(s[0]) / s0 for s in traj.states])  # [m, B]
+        field = SP.byol_pi_field(T, d, **kw)
+        traj = _integrate(run, field, (Phi0, P0), dt=dt, time=cfg.collapse_time, method=method, desc=f"(a) {name}")
+        ratio = torch.stack([SP.sigma_min(s[0]) / s0 for s in traj.states])  # [m, B]; NaN where Φ diverged
         drift = torch.stack([SP.gram_drift(s[0], Phi0) for s in traj.states])  # [m, B]
         out["series"][name] = {
             "t": traj.times.tolist(),
@@ -288,18 +298,14 @@ def part_non_collapse(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     # how much the slow-predictor result depends on where P starts: all starts in one batched run
     starts = {**P_inits, "P*(Φ0)": SP.optimal_predictor(Phi0, T, d)}
     n = len(starts)
-    traj = SP.integrate(
-        SP.byol_pi_field(
-            T.repeat(n, 1, 1), d.repeat(n, 1), predictor="learned", predictor_rate=cfg.slow_predictor_rate
-        ),
-        (Phi0.repeat(n, 1, 1), torch.cat(list(starts.values()))),
-        dt=cfg.collapse_dt,
-        steps=_steps(cfg.collapse_time, cfg.collapse_dt),
-        method=cfg.integrator,
-        record_every=10**9,
-    )
-    ratio = (SP.sigma_min(traj.states[-1][0]) / s0.repeat(n)).view(n, B)
-    drift = SP.gram_drift(traj.states[-1][0], Phi0.repeat(n, 1, 1)).view(n, B)
+    field = SP.byol_pi_field(T.repeat(n, 1, 1), d.repeat(n, 1), predictor="learned", predictor_rate=slow)
+    steps = max(1, int(round(cfg.collapse_time / cfg.collapse_dt)))
+    state0 = (Phi0.repeat(n, 1, 1), torch.cat(list(starts.values())))
+    last = SP.integrate(
+        field, state0, dt=cfg.collapse_dt, steps=steps, method=cfg.integrator, record_every=10**9
+    ).states[-1][0]
+    ratio = (SP.sigma_min(last) / s0.repeat(n)).view(n, B)
+    drift = SP.gram_drift(last, Phi0.repeat(n, 1, 1)).view(n, B)
     out["slow_init"] = {
         name: {
             "collapse_frac": _frac(ratio[i] < cfg.collapse_ratio),
@@ -313,28 +319,14 @@ def part_non_collapse(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     sgd_variants = {
         "SGD semi + optimal P*": dict(),
         "SGD full gradient + optimal P*": dict(gradient="full"),
-        f"SGD semi + slow P (lr_P = {cfg.slow_predictor_rate:g}·lr)": dict(
-            predictor="learned", predictor_lr=cfg.slow_predictor_rate * cfg.sgd_lr, P0=P0
-        ),
-        f"SGD semi + fast P (lr_P = {cfg.fast_predictor_rate:g}·lr)": dict(
-            predictor="learned", predictor_lr=cfg.fast_predictor_rate * cfg.sgd_lr, P0=P0
-        ),
+        f"SGD semi + slow P (lr_P = {slow:g}·lr)": dict(predictor="learned", predictor_lr=slow * cfg.sgd_lr, P0=P0),
+        f"SGD semi + fast P (lr_P = {fast:g}·lr)": dict(predictor="learned", predictor_lr=fast * cfg.sgd_lr, P0=P0),
     }
+    sgd = dict(steps=cfg.sgd_steps, batch_size=cfg.sgd_batch, lr=cfg.sgd_lr, record_every=cfg.sgd_steps)
     for name, kw in run.progress(sgd_variants.items(), desc="(a) SGD", total=len(sgd_variants)):
-        traj = SP.sgd_byol_pi(
-            Phi0,
-            T,
-            d,
-            steps=cfg.sgd_steps,
-            batch_size=cfg.sgd_batch,
-            lr=cfg.sgd_lr,
-            generator=g,
-            record_every=cfg.sgd_steps,
-            **kw,
-        )
-        Phi = traj.states[-1][0]
+        Phi = SP.sgd_byol_pi(Phi0, T, d, generator=g, **sgd, **kw).states[-1][0]
         finite = torch.isfinite(Phi).flatten(1).all(1)
-        ratio = torch.where(finite, SP.sigma_min(torch.nan_to_num(Phi)) / s0, torch.zeros_like(s0))
+        ratio = torch.where(finite, SP.sigma_min(torch.nan_to_num(Phi)) / s0, torch.zeros_like(s0))  # diverged: 0
         out["sgd"][name] = {
             "collapse_frac": _frac(ratio < cfg.collapse_ratio),
             "sigma_ratio_median": float(ratio.median()),
@@ -345,68 +337,11 @@ def part_non_collapse(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     return out
 
 
-def verdict_non_collapse(cfg: SelfPredictiveConfig, a: dict[str, Any]) -> dict[str, Any]:
-    v, s = a["variants"], a["sgd"]
-    names = list(v)
-    semi, full, slow, fast = v[names[0]], v[names[2]], v[names[3]], v[names[4]]
-    sgd_semi, sgd_full = s[list(s)[0]], s[list(s)[1]]
-    checks = {
-        "invariant": semi["drift_max"] <= cfg.invariance_tol and semi["collapse_frac"] == 0.0,
-        "full collapses": full["collapse_frac"] >= 0.9,
-        "slow collapses": slow["collapse_frac"] >= 0.5,
-        "fast does not": fast["collapse_frac"] == 0.0,
-        "SGD agrees": sgd_semi["collapse_frac"] == 0.0 and sgd_full["collapse_frac"] >= 0.9,
-    }
-    verdict = _verdict(all(checks.values()), checks["invariant"])
-    measured = (
-        f"max drift semi+P* {semi['drift_max']:.1e} ({cfg.integrator}; {names[1]}: "
-        f"{v[names[1]]['drift_max']:.1e}); collapsed: full {full['collapse_frac']:.0%}, "
-        f"slow {slow['collapse_frac']:.0%}, fast {fast['collapse_frac']:.0%} "
-        f"(fast drift {fast['drift_median']:.2g}); SGD semi {sgd_semi['collapse_frac']:.0%} / "
-        f"full {sgd_full['collapse_frac']:.0%}"
-    )
-    criterion = (
-        f"semi+P* drift ≤ {cfg.invariance_tol:g} and 0% collapse; full ≥ 90%, slow ≥ 50%, fast 0% "
-        f"collapsed; SGD semi 0%, full ≥ 90%"
-    )
-    return {"checks": checks, "verdict": verdict, "measured": measured, "criterion": criterion}
-
-
 # ------------------------------------------------------------------------------------------------
 # (b) spectral decomposition on symmetric T
 # ------------------------------------------------------------------------------------------------
-def _selection_stats(
-    Phi: torch.Tensor, eigs: list[tuple[torch.Tensor, torch.Tensor]], k: int, threshold: float
-) -> dict[str, Any]:
-    """Per seed: the selected eigenvalue ranks (by value), and whether the span is a clean eigen-subspace."""
-    S = Phi.shape[-2]
-    sel_ranks, clean, top_abs, top_real, extremal, purity, align_abs = [], [], [], [], [], [], []
-    for (lam, vec), phi in zip(eigs, Phi):  # lam sorted by value, descending
-        w = SP.eigen_selection(phi, vec)  # [S]
-        idx = sorted(torch.topk(w, k).indices.tolist())
-        abs_idx = sorted(torch.argsort(lam.abs(), descending=True, stable=True)[:k].tolist())
-        m = sum(i < k for i in idx)
-        sel_ranks.append(idx)
-        clean.append(bool(w[idx].min() >= threshold))
-        top_abs.append(idx == abs_idx)
-        top_real.append(idx == list(range(k)))
-        # the m largest and the k − m most negative eigenvalues: the local maxima of Σ_selected λ²
-        extremal.append(idx == list(range(m)) + list(range(S - (k - m), S)))
-        purity.append(float(w[idx].sum() / k))
-        align_abs.append(float(M.alignment(vec[:, abs_idx], phi)))
-    return {
-        "ranks": sel_ranks,
-        "clean": clean,
-        "top_abs": top_abs,
-        "top_real": top_real,
-        "extremal": extremal,
-        "purity": purity,
-        "align_top_abs": align_abs,
-    }
-
-
-def part_spectral(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
-    g = _gen(run, 2)
+def spectral_unit(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
+    g = run.generator("spectral")
     B, S, k = cfg.num_mdps, cfg.num_states, cfg.k
     T = torch.stack([M.random_symmetric_transition(S, g, cfg.concentration) for _ in range(B)])
     d = torch.full((B, S), 1.0 / S, dtype=F64)
@@ -416,68 +351,54 @@ def part_spectral(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     for name, TT in (("symmetric T", T), ("lazy (I + T)/2", 0.5 * (torch.eye(S, dtype=F64) + T))):
         eigs = [M.eig_sorted(t, by="real") for t in TT]
         lam = torch.stack([e[0] for e in eigs])  # [B, S]
+        dt, time = cfg.spectral_dt, cfg.spectral_time
         traj = _integrate(
-            run,
-            SP.byol_pi_field(TT, d),
-            (Phi0, Z),
-            dt=cfg.spectral_dt,
-            time=cfg.spectral_time,
-            method=cfg.integrator,
-            desc=f"(b) {name}",
+            run, SP.byol_pi_field(TT, d), (Phi0, Z), dt=dt, time=time, method=cfg.integrator, desc=f"(b) {name}"
         )
-        per_t = [_selection_stats(st[0], eigs, k, cfg.clean_threshold) for st in traj.states]
-        final = per_t[-1]
-        clean_t = torch.tensor([p["clean"] for p in per_t])  # [m, B]
-        first_clean = [
-            float(traj.times[clean_t[:, b].nonzero()[0, 0]]) if clean_t[:, b].any() else float("nan") for b in range(B)
+        # per recorded time, per seed: which eigen-subspace span(Φ) is
+        per_t = [
+            [SP.classify_eigen_selection(phi, lv, vec, k, cfg.clean_threshold) for phi, (lv, vec) in zip(st[0], eigs)]
+            for st in traj.states
         ]
-        drift = SP.gram_drift(traj.states[-1][0], Phi0)
+        final = per_t[-1]
+        clean_t = torch.tensor([[e.clean for e in p] for p in per_t])  # [m, B]
+        first_clean = [
+            float(traj.times[clean_t[:, b].nonzero()[0, 0]]) if clean_t[:, b].any() else math.nan for b in range(B)
+        ]
         abs_sorted = lam.abs().sort(1, descending=True).values
+        top_abs_lam = lam.gather(1, lam.abs().argsort(1, descending=True)[:, :k])
+
+        def frac(field: str, sel: list = final) -> float:
+            return _frac(torch.tensor([getattr(e, field) for e in sel]))
+
         out[name] = {
-            "clean_frac": _frac(torch.tensor(final["clean"])),
-            "top_abs_frac": _frac(torch.tensor(final["top_abs"])),
-            "top_real_frac": _frac(torch.tensor(final["top_real"])),
-            "extremal_frac": _frac(torch.tensor(final["extremal"])),
-            "align_top_abs_mean": float(torch.tensor(final["align_top_abs"]).mean()),
-            "purity_mean": float(torch.tensor(final["purity"]).mean()),
+            "clean_frac": frac("clean"),
+            "top_abs_frac": frac("top_abs"),
+            "top_real_frac": frac("top_real"),
+            "extremal_frac": frac("extremal"),
+            "align_top_abs_mean": sum(e.align_top_abs for e in final) / B,
+            "purity_mean": sum(e.purity for e in final) / B,
             "time_to_clean_median": float(torch.tensor(first_clean).nanmedian()),
-            "drift_max": float(drift.max()),
+            "drift_max": float(SP.gram_drift(traj.states[-1][0], Phi0).max()),
             "abs_gap_median": float((abs_sorted[:, k - 1] - abs_sorted[:, k]).median()),
-            "negative_in_top_abs_frac": _frac((lam.gather(1, lam.abs().argsort(1, descending=True)[:, :k]) < 0).any(1)),
-            "rank_freq": [sum(r in ranks for ranks in final["ranks"]) / B for r in range(S)],
-            "selected_eigenvalues": [[round(float(lam[b, i]), 3) for i in final["ranks"][b]] for b in range(B)],
+            "negative_in_top_abs_frac": _frac((top_abs_lam < 0).any(1)),
+            "rank_freq": [sum(r in e.ranks for e in final) / B for r in range(S)],
+            "selected_eigenvalues": [[round(float(lam[b, i]), 3) for i in final[b].ranks] for b in range(B)],
         }
         out["series"][name] = {
             "t": traj.times.tolist(),
-            "purity": [sum(p["purity"]) / B for p in per_t],
-            "align_top_abs": [sum(p["align_top_abs"]) / B for p in per_t],
+            "purity": [sum(e.purity for e in p) / B for p in per_t],
+            "align_top_abs": [sum(e.align_top_abs for e in p) / B for p in per_t],
         }
-        run.log(
-            part="b",
-            variant=name,
-            **{key: val for key, val in out[name].items() if key not in ("selected_eigenvalues",)},
-        )
+        run.log(part="b", variant=name, **{key: v for key, v in out[name].items() if key != "selected_eigenvalues"})
     return out
-
-
-def verdict_spectral(cfg: SelfPredictiveConfig, b: dict[str, Any]) -> dict[str, Any]:
-    sym, lazy = b["symmetric T"], b["lazy (I + T)/2"]
-    verdict = _verdict(sym["clean_frac"] >= 0.9, sym["clean_frac"] >= 0.5)
-    measured = (
-        f"eigen-subspace in {sym['clean_frac']:.0%} of seeds (purity {sym['purity_mean']:.3f}); top-|λ| "
-        f"{sym['top_abs_frac']:.0%}, top-λ {sym['top_real_frac']:.0%}, m-largest + (k−m)-most-negative "
-        f"{sym['extremal_frac']:.0%}; mean alignment with top-|λ| {sym['align_top_abs_mean']:.3f}; lazy T: "
-        f"top-k {lazy['top_abs_frac']:.0%} (alignment {lazy['align_top_abs_mean']:.3f})"
-    )
-    criterion = f"span is an eigen-subspace (each selected eigvec ≥ {cfg.clean_threshold}) in ≥ 90% of seeds"
-    return {"verdict": verdict, "measured": measured, "criterion": criterion}
 
 
 # ------------------------------------------------------------------------------------------------
 # (c) bidirectional learning and singular subspaces
 # ------------------------------------------------------------------------------------------------
-def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
-    g = _gen(run, 3)
+def bidirectional_unit(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
+    g = run.generator("bidirectional")
     B, S, k = cfg.num_mdps, cfg.num_states, cfg.k
     T = torch.stack([M.random_doubly_stochastic(S, g, cfg.concentration) for _ in range(B)])
     d = torch.full((B, S), 1.0 / S, dtype=F64)
@@ -486,27 +407,12 @@ def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     Z = torch.zeros(B, k, k, dtype=F64)
     svd = [M.top_singular_vectors(t, k) for t in T]
 
-    def align(states_phi: torch.Tensor, which: int) -> torch.Tensor:
-        return torch.stack([M.alignment(sv[which], p) for sv, p in zip(svd, states_phi)])
+    def align(reps: torch.Tensor, which: int) -> torch.Tensor:  # which: 0 = U_k, 2 = V_k
+        return torch.stack([M.alignment(sv[which], p) for sv, p in zip(svd, reps)])
 
-    bi = _integrate(
-        run,
-        SP.bidirectional_field(T, d),
-        (Phi0, Psi0, Z, Z),
-        dt=cfg.bidir_dt,
-        time=cfg.bidir_time,
-        method=cfg.integrator,
-        desc="(c) bidirectional",
-    )
-    one = _integrate(
-        run,
-        SP.byol_pi_field(T, d),
-        (Phi0, Z),
-        dt=cfg.bidir_dt,
-        time=cfg.bidir_time,
-        method=cfg.integrator,
-        desc="(c) BYOL-Π",
-    )
+    ode = dict(dt=cfg.bidir_dt, time=cfg.bidir_time, method=cfg.integrator)
+    bi = _integrate(run, SP.bidirectional_field(T, d), (Phi0, Psi0, Z, Z), desc="(c) bidirectional", **ode)
+    one = _integrate(run, SP.byol_pi_field(T, d), (Phi0, Z), desc="(c) BYOL-Π", **ode)
     series = {
         "bidirectional Φ vs U_k": [float(align(s[0], 0).mean()) for s in bi.states],
         "bidirectional Ψ vs V_k": [float(align(s[1], 2).mean()) for s in bi.states],
@@ -515,25 +421,18 @@ def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     }
     phi_u, psi_v = align(bi.states[-1][0], 0), align(bi.states[-1][1], 2)
     one_u, one_v = align(one.states[-1][0], 0), align(one.states[-1][0], 2)
-    # non-uniform d (docs/self_predictive.md): Φ → D^{-1/2} U_k(A), Ψ → D'^{-1/2} V_k(A), A = D^{1/2} T D'^{-1/2}
+    # non-uniform d (docs/self_predictive.md, open question): the whitened singular subspaces of D^{1/2} T D'^{-1/2}
     T2 = torch.stack([M.random_transition_matrix(S, g, cfg.concentration) for _ in range(B)])
     d2 = M.random_dirichlet((B, S), 2.0, g)
-    dn = torch.einsum("bs,bst->bt", d2, T2)
-    nu = _integrate(
-        run,
-        SP.bidirectional_field(T2, d2),
-        (Phi0, Psi0, Z, Z),
-        dt=cfg.bidir_dt,
-        time=cfg.bidir_time / 2,
-        method=cfg.integrator,
-        desc="(c) non-uniform d",
-    )
+    ode["time"] = cfg.bidir_time / 2
+    nu = _integrate(run, SP.bidirectional_field(T2, d2), (Phi0, Psi0, Z, Z), desc="(c) non-uniform d", **ode).states[-1]
     wu, wv, raw_u = [], [], []
     for b in range(B):
-        U, _, V = M.top_singular_vectors(d2[b].sqrt()[:, None] * T2[b] / dn[b].sqrt()[None, :], k)
-        wu.append(M.alignment(U / d2[b].sqrt()[:, None], nu.states[-1][0][b]))
-        wv.append(M.alignment(V / dn[b].sqrt()[:, None], nu.states[-1][1][b]))
-        raw_u.append(M.alignment(M.top_singular_vectors(T2[b], k)[0], nu.states[-1][0][b]))
+        Phi_star, Psi_star = SP.whitened_singular_subspaces(T2[b], d2[b], k)
+        wu.append(M.alignment(Phi_star, nu[0][b]))
+        wv.append(M.alignment(Psi_star, nu[1][b]))
+        raw_u.append(M.alignment(M.top_singular_vectors(T2[b], k)[0], nu[0][b]))
+    drift = torch.maximum(SP.gram_drift(bi.states[-1][0], Phi0), SP.gram_drift(bi.states[-1][1], Psi0))
     out = {
         "bi_phi_U_mean": float(phi_u.mean()),
         "bi_psi_V_mean": float(psi_v.mean()),
@@ -541,9 +440,7 @@ def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
         "bi_frac_above": _frac(torch.minimum(phi_u, psi_v) >= cfg.svd_threshold),
         "byol_U_mean": float(one_u.mean()),
         "byol_V_mean": float(one_v.mean()),
-        "bi_drift_max": float(
-            torch.maximum(SP.gram_drift(bi.states[-1][0], Phi0), SP.gram_drift(bi.states[-1][1], Psi0)).max()
-        ),
+        "bi_drift_max": float(drift.max()),
         "nonuniform_whitened_U_mean": float(torch.stack(wu).mean()),
         "nonuniform_whitened_V_mean": float(torch.stack(wv).mean()),
         "nonuniform_raw_U_mean": float(torch.stack(raw_u).mean()),
@@ -553,134 +450,101 @@ def part_bidirectional(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
     return out
 
 
-def verdict_bidirectional(cfg: SelfPredictiveConfig, c: dict[str, Any]) -> dict[str, Any]:
-    bi = min(c["bi_phi_U_mean"], c["bi_psi_V_mean"])
-    one = max(c["byol_U_mean"], c["byol_V_mean"])
-    verdict = _verdict(bi >= cfg.svd_threshold and one <= bi - 0.1, bi >= 0.9)
-    measured = (
-        f"bidirectional Φ–U_k {c['bi_phi_U_mean']:.4f}, Ψ–V_k {c['bi_psi_V_mean']:.4f} (min seed "
-        f"{c['bi_min']:.3f}; {c['bi_frac_above']:.0%} ≥ {cfg.svd_threshold}); BYOL-Π Φ–U_k "
-        f"{c['byol_U_mean']:.3f}, Φ–V_k {c['byol_V_mean']:.3f}; non-uniform d, whitened SVD: "
-        f"{c['nonuniform_whitened_U_mean']:.4f} / {c['nonuniform_whitened_V_mean']:.4f}"
-    )
-    criterion = (
-        f"mean bidirectional alignment ≥ {cfg.svd_threshold} for both Φ and Ψ, and BYOL-Π's best ≤ bidirectional − 0.1"
-    )
-    return {"verdict": verdict, "measured": measured, "criterion": criterion}
-
-
 # ------------------------------------------------------------------------------------------------
 # (d) deep version on a gridworld
 # ------------------------------------------------------------------------------------------------
-def part_deep(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
-    g = _gen(run, 4)
+def _deep_problem(cfg: SelfPredictiveConfig) -> tuple[M.GridWorld, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gridworld, its lazy random-walk T, uniform d and the top-k eigenvalues' eigenvectors V_k."""
     grid = M.four_rooms(goal_cell=None) if cfg.deep_layout == "four_rooms" else M.gridworld(SMALL_FOUR_ROOMS)
-    S, k = grid.num_states, cfg.deep_k
+    S = grid.num_states
     # uniform random policy, made lazy: the random walk on a grid has eigenvalues near −1 that would compete
     # by |λ| (see (b)); (I + T)/2 keeps the order of the smooth "proto-value function" eigenvectors.
     T = 0.5 * (torch.eye(S, dtype=F64) + M.policy_transition(grid, M.uniform_policy(grid)))
-    d = torch.full((S,), 1.0 / S, dtype=F64)
     lam, vecs = M.eig_sorted(T)
-    V_k = vecs[:, :k]
+    return grid, T, torch.full((S,), 1.0 / S, dtype=F64), vecs[:, : cfg.deep_k]
 
-    def metric(phi: torch.Tensor, psi: torch.Tensor | None) -> float:
-        return float(M.alignment(V_k, phi))
 
-    # the idealised reference: tabular BYOL-Π ODE on the same T
-    Phi0 = SP.orthonormal_init(S, k, batch=(cfg.deep_seeds,), generator=g)
-    dt = S / 2.0  # RK4 stable: the fastest rate is ≈ 2/S
+def deep_ode_unit(cfg: SelfPredictiveConfig, run: Run) -> dict[str, Any]:
+    """The idealised reference: the tabular BYOL-Π ODE on the same T, one run per deep seed."""
+    grid, T, d, V_k = _deep_problem(cfg)
+    S, k, n = grid.num_states, cfg.deep_k, cfg.deep_seeds
+    Phi0 = SP.orthonormal_init(S, k, batch=(n,), generator=run.generator("deep/ode"))
+    state0 = (Phi0, torch.zeros(n, k, k, dtype=F64))
+    # RK4 is stable at dt = S/2: the fastest rate is ≈ 2/S
     ode = _integrate(
         run,
-        SP.byol_pi_field(T, d.expand(cfg.deep_seeds, S)),
-        (Phi0, torch.zeros(cfg.deep_seeds, k, k, dtype=F64)),
-        dt=dt,
+        SP.byol_pi_field(T, d.expand(n, S)),
+        state0,
+        dt=S / 2.0,
         time=cfg.deep_ode_time,
         method=cfg.integrator,
         desc="(d) ODE",
     )
-    ode_align = [float(M.alignment(V_k, p)) for p in ode.states[-1][0]]
-    observations = {"onehot": torch.eye(S), "pixels": grid.pixel_observations()}
-    runs: dict[str, dict[str, Any]] = {}
-    # (observation, target, seed, lr): the claim's runs, then the target variants on the first observation type
-    # at deep_variant_lr (a stop-grad run at that lr is included there as their reference)
-    jobs = [(obs, "stopgrad", seed, cfg.deep_lr) for obs in cfg.deep_obs for seed in range(cfg.deep_seeds)]
-    jobs += [(cfg.deep_obs[0], variant, 0, cfg.deep_variant_lr) for variant in cfg.deep_variants]
-    for obs_name, target, seed, lr in run.progress(jobs, desc="(d) deep", total=len(jobs)):
-        dcfg = SP.DeepSelfPredictiveConfig(
-            k=k,
-            hidden=cfg.deep_hidden,
-            steps=cfg.deep_steps,
-            batch_size=cfg.deep_batch,
-            lr=lr,
-            target=target,
-            ema_decay=cfg.deep_ema_decay,
-            predictor="least_squares",
-        )
-        res = SP.train_deep_self_predictive(
-            observations[obs_name],
-            T,
-            d,
-            dcfg,
-            generator=torch.Generator().manual_seed(1000 * run.seed + 40 + seed),
-            metric=metric,
-            log_every=max(1, cfg.deep_steps // 40),
-        )
-        name = f"{obs_name}/{target}/lr{lr:g}/seed{seed}"
-        last, first = res.history[-1], res.history[0]
-        runs[name] = {
-            "steps": [h.step for h in res.history],
-            "alignment": [h.alignment for h in res.history],
-            "sigma_min": [h.sigma_min for h in res.history],
-            "diverged": not math.isfinite(last.sigma_min),
-            "alignment_final": _nan0(last.alignment),
-            "sigma_ratio": last.sigma_min / first.sigma_min,
-        }
-        run.log(
-            part="d",
-            run=name,
-            alignment=last.alignment,
-            sigma_ratio=runs[name]["sigma_ratio"],
-            diverged_at=last.step if runs[name]["diverged"] else None,
-        )
+    lam = M.eig_sorted(T)[0]
+    return {
+        "alignment": [float(M.alignment(V_k, p)) for p in ode.states[-1][0]],
+        "eigenvalues": [round(float(x), 4) for x in lam[: k + 2]],
+        "num_states": S,
+    }
+
+
+def _deep_cells(cfg: SelfPredictiveConfig) -> dict[str, tuple[str, str, float, int]]:
+    """``{cell: (observation, target, lr, seed)}``: the claim's runs (stop-grad, every observation type and
+    seed), then the target variants on the first observation type at ``deep_variant_lr`` (a stop-grad run
+    at that lr is their reference)."""
+    jobs = [(o, "stopgrad", cfg.deep_lr, s) for o in cfg.deep_obs for s in range(cfg.deep_seeds)]
+    jobs += [(cfg.deep_obs[0], v, cfg.deep_variant_lr, 0) for v in cfg.deep_variants]
+    return {f"{o}/{t}/lr{lr:g}/seed{s}": (o, t, lr, s) for o, t, lr, s in jobs}
+
+
+def deep_cell(cfg: SelfPredictiveConfig, run: Run, cell: str) -> dict[str, Any]:
+    """One MLP encoder trained by deep BYOL-Π from sampled transitions (cell: obs/target/lr/seed)."""
+    obs_name, target, lr, seed = _deep_cells(cfg)[cell]
+    grid, T, d, V_k = _deep_problem(cfg)
+    obs = torch.eye(grid.num_states) if obs_name == "onehot" else grid.pixel_observations()
+    dcfg = SP.DeepSelfPredictiveConfig(
+        k=cfg.deep_k,
+        hidden=cfg.deep_hidden,
+        steps=cfg.deep_steps,
+        batch_size=cfg.deep_batch,
+        lr=lr,
+        target=target,
+        ema_decay=cfg.deep_ema_decay,
+        predictor="least_squares",
+    )
+    # one stream per seed, shared by observation types and targets: the same samples, a paired comparison
+    gen = run.generator(f"deep/seed={seed}")
+
+    def metric(phi: torch.Tensor, psi: torch.Tensor | None) -> float:
+        return float(M.alignment(V_k, phi))
+
+    log_every = max(1, cfg.deep_steps // 40)
+    res = SP.train_deep_self_predictive(obs, T, d, dcfg, generator=gen, metric=metric, log_every=log_every)
+    first, last = res.history[0], res.history[-1]
+    out = {
+        "steps": [h.step for h in res.history],
+        "alignment": [h.alignment for h in res.history],
+        "sigma_min": [h.sigma_min for h in res.history],
+        "diverged": not math.isfinite(last.sigma_min),
+        "alignment_final": _nan0(last.alignment),
+        "sigma_ratio": last.sigma_min / first.sigma_min,
+    }
+    diverged_at = last.step if out["diverged"] else None
+    run.log(part="d", run=cell, alignment=last.alignment, sigma_ratio=out["sigma_ratio"], diverged_at=diverged_at)
+    return out
+
+
+def _deep_summary(cfg: SelfPredictiveConfig, ode: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     summary = {}
-    for obs_name in cfg.deep_obs:
-        finals = [
-            runs[f"{obs_name}/stopgrad/lr{cfg.deep_lr:g}/seed{s}"]["alignment_final"] for s in range(cfg.deep_seeds)
-        ]
-        summary[obs_name] = {"alignment_mean": sum(finals) / len(finals), "alignment_min": min(finals)}
+    for o in cfg.deep_obs:
+        finals = [runs[f"{o}/stopgrad/lr{cfg.deep_lr:g}/seed{s}"]["alignment_final"] for s in range(cfg.deep_seeds)]
+        summary[o] = {"alignment_mean": sum(finals) / len(finals), "alignment_min": min(finals)}
     variants = {}
     for v in cfg.deep_variants:
         r = runs[f"{cfg.deep_obs[0]}/{v}/lr{cfg.deep_variant_lr:g}/seed0"]
         variants[v] = {"alignment": r["alignment_final"], "sigma_ratio": r["sigma_ratio"], "diverged": r["diverged"]}
-    return {
-        "layout": cfg.deep_layout,
-        "num_states": S,
-        "eigenvalues": [round(float(x), 4) for x in lam[: k + 2]],
-        "ode_alignment_mean": sum(ode_align) / len(ode_align),
-        "ode_time": cfg.deep_ode_time,
-        "summary": summary,
-        "variants": variants,
-        "runs": runs,
-    }
-
-
-def verdict_deep(cfg: SelfPredictiveConfig, dd: dict[str, Any]) -> dict[str, Any]:
-    need = max(0.95, dd["ode_alignment_mean"] - cfg.deep_margin)
-    worst = min(s["alignment_mean"] for s in dd["summary"].values())
-    verdict = _verdict(worst >= need, worst >= 0.8)
-    parts = ", ".join(f"{o} {s['alignment_mean']:.3f} (min {s['alignment_min']:.3f})" for o, s in dd["summary"].items())
-    extra = "; ".join(
-        f"target={v}: " + ("diverged" if x["diverged"] else f"{x['alignment']:.3f}, σ_min ×{x['sigma_ratio']:.2g}")
-        for v, x in dd["variants"].items()
-    )
-    if extra:
-        extra = f"at lr {cfg.deep_variant_lr:g} ({cfg.deep_obs[0]}, one seed) " + extra
-    measured = (
-        f"{dd['layout']} ({dd['num_states']} states, k={cfg.deep_k}), deep stop-grad: {parts}; ODE "
-        f"{dd['ode_alignment_mean']:.3f}" + (f"; {extra}" if extra else "")
-    )
-    criterion = f"mean deep alignment per observation type ≥ max(0.95, ODE − {cfg.deep_margin})"
-    return {"verdict": verdict, "measured": measured, "criterion": criterion}
+    ode_mean = sum(ode["alignment"]) / len(ode["alignment"])
+    return {**ode, "ode_alignment_mean": ode_mean, "summary": summary, "variants": variants, "runs": runs}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -750,7 +614,7 @@ def make_figures(run: Run, cfg: SelfPredictiveConfig, parts: dict[str, Any]) -> 
     plot_lines(
         run.figure("deep_alignment.png"),
         {n: (r["steps"], nan(r["alignment"])) for n, r in dd["runs"].items()},
-        title=f"(d) deep BYOL-Π, {dd['layout']}: alignment with top-{cfg.deep_k} eigvecs",
+        title=f"(d) deep BYOL-Π, {cfg.deep_layout}: alignment with top-{cfg.deep_k} eigvecs",
         xlabel="SGD step",
         ylabel="alignment",
     )
@@ -833,80 +697,112 @@ def discrepancy_notes(cfg: SelfPredictiveConfig, parts: dict[str, Any], slow_ini
         "subspaces"
     ),
     config=SelfPredictiveConfig,
+    threads=1,
 )
 def run(cfg: SelfPredictiveConfig, run: Run) -> Result:
-    with torch_threads(1):  # tiny matrices: one thread is faster, and leaves the other core free
-        return _run(cfg, run)
+    a = run.phase("non_collapse", lambda: non_collapse_unit(cfg, run))
+    b = run.phase("spectral", lambda: spectral_unit(cfg, run))
+    c = run.phase("bidirectional", lambda: bidirectional_unit(cfg, run))
+    ode = run.phase("deep_ode", lambda: deep_ode_unit(cfg, run))
+    runs = run.sweep("deep", list(_deep_cells(cfg)), lambda cell: deep_cell(cfg, run, cell), desc="(d) deep")
+    return _report(cfg, run, {"a": a, "b": b, "c": c, "d": _deep_summary(cfg, ode, runs)})
 
 
-def _run(cfg: SelfPredictiveConfig, run: Run) -> Result:
-    state = run.load_checkpoint("parts") or {}
-    parts: dict[str, Any] = dict(state.get("parts", {}))
-    steps = (("a", part_non_collapse), ("b", part_spectral), ("c", part_bidirectional), ("d", part_deep))
-    for key, fn in steps:
-        if key in parts:
-            continue  # finished before an interruption
-        parts[key] = fn(cfg, run)
-        run.save_checkpoint("parts", {"parts": parts})
-
-    verdicts = {
-        "a": verdict_non_collapse(cfg, parts["a"]),
-        "b": verdict_spectral(cfg, parts["b"]),
-        "c": verdict_bidirectional(cfg, parts["c"]),
-        "d": verdict_deep(cfg, parts["d"]),
-    }
+def _report(cfg: SelfPredictiveConfig, run: Run, parts: dict[str, Any]) -> Result:
+    a, b, c, dd = parts["a"], parts["b"], parts["c"], parts["d"]
+    # (a)
+    v, s = a["variants"], a["sgd"]
+    names, sgd_names = list(v), list(s)
+    semi, euler, full, slow, fast = (v[n] for n in names)
+    sgd_semi, sgd_full = s[sgd_names[0]], s[sgd_names[1]]
+    collapsed = {"semi": semi, "full": full, "slow": slow, "fast": fast, "sgd_semi": sgd_semi, "sgd_full": sgd_full}
+    verdict_a, criterion_a = non_collapse_verdict(
+        semi["drift_max"], {n: x["collapse_frac"] for n, x in collapsed.items()}, cfg.invariance_tol
+    )
+    measured_a = (
+        f"max drift semi+P* {semi['drift_max']:.1e} ({cfg.integrator}; {names[1]}: {euler['drift_max']:.1e}); "
+        f"collapsed: full {full['collapse_frac']:.0%}, slow {slow['collapse_frac']:.0%}, fast "
+        f"{fast['collapse_frac']:.0%} (fast drift {fast['drift_median']:.2g}); SGD semi "
+        f"{sgd_semi['collapse_frac']:.0%} / full {sgd_full['collapse_frac']:.0%}"
+    )
+    # (b)
+    sym, lazy = b["symmetric T"], b["lazy (I + T)/2"]
+    verdict_b, criterion_b = spectral_verdict(sym["clean_frac"], cfg.clean_threshold)
+    measured_b = (
+        f"eigen-subspace in {sym['clean_frac']:.0%} of seeds (purity {sym['purity_mean']:.3f}); top-|λ| "
+        f"{sym['top_abs_frac']:.0%}, top-λ {sym['top_real_frac']:.0%}, m-largest + (k−m)-most-negative "
+        f"{sym['extremal_frac']:.0%}; mean alignment with top-|λ| {sym['align_top_abs_mean']:.3f}; lazy T: "
+        f"top-k {lazy['top_abs_frac']:.0%} (alignment {lazy['align_top_abs_mean']:.3f})"
+    )
+    # (c)
+    verdict_c, criterion_c = bidirectional_verdict(
+        c["bi_phi_U_mean"], c["bi_psi_V_mean"], c["byol_U_mean"], c["byol_V_mean"], cfg.svd_threshold
+    )
+    measured_c = (
+        f"bidirectional Φ–U_k {c['bi_phi_U_mean']:.4f}, Ψ–V_k {c['bi_psi_V_mean']:.4f} (min seed "
+        f"{c['bi_min']:.3f}; {c['bi_frac_above']:.0%} ≥ {cfg.svd_threshold}); BYOL-Π Φ–U_k "
+        f"{c['byol_U_mean']:.3f}, Φ–V_k {c['byol_V_mean']:.3f}; non-uniform d, whitened SVD: "
+        f"{c['nonuniform_whitened_U_mean']:.4f} / {c['nonuniform_whitened_V_mean']:.4f}"
+    )
+    # (d)
+    means = {o: x["alignment_mean"] for o, x in dd["summary"].items()}
+    verdict_d, criterion_d = deep_verdict(means, dd["ode_alignment_mean"], cfg.deep_margin)
+    per_obs = ", ".join(
+        f"{o} {x['alignment_mean']:.3f} (min {x['alignment_min']:.3f})" for o, x in dd["summary"].items()
+    )
+    extra = "; ".join(
+        f"target={t}: " + ("diverged" if x["diverged"] else f"{x['alignment']:.3f}, σ_min ×{x['sigma_ratio']:.2g}")
+        for t, x in dd["variants"].items()
+    )
+    measured_d = (
+        f"{cfg.deep_layout} ({dd['num_states']} states, k={cfg.deep_k}), deep stop-grad: {per_obs}; ODE "
+        f"{dd['ode_alignment_mean']:.3f}"
+        + (f"; at lr {cfg.deep_variant_lr:g} ({cfg.deep_obs[0]}, one seed) {extra}" if extra else "")
+    )
     labels = {
         "a": "(a) non-collapse",
         "b": "(b) spectral decomposition (symmetric T)",
         "c": "(c) bidirectional → SVD",
         "d": "(d) deep version from samples",
     }
+    rows = {
+        "a": (measured_a, criterion_a, verdict_a),
+        "b": (measured_b, criterion_b, verdict_b),
+        "c": (measured_c, criterion_c, verdict_c),
+        "d": (measured_d, criterion_d, verdict_d),
+    }
     table = [
-        {"sub-claim": labels[key], "measured": v["measured"], "criterion": v["criterion"], "sub-verdict": v["verdict"]}
-        for key, v in verdicts.items()
+        {"sub-claim": labels[key], "measured": m, "criterion": crit, "sub-verdict": verdict}
+        for key, (m, crit, verdict) in rows.items()
     ]
-    n_rep = sum(v["verdict"] == "reproduced" for v in verdicts.values())
-    n_any = sum(v["verdict"] != "not reproduced" for v in verdicts.values())
-    verdict = "reproduced" if n_rep == 4 else ("not reproduced" if n_any == 0 else "partial")
-    rule = (
-        "reproduced iff all four sub-claims (a)-(d) are reproduced by their criteria in the table; "
-        "not reproduced iff none is reproduced or partial; partial otherwise"
-    )
-
-    a, b, c, dd = parts["a"], parts["b"], parts["c"], parts["d"]
-    sym = b["symmetric T"]
+    verdict = overall_verdict([r[2] for r in rows.values()])
     metrics: dict[str, Any] = {
         "num_mdps": cfg.num_mdps,
-        "a_semi_optimal_drift_max": a["variants"][list(a["variants"])[0]]["drift_max"],
-        **{f"a_collapse_frac[{n}]": v["collapse_frac"] for n, v in a["variants"].items()},
-        **{f"a_collapse_frac[{n}]": v["collapse_frac"] for n, v in a["sgd"].items()},
-        **{f"a_slow_collapse_frac[P0={n}]": v["collapse_frac"] for n, v in a["slow_init"].items()},
+        "a_semi_optimal_drift_max": semi["drift_max"],
+        **{f"a_collapse_frac[{n}]": x["collapse_frac"] for n, x in v.items()},
+        **{f"a_collapse_frac[{n}]": x["collapse_frac"] for n, x in s.items()},
+        **{f"a_slow_collapse_frac[P0={n}]": x["collapse_frac"] for n, x in a["slow_init"].items()},
         "b_eigen_subspace_frac": sym["clean_frac"],
         "b_top_abs_frac": sym["top_abs_frac"],
         "b_top_real_frac": sym["top_real_frac"],
         "b_extremal_frac": sym["extremal_frac"],
         "b_align_top_abs_mean": sym["align_top_abs_mean"],
         "b_time_to_clean_median": sym["time_to_clean_median"],
-        "b_lazy_top_k_frac": b["lazy (I + T)/2"]["top_abs_frac"],
+        "b_lazy_top_k_frac": lazy["top_abs_frac"],
         "b_negative_in_top_abs_frac": sym["negative_in_top_abs_frac"],
-        "c_bi_phi_U_mean": c["bi_phi_U_mean"],
-        "c_bi_psi_V_mean": c["bi_psi_V_mean"],
-        "c_bi_min": c["bi_min"],
-        "c_byol_U_mean": c["byol_U_mean"],
-        "c_byol_V_mean": c["byol_V_mean"],
-        "c_nonuniform_whitened_U_mean": c["nonuniform_whitened_U_mean"],
-        "c_nonuniform_whitened_V_mean": c["nonuniform_whitened_V_mean"],
+        **{f"c_{key}": c[key] for key in ("bi_phi_U_mean", "bi_psi_V_mean", "bi_min", "byol_U_mean", "byol_V_mean")},
+        **{f"c_{key}": c[key] for key in ("nonuniform_whitened_U_mean", "nonuniform_whitened_V_mean")},
         "c_nonuniform_raw_U_mean": c["nonuniform_raw_U_mean"],
         "d_ode_alignment_mean": dd["ode_alignment_mean"],
-        **{f"d_alignment_mean[{o}]": s["alignment_mean"] for o, s in dd["summary"].items()},
-        **{f"d_alignment[target={v}, lr={cfg.deep_variant_lr:g}]": x["alignment"] for v, x in dd["variants"].items()},
-        **{f"sub_verdict_{key}": v["verdict"] for key, v in verdicts.items()},
+        **{f"d_alignment_mean[{o}]": m for o, m in means.items()},
+        **{f"d_alignment[target={t}, lr={cfg.deep_variant_lr:g}]": x["alignment"] for t, x in dd["variants"].items()},
+        **{f"sub_verdict_{key}": r[2] for key, r in rows.items()},
     }
     figures = make_figures(run, cfg, parts)
     slow_init = "; ".join(
-        f"P0={n}: {v['collapse_frac']:.0%} collapsed, median σ_min ratio "
-        f"{v['sigma_ratio_median']:.2g}, median drift {v['drift_median']:.2g}"
-        for n, v in a["slow_init"].items()
+        f"P0={n}: {x['collapse_frac']:.0%} collapsed, median σ_min ratio "
+        f"{x['sigma_ratio_median']:.2g}, median drift {x['drift_median']:.2g}"
+        for n, x in a["slow_init"].items()
     )
     protocol = (
         f"(a) {cfg.num_mdps} random Dirichlet({cfg.concentration:g}) MDPs under a fixed policy, |X|={cfg.num_states}, "
@@ -919,12 +815,12 @@ def _run(cfg: SelfPredictiveConfig, run: Run) -> Result:
         f"(dt={cfg.spectral_dt:g}); the same T made lazy as control. "
         f"(c) {cfg.num_mdps} random doubly-stochastic T, uniform d, optimal predictors, to t={cfg.bidir_time:g}; "
         f"plus {cfg.num_mdps} Dirichlet T with a non-stationary Dirichlet(2) d. "
-        f"(d) {dd['layout']} gridworld, uniform random policy made lazy, k={cfg.deep_k}, MLP({cfg.deep_hidden}) "
+        f"(d) {cfg.deep_layout} gridworld, uniform random policy made lazy, k={cfg.deep_k}, MLP({cfg.deep_hidden}) "
         f"encoder, plain SGD lr {cfg.deep_lr:g}, batch {cfg.deep_batch}, {cfg.deep_steps} steps, batch "
         f"least-squares predictor, {cfg.deep_seeds} seeds per observation type; reference: the ODE on the same T "
         f"to t={cfg.deep_ode_time:g}. Alignment = ‖U_kᵀQ‖²_F/k."
     )
     notes = " ".join(discrepancy_notes(cfg, parts, slow_init))
     return Result(
-        verdict=verdict, rule=rule, metrics=metrics, table=table, figures=figures, protocol=protocol, notes=notes
+        verdict=verdict, rule=RULE, metrics=metrics, table=table, figures=figures, protocol=protocol, notes=notes
     )
