@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from foresight.rl import ghm as G
 from foresight.rl.envs import BumpReward, PointNavEnv, compass_directions, point_nav_step
 from foresight.rl.mdp import (
+    FiniteMDP,
     chain_mdp,
     gridworld,
     q_values,
@@ -491,3 +492,180 @@ def test_point_nav_env_follows_gymnasium_api_and_clips():
     a, _ = PointNavEnv(reward).reset(seed=3)
     b, _ = PointNavEnv(reward).reset(seed=3)
     assert (a == b).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# GGPI evaluation helpers and the switching-policy simulator
+# ------------------------------------------------------------------------------------------------
+
+
+def _two_state_flip(gamma: float = 0.5) -> FiniteMDP:
+    """Action 0 stays, action 1 flips to the other state; start in state 0."""
+    stay, flip = torch.eye(2, dtype=torch.float64), torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    zeros = torch.zeros(2, 2, dtype=torch.float64)
+    return FiniteMDP(P=torch.stack([stay, flip]), R=zeros, gamma=gamma, initial=torch.tensor([1.0, 0.0]).double())
+
+
+def test_constant_action_policies_and_start_value_hand_computed():
+    mdp = G.with_arrival_reward(_two_state_flip(0.5), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    stay, flip = G.constant_action_policies(2, 2)
+    assert stay.tolist() == [[1.0, 0.0], [1.0, 0.0]] and flip.tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert G.start_value(mdp, stay) == 0.0  # never leaves state 0, which pays nothing
+    # flipping arrives in state 1 at t = 0, 2, 4, ...: 1 + γ² + γ⁴ + ... = 1 / (1 − γ²)
+    assert G.start_value(mdp, flip) == pytest.approx(1 / (1 - 0.25), abs=1e-12)
+    with pytest.raises(ValueError, match="num_states and num_actions must be >= 1, got 0, 2"):
+        G.constant_action_policies(0, 2)
+
+
+def test_random_goal_rewards_place_distinct_goals_and_are_seeded():
+    tasks = G.random_goal_rewards(10, 3, 5, _gen(0))
+    assert len(tasks) == 5
+    for r in tasks:
+        assert r.shape == (10,) and r.dtype == torch.float64
+        assert int((r > 0).sum()) == 3 and r.max() < 1
+    again = G.random_goal_rewards(10, 3, 5, _gen(0))
+    assert all(torch.equal(a, b) for a, b in zip(tasks, again))
+    with pytest.raises(ValueError, match="num_goals must be in \\[1, num_states=4\\], got 5"):
+        G.random_goal_rewards(4, 5, 1)
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_composition_errors_are_round_off_for_exact_models(L):
+    mdp, pis, r, g = _setup(40 + L, L=L)
+    alphas = torch.rand(L - 1, generator=g, dtype=torch.float64).tolist()
+    mu_err, q_err = G.composition_errors(mdp, pis, alphas, mdp.gamma, r)
+    assert 0.0 <= mu_err < 1e-12 and 0.0 <= q_err < 1e-10
+    # the discount is the argument's, not the MDP's field (the augmented solve uses it too)
+    assert max(G.composition_errors(mdp, pis, alphas, 0.5, r)) < 1e-10
+
+
+def test_improvement_margin_flags_the_counterexample_without_tails():
+    # the same counterexample as test_ggpi_inequality_can_fail_without_tails, through the helper
+    g = _gen(123)
+    mdp = random_mdp(5, 2, gamma=0.9, concentration=0.3, generator=g)
+    pis = [F.one_hot(torch.randint(2, (5,), generator=g), 2).double() for _ in range(2)]
+    r = torch.randn(5, generator=g, dtype=torch.float64)
+    closed = G.switching_set(2, 2, (0.5, 0.9))
+    models = {k: G.ghm(mdp, pis[k[0]], k[1]) for k in G.required_models(closed, mdp.gamma)}
+    mdp_r = G.with_arrival_reward(mdp, r)
+    open_set = [nu for nu in closed if len(nu) == 2]
+    assert G.improvement_margin(mdp_r, G.switching_q_values(models, pis, open_set, mdp.gamma, r)) < -0.2
+    assert G.improvement_margin(mdp_r, G.switching_q_values(models, pis, closed, mdp.gamma, r)) >= -1e-9
+
+
+def test_score_gpi_ggpi_with_exact_models_on_a_gridworld():
+    mdp = gridworld("\n".join(["....."] * 4), slip=0.1, gamma=0.9)
+    pis = G.constant_action_policies(mdp.num_states, mdp.num_actions)
+    N = G.switching_set(len(pis), 2, (0.8,))
+    models = {k: G.ghm(mdp, pis[k[0]], k[1]) for k in G.required_models(N, mdp.gamma)}
+    tasks = G.random_goal_rewards(mdp.num_states, 2, 4, _gen(5))
+    out = G.score_gpi_ggpi(mdp, pis, N, models, tasks, mdp.gamma, margins=True)
+    assert set(out) == {"base 0", "base 1", "base 2", "base 3", "GPI", "GGPI", "optimal", "ggpi_margin", "gpi_margin"}
+    assert all(len(v) == 4 for v in out.values())
+    for t, r in enumerate(tasks):
+        best_base = max(out[f"base {k}"][t] for k in range(4))
+        # both improve on every base policy (they are in both sets), the optimum bounds both
+        assert out["GPI"][t] >= best_base - 1e-9 and out["GGPI"][t] >= best_base - 1e-9
+        assert out["optimal"][t] >= max(out["GPI"][t], out["GGPI"][t]) - 1e-9
+        assert out["ggpi_margin"][t] >= -1e-9 and out["gpi_margin"][t] >= -1e-9
+        # GPI by hand: greedy over the exact base Q's, scored exactly
+        mdp_r = G.with_arrival_reward(mdp, r)
+        base_q = torch.stack([q_values(mdp_r, p) for p in pis])
+        assert out["GPI"][t] == pytest.approx(G.start_value(mdp_r, G.gpi_policy(base_q)), abs=1e-9)
+    given = G.score_gpi_ggpi(mdp, pis, N, models, tasks[:2], mdp.gamma, optimal=[7.0, 8.0])
+    assert given["optimal"] == [7.0, 8.0] and "ggpi_margin" not in given
+
+
+def test_rollout_returns_are_geometric_sums_and_paired_by_the_generator():
+    dirs = compass_directions(4)
+
+    def step(s, a, g, noise=0.0):
+        return point_nav_step(s, a, step_size=0.1, noise_std=noise, directions=dirs, generator=g)
+
+    starts = torch.full((3, 2), 0.5, dtype=torch.float64)
+    ones = G.rollout_returns(
+        step, lambda s: G.constant_action(0, s), lambda x: torch.ones(x.shape[0]), starts, horizon=4, gamma=0.5
+    )
+    torch.testing.assert_close(ones, torch.full((3,), 1 + 0.5 + 0.25 + 0.125, dtype=torch.float64))
+    # reward on arrival: moving right from x = 0.5 arrives at 0.6, 0.7, 0.8 (then clipped at 1)
+    x_reward = G.rollout_returns(step, lambda s: G.constant_action(0, s), lambda x: x[:, 0], starts, horizon=3, gamma=1)
+    torch.testing.assert_close(x_reward, torch.full((3,), 0.6 + 0.7 + 0.8, dtype=torch.float64))
+
+    def noisy(s, a, g):
+        return step(s, a, g, noise=0.05)
+
+    a, b = (
+        G.rollout_returns(
+            noisy, lambda s: G.constant_action(1, s), lambda x: x[:, 1], starts, horizon=5, gamma=0.9, generator=_gen(3)
+        )
+        for _ in range(2)
+    )
+    assert torch.equal(a, b) and a.std() > 0  # the same noise for the same seed, different per episode
+
+
+def test_simulated_switching_policy_matches_the_exact_composed_value():
+    # a finite MDP as a "continuous" task: the state is a [1] long tensor, the step samples P
+    mdp, _, r, g = _setup(11, S=5, A=2, L=2)
+    gamma = 0.6
+    pis = G.constant_action_policies(5, 2)
+    nu = G.SwitchingPolicy((0, 1), (0.7,))
+    betas = nu.betas(gamma)
+    Q = G.composed_q_values([G.ghm(mdp, pis[k], b) for k, b in zip(nu.sequence, betas)], pis, betas, gamma, r)
+
+    def step(x, a, gen):
+        return torch.multinomial(mdp.P[a, x[:, 0]], 1, generator=gen)
+
+    for s, a in ((0, 0), (3, 1)):
+        ret = G.simulate_switching_policy(
+            step,
+            G.constant_action,
+            nu,
+            lambda x: r[x[:, 0]],
+            torch.tensor([s]),
+            a,
+            n=20_000,
+            horizon=60,
+            gamma=gamma,
+            generator=_gen(20 + s),
+        )
+        se = ret.std().item() / math.sqrt(ret.numel())
+        assert ret.mean().item() == pytest.approx(Q[s, a].item(), abs=4 * se + 1e-9)
+    with pytest.raises(ValueError, match="n and horizon must be >= 1, got 0, 5"):
+        G.simulate_switching_policy(
+            step, G.constant_action, nu, r.__getitem__, torch.tensor([0]), 0, n=0, horizon=5, gamma=gamma
+        )
+
+
+def test_uniform_transitions_sample_the_state_space_and_step():
+    dirs = compass_directions(4)
+
+    def step(s, a, g):
+        return point_nav_step(s, a, step_size=0.1, noise_std=0.0, directions=dirs, generator=g)
+
+    s, a, s2 = G.uniform_transitions(step, 2, 4)(64, _gen(0))
+    assert s.shape == (64, 2) and a.shape == (64,) and s2.shape == (64, 2)
+    assert ((s >= 0) & (s <= 1)).all() and set(a.tolist()) <= {0, 1, 2, 3}
+    torch.testing.assert_close(s2, step(s, a, None))
+
+
+def test_rollout_gpi_ggpi_acts_on_the_base_set_and_the_whole_set():
+    dirs = compass_directions(4)
+
+    def step(s, a, g):
+        return point_nav_step(s, a, step_size=0.1, noise_std=0.01, directions=dirs, generator=g)
+
+    N = G.switching_set(4, 2, (0.8,))
+
+    def q_fn(s, subset):
+        # base policies rate action 0 (right) best; any length-2 member rates action 1 (up) best
+        q = torch.zeros(len(subset), s.shape[0], 4)
+        for i, nu in enumerate(subset):
+            q[i, :, 0 if len(nu) == 1 else 1] = 1.0 + len(nu)
+        return q
+
+    starts = torch.full((8, 2), 0.3, dtype=torch.float64)
+    kw = dict(horizon=5, gamma=0.9, noise_seed=7)
+    out = G.rollout_gpi_ggpi(step, q_fn, G.constant_action, 4, N, lambda x: x[:, 0], starts, **kw)
+    assert set(out) == {"base 0", "base 1", "base 2", "base 3", "GPI", "GGPI"}
+    assert out["GPI"] == out["base 0"] and out["GGPI"] == out["base 1"]  # same noise: equal returns
+    assert out["base 0"] > out["base 2"]  # moving right earns the x-coordinate reward

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foresight.nn.ema import ema_update, make_target
-from foresight.rl.mdp import FiniteMDP, check_discount, greedy_policy, policy_transition
+from foresight.rl.mdp import FiniteMDP, check_discount, greedy_policy, policy_transition, q_values, value_iteration
 
 # ------------------------------------------------------------------------------------------------
 # validation helpers
@@ -869,11 +869,248 @@ def train_mixture_ghm(
     return losses
 
 
+# ------------------------------------------------------------------------------------------------
+# GGPI on finite MDPs: base policies, reward tasks, exact scores and the checks of the theory
+# ------------------------------------------------------------------------------------------------
+
+
+def constant_action_policies(num_states: int, num_actions: int) -> list[Tensor]:
+    """Base policy k takes action k in every state - ``num_actions`` one-hot policies [S, A] (float64).
+
+    In a gridworld these are "always move up / down / left / right": GPI over them is poor, so what
+    switching between them adds (GGPI) is visible.
+    """
+    if num_states < 1 or num_actions < 1:
+        raise ValueError(f"num_states and num_actions must be >= 1, got {num_states}, {num_actions}")
+    return [F.one_hot(torch.full((num_states,), k), num_actions).double() for k in range(num_actions)]
+
+
+def start_value(mdp: FiniteMDP, pi: Tensor) -> float:
+    """Exact ``Σ_s d_0(s) V^π(s)`` of ``pi`` [S, A] with ``mdp``'s own reward (an arrival-reward task:
+    pass :func:`with_arrival_reward`)."""
+    return float((q_values(mdp, pi) * pi.to(mdp.P.dtype)).sum(1) @ mdp.initial)
+
+
+def random_goal_rewards(
+    num_states: int, num_goals: int, num_tasks: int, generator: torch.Generator | None = None
+) -> list[Tensor]:
+    """``num_tasks`` arrival rewards [S] (float64): ``num_goals`` distinct states, weights ~ U(0, 1), 0 elsewhere."""
+    if not 1 <= num_goals <= num_states:
+        raise ValueError(f"num_goals must be in [1, num_states={num_states}], got {num_goals}")
+    tasks = []
+    for _ in range(num_tasks):
+        where = torch.randperm(num_states, generator=generator)[:num_goals]
+        r = torch.zeros(num_states, dtype=torch.float64)
+        r[where] = torch.rand(num_goals, generator=generator, dtype=torch.float64)
+        tasks.append(r)
+    return tasks
+
+
+def composition_errors(
+    mdp: FiniteMDP, policies: Sequence[Tensor], continue_probs: Sequence[float], gamma: float, r: Tensor
+) -> tuple[float, float]:
+    """``(max |μ_comp − μ_aug|, max |Q_comp − Q_aug|)`` for ν = (policies[0], …, policies[-1]) on one MDP.
+
+    μ_comp composes the exact base GHMs (:func:`compose_ghms`); μ_aug is the GHM of the augmented
+    (state, phase) chain (:func:`augmented_chain_ghm`). Q_aug is the toolkit's linear solve on the
+    augmented MDP with the arrival reward ``r`` [S] - no GHM code at all. Both errors are round-off
+    (~1e-15 in float64) when composition evaluates the switching policy exactly.
+    """
+    nu = SwitchingPolicy(tuple(range(len(policies))), tuple(continue_probs))
+    betas = nu.betas(gamma)
+    ghms = [ghm(mdp, p, b) for p, b in zip(policies, betas)]
+    mu = compose_ghms(ghms, policies, betas, gamma)
+    mu_err = (mu - augmented_chain_ghm(mdp, policies, continue_probs, gamma)).abs().max()
+    aug, pi_aug = augmented_chain(mdp, policies, continue_probs)
+    aug_r = with_arrival_reward(aug, r.repeat(len(policies)), gamma=gamma)  # phase i pays r too
+    q_aug = q_values(aug_r, pi_aug)[: mdp.num_states]  # start in phase 0
+    q_err = (composed_q_values(ghms, policies, betas, gamma, r) - q_aug).abs().max()
+    return float(mu_err), float(q_err)
+
+
+def improvement_margin(mdp: FiniteMDP, q_set: Tensor) -> float:
+    """``min_{s,a} [Q^{π'}(s, a) − max_n Q_n(s, a)]`` with π' = :func:`gpi_policy` (q_set [N, S, A]).
+
+    π' is scored exactly on ``mdp`` (carrying the task's reward, e.g. :func:`with_arrival_reward`).
+    With exact Q's of the members of a tail-closed set, the GGPI inequality says this is ≥ 0 (up to
+    round-off); negative values are violations.
+    """
+    pi = gpi_policy(q_set)
+    return float((q_values(mdp, pi) - q_set.max(0).values).min())
+
+
+def score_gpi_ggpi(
+    mdp: FiniteMDP,
+    base_policies: Sequence[Tensor],
+    policies: Sequence[SwitchingPolicy],
+    models: Mapping[tuple[int, float], Tensor],
+    tasks: Sequence[Tensor],
+    gamma: float,
+    *,
+    optimal: Sequence[float] | None = None,
+    margins: bool = False,
+    progress: Callable | None = None,
+) -> dict[str, list[float]]:
+    """Exact start values (:func:`start_value`) per task of each base policy, GPI and GGPI.
+
+    Each task is an arrival reward [S]; its Q^ν come from composing ``models[(k, β)]`` (exact or learned
+    GHMs, :func:`switching_q_values`). GPI is greedy over the length-1 members of ``policies`` (the base
+    policies), GGPI over all of them; both are scored on the true MDP, so a learned model can only hurt
+    through the policy it picks. Keys: ``"base k"``, ``"GPI"``, ``"GGPI"``, ``"optimal"`` (value
+    iteration, or ``optimal`` if given) and, with ``margins`` (meaningful for exact models only),
+    ``"ggpi_margin"`` / ``"gpi_margin"`` (:func:`improvement_margin`). ``progress`` wraps the task loop.
+    """
+    base_idx = [i for i, nu in enumerate(policies) if len(nu) == 1]
+    out: dict[str, list[float]] = {f"base {k}": [] for k in range(len(base_policies))}
+    out.update({"GPI": [], "GGPI": [], "optimal": []})
+    if margins:
+        out.update({"ggpi_margin": [], "gpi_margin": []})
+    for t, r in enumerate(progress(tasks) if progress is not None else tasks):
+        mdp_r = with_arrival_reward(mdp, r)
+        Qs = switching_q_values(models, base_policies, policies, gamma, r)  # [N, S, A]
+        for k, p in enumerate(base_policies):
+            out[f"base {k}"].append(start_value(mdp_r, p))
+        out["GPI"].append(start_value(mdp_r, gpi_policy(Qs[base_idx])))
+        out["GGPI"].append(start_value(mdp_r, ggpi_policy(Qs)))
+        best = float(value_iteration(mdp_r).values @ mdp.initial) if optimal is None else optimal[t]
+        out["optimal"].append(best)
+        if margins:
+            out["ggpi_margin"].append(improvement_margin(mdp_r, Qs))
+            out["gpi_margin"].append(improvement_margin(mdp_r, Qs[base_idx]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# continuous states: rollouts and the switching-policy simulator
+# ------------------------------------------------------------------------------------------------
+
+# One environment step on a batch: (s [B, D], a [B] long, generator) -> s' [B, D].
+Step = Callable[[Tensor, Tensor, torch.Generator | None], Tensor]
+
+
+def constant_action(k: int, s: Tensor) -> Tensor:
+    """Base policy k of a continuous task: action k in every state - [B] (long) for s [B, D]."""
+    return torch.full((s.shape[0],), k, dtype=torch.long)
+
+
+def uniform_transitions(
+    step: Step, state_dim: int, num_actions: int
+) -> Callable[[int, torch.Generator | None], tuple[Tensor, Tensor, Tensor]]:
+    """A ``sample_transitions`` for :func:`train_mixture_ghm`: s ~ U[0, 1]^D, a ~ U{0, …, A−1}, s' = step(s, a).
+
+    Uniform (s, a) pairs cover the state space for every base policy at once (GHM learning is off-policy).
+    """
+
+    def sample(batch_size: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        s = torch.rand(batch_size, state_dim, generator=generator, dtype=torch.float64)
+        a = torch.randint(num_actions, (batch_size,), generator=generator)
+        return s, a, step(s, a, generator)
+
+    return sample
+
+
+def rollout_returns(
+    step: Step,
+    policy: Callable[[Tensor], Tensor],
+    reward: Callable[[Tensor], Tensor],
+    starts: Tensor,
+    *,
+    horizon: int,
+    gamma: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Discounted returns ``Σ_{t<horizon} γ^t r(s_{t+1})`` [E] of ``policy(s [E, D]) -> a [E]`` from ``starts``.
+
+    The reward is paid on arrival (the GHM convention). Give several policies equally seeded generators to
+    let them see the same environment noise (paired comparisons).
+    """
+    check_discount(gamma, allow_one=True)  # a truncated sum stays finite at γ = 1
+    s, ret, disc = starts.clone(), torch.zeros(starts.shape[0], dtype=torch.float64), 1.0
+    for _ in range(horizon):
+        s = step(s, policy(s), generator)
+        ret += disc * reward(s).to(torch.float64)
+        disc *= gamma
+    return ret
+
+
+def simulate_switching_policy(
+    step: Step,
+    base_policy: Callable[[int, Tensor], Tensor],
+    nu: SwitchingPolicy,
+    reward: Callable[[Tensor], Tensor],
+    s: Tensor,
+    a: int,
+    *,
+    n: int,
+    horizon: int,
+    gamma: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``n`` discounted returns [n] of the switching policy ν itself, started at (s [D], a).
+
+    The brute-force ground truth for a composed value (:func:`switching_q_monte_carlo`,
+    :func:`composed_q_values`): after every step ν keeps its current base policy with probability α_i
+    and otherwise moves on to the next one (the last runs forever); the next action is
+    ``base_policy(k, s')`` of the current policy k. Truncated after ``horizon`` steps (bias ≤ γ^horizon·max|r|/(1 − γ)).
+    """
+    check_discount(gamma, allow_one=True)
+    if n < 1 or horizon < 1:
+        raise ValueError(f"n and horizon must be >= 1, got {n}, {horizon}")
+    x = s.expand(n, *s.shape).clone()
+    act = torch.full((n,), a, dtype=torch.long)
+    phase = torch.zeros(n, dtype=torch.long)
+    stay = torch.tensor(nu.continue_probs + (1.0,), dtype=torch.float64)  # the last phase absorbs
+    rows = torch.arange(n)
+    ret, disc = torch.zeros(n, dtype=torch.float64), 1.0
+    for _ in range(horizon):
+        x = step(x, act, generator)
+        ret += disc * reward(x).to(torch.float64)
+        disc *= gamma
+        switch = torch.rand(n, generator=generator, dtype=torch.float64) >= stay[phase]
+        phase = (phase + switch.long()).clamp_max(len(nu) - 1)
+        act = torch.stack([base_policy(k, x) for k in nu.sequence], 1)[rows, phase]
+    return ret
+
+
+def rollout_gpi_ggpi(
+    step: Step,
+    q_fn: Callable[[Tensor, Sequence[SwitchingPolicy]], Tensor],
+    base_policy: Callable[[int, Tensor], Tensor],
+    num_base: int,
+    policies: Sequence[SwitchingPolicy],
+    reward: Callable[[Tensor], Tensor],
+    starts: Tensor,
+    *,
+    horizon: int,
+    gamma: float,
+    noise_seed: int,
+) -> dict[str, float]:
+    """Mean discounted returns from ``starts`` [E, D] of each base policy, GPI and GGPI on one task.
+
+    ``q_fn(s [B, D], subset) -> Q̂ [len(subset), B, A]`` is any estimate of the members' values (e.g. a
+    learned density GHM through :func:`switching_q_monte_carlo`). GPI acts greedily on the base policies
+    (the length-1 members of ``policies``), GGPI on all of them. Every policy sees the same environment
+    noise (a generator seeded with ``noise_seed`` each), so the differences are paired.
+    Keys: ``"base k"`` for k < num_base, ``"GPI"``, ``"GGPI"``.
+    """
+    base_set = [nu for nu in policies if len(nu) == 1]
+
+    def mean_return(policy: Callable[[Tensor], Tensor]) -> float:
+        g = torch.Generator().manual_seed(noise_seed)
+        return rollout_returns(step, policy, reward, starts, horizon=horizon, gamma=gamma, generator=g).mean().item()
+
+    out = {f"base {k}": mean_return(lambda s, k=k: base_policy(k, s)) for k in range(num_base)}
+    out["GPI"] = mean_return(lambda s: q_fn(s, base_set).max(0).values.argmax(-1))
+    out["GGPI"] = mean_return(lambda s: q_fn(s, policies).max(0).values.argmax(-1))
+    return out
+
+
 __all__ = [
     "CategoricalGHM",
     "CategoricalGHMOutput",
     "MixtureDensityGHM",
     "MixtureParams",
+    "Step",
     "SwitchingPolicy",
     "TDTrace",
     "augmented_chain",
@@ -881,7 +1118,10 @@ __all__ = [
     "categorical_td_loss",
     "compose_ghms",
     "composed_q_values",
+    "composition_errors",
     "composition_weights",
+    "constant_action",
+    "constant_action_policies",
     "ggpi_policy",
     "ghm",
     "ghm_bellman_operator",
@@ -889,13 +1129,20 @@ __all__ = [
     "ghm_td_fixed_point",
     "ghm_td_target",
     "gpi_policy",
+    "improvement_margin",
     "is_suffix_closed",
     "mdn_td_loss",
     "mixture_log_prob",
     "mixture_sample",
+    "random_goal_rewards",
     "required_models",
+    "rollout_gpi_ggpi",
+    "rollout_returns",
     "sample_geometric_horizon",
     "sample_ghm",
+    "score_gpi_ggpi",
+    "simulate_switching_policy",
+    "start_value",
     "state_ghm",
     "switching_q_monte_carlo",
     "switching_q_values",
@@ -904,5 +1151,6 @@ __all__ = [
     "total_variation",
     "train_categorical_ghm",
     "train_mixture_ghm",
+    "uniform_transitions",
     "with_arrival_reward",
 ]
