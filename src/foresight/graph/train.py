@@ -1,4 +1,7 @@
-"""Full-batch supervised node classification: train on one split, select the best-validation epoch.
+"""Graph training loops: supervised node classification (:func:`fit_node_classifier`) and BGRL
+self-supervised pretraining (:func:`pretrain_bgrl`).
+
+Supervised: full-batch, train on one split, select the best-validation epoch.
 
 Model selection follows the Half-Hop paper's heterophilic protocol ("test accuracy at the best
 validation model"): after every epoch the model is evaluated, and the reported test accuracy is the
@@ -8,20 +11,41 @@ then by the earlier epoch).
 Evaluation of a model with stochastic Half-Hop (``p < 1``) uses one fixed augmented graph, drawn with a
 ``torch.Generator`` seeded by ``eval_seed``: every epoch is then compared on the same graph, and the
 global RNG (which drives training) is not touched by evaluation.
+
+BGRL pretraining (Thakoor et al., ICLR 2022; reference code nerdslab/bgrl): full-batch AdamW, one step
+per epoch, a linear warm-up then cosine decay of the learning rate (:func:`foresight.graph.bgrl.lr_at`)
+and the target's EMA decay rising from ``tau_base`` to 1 on a cosine (:func:`foresight.graph.bgrl.ema_decay`).
+It is resumable: every ``checkpoint_every`` epochs it hands a state (model, optimiser, epoch, history and
+the torch RNG that draws the views) to a callback, and a run started with that state ends exactly as the
+uninterrupted one. Saving it is the caller's business (an experiment passes ``run.save_checkpoint``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
 
+from foresight.graph.bgrl import BGRL, Augmentation, SparseFeatures, bgrl_step, ema_decay, lr_at
 from foresight.graph.models import NodeClassifier
+from foresight.nn.ema import ema_update
 
-__all__ = ["FitResult", "accuracy", "fit_node_classifier", "keep_freed_memory", "split_masks"]
+__all__ = [
+    "BGRLTrainConfig",
+    "BGRLTrainResult",
+    "FitResult",
+    "accuracy",
+    "fit_node_classifier",
+    "keep_freed_memory",
+    "pretrain_bgrl",
+    "split_masks",
+]
 
 
 def keep_freed_memory() -> bool:
@@ -140,3 +164,119 @@ def fit_node_classifier(
             if patience is not None and since_best >= patience:
                 break
     return FitResult(result.best_epoch, result.train_acc, result.val_acc, result.test_acc, result.val_loss, epoch)
+
+
+# -- BGRL pretraining ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BGRLTrainConfig:
+    """BGRL's optimisation schedule (defaults: BGRL's WikiCS setting)."""
+
+    epochs: int = 2000  # full batch: one AdamW step per epoch
+    lr: float = 5e-4  # peak learning rate
+    weight_decay: float = 1e-5  # AdamW (decoupled) weight decay
+    warmup_frac: float = 0.1  # linear warm-up over this fraction of the epochs, then cosine decay to 0
+    tau_base: float = 0.99  # EMA decay of the target at epoch 0, cosine-annealed to 1 at the last epoch
+    checkpoint_every: int = 100  # epochs between history points and ``on_checkpoint`` calls
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if not 0.0 < self.tau_base <= 1.0:
+            raise ValueError(f"tau_base must be in (0, 1], got {self.tau_base}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up epochs (at least one, so the first step never has lr = 0)."""
+        return max(1, int(self.warmup_frac * self.epochs))
+
+
+@dataclass
+class BGRLTrainResult:
+    """What :func:`pretrain_bgrl` trained: the loss every ``checkpoint_every`` epochs and at the end."""
+
+    history: list[tuple[int, float]] = field(default_factory=list)  # (epochs done, loss of that epoch)
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1][1]
+
+
+def _torch_rng(device: torch.device) -> dict[str, Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_torch_rng(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def pretrain_bgrl(
+    model: BGRL,
+    x: Tensor | SparseFeatures,
+    edge_index: Tensor,
+    aug_1: Augmentation,
+    aug_2: Augmentation,
+    config: BGRLTrainConfig,
+    *,
+    resume: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[Iterable[int]], Iterator[int]] | None = None,
+) -> BGRLTrainResult:
+    """Train ``model`` with BGRL on one graph: two views per epoch, AdamW, EMA target.
+
+    Per epoch ``k`` (0-based): ``lr = lr_at(k, K, lr, warmup)``; one :func:`bgrl_step` (views drawn from the
+    global torch RNG); then ``target <- ema(target, online, ema_decay(k + 1, K, tau_base))``.
+
+    Args:
+        model: a fresh :class:`BGRL` (its initial weights are replaced when resuming).
+        x, edge_index: features [N, F] (dense or :class:`SparseFeatures`) and edges [2, E], on one device.
+        aug_1, aug_2: the two views' augmentations.
+        config: the schedule.
+        resume: a state handed to ``on_checkpoint`` by an earlier (interrupted) call with the same arguments;
+            training continues from it, RNG included, and ends exactly as an uninterrupted call would.
+        on_checkpoint: called with that state after every ``checkpoint_every``-th epoch but the last, at an
+            epoch boundary (after all of that epoch's RNG use).
+        progress: wraps the epoch iterator (e.g. a progress bar).
+    """
+    device = edge_index.device
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start, result = 0, BGRLTrainResult()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        # load_state_dict adopts the given tensors (no copy): without one, training would mutate ``resume``
+        optimizer.load_state_dict(copy.deepcopy(resume["optimizer"]))
+        start = int(resume["epoch"])
+        result.history = [(int(e), float(loss)) for e, loss in resume["history"]]
+        _set_torch_rng(resume["rng"], device)  # continue the view stream exactly where it stopped
+    if not 0 <= start < config.epochs:
+        raise ValueError(f"resume epoch must be in [0, {config.epochs}), got {start}")
+    epochs: Iterable[int] = range(start, config.epochs)
+    for epoch in progress(epochs) if progress is not None else epochs:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(epoch, config.epochs, config.lr, config.warmup)
+        loss = bgrl_step(model, optimizer, x, edge_index, aug_1, aug_2)
+        ema_update(model.target, model.online, ema_decay(epoch + 1, config.epochs, config.tau_base))
+        done = epoch + 1
+        if done % config.checkpoint_every == 0 or done == config.epochs:
+            result.history.append((done, loss))
+            if on_checkpoint is not None and done < config.epochs:
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+                on_checkpoint(
+                    {
+                        "epoch": done,
+                        **copy.deepcopy(state),  # a snapshot: the live tensors keep training
+                        "history": [list(h) for h in result.history],
+                        "rng": _torch_rng(device),
+                    }
+                )
+    return result
