@@ -1,5 +1,6 @@
 """Tests for foresight.rl.svd: the loss identity, its minimiser, gauge fixing, pseudo-counts, PSR pieces."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -280,3 +281,117 @@ def test_bad_inputs_raise_value_errors_naming_the_value():
         V.future_windows(torch.zeros(1, 4, 2), torch.zeros(1, 3, 2), 4)
     with pytest.raises(ValueError, match="num_states and k must be >= 1, got num_states=0"):
         V.TabularFactors(0, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# training and measuring a representation
+# ------------------------------------------------------------------------------------------------
+def test_train_factors_is_the_hand_written_adam_loop():
+    """train_factors = the cleanrl-style loop (Adam, linear decay, consecutive mini-batches), to the bit."""
+    T, d, g = _chain(S=8, seed=0)
+    steps, batch = 40, 64
+    x, y = M.sample_transitions(T, d, steps * batch, g)
+    init = V.TabularFactors(8, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = V.TabularFactors(8, 3, dtype=torch.float64)
+    ref.load_state_dict(init.state_dict())
+    opt = torch.optim.Adam(ref.parameters(), lr=0.03)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / steps))
+    losses = []
+    for i in range(steps):
+        out = ref(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch])
+        loss = V.svd_loss(out.f, out.g).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    fit = V.train_factors(init, x, y, batch_size=batch, lr=0.03)
+    assert fit.losses == losses
+    torch.testing.assert_close(init.f_table, ref.f_table, rtol=0, atol=0)
+    torch.testing.assert_close(init.g_table, ref.g_table, rtol=0, atol=0)
+
+
+def test_train_factors_on_features_recovers_the_subspace_and_evaluates_on_schedule():
+    T, d, g = _chain(S=8, seed=0)
+    exact = V.exact_svd(T, d, 3)
+    x, y = M.sample_transitions(T, d, 600 * 256, g)
+    torch.manual_seed(0)
+    model = V.NeuralFactors(8, 3, hidden=32)
+    eye = torch.eye(8)
+
+    def recovery():
+        return dict(zip(("angle", "alignment"), V.subspace_recovery(V.factor_tables(model, eye)[0], d, exact.U)))
+
+    fit = V.train_factors(model, x, y, batch_size=256, lr=1e-2, inputs=eye, eval_every=250, evaluate=recovery)
+    assert [e["step"] for e in fit.evals] == [0, 250, 500, 600]  # at init, every 250 steps, at the end
+    assert len(fit.losses) == 600 and fit.losses[-1] < fit.losses[0]
+    assert fit.evals[0]["alignment"] < 0.7 and fit.evals[-1]["alignment"] > 0.99
+    assert fit.evals[-1]["angle"] < fit.evals[0]["angle"]
+
+
+def test_train_svd_representation_evaluates_the_untrained_network_first():
+    w = torch.nn.Parameter(torch.tensor([3.0]))
+    seen = []
+    fit = V.train_svd_representation(
+        [w], lambda step: (w - 1.0).pow(2).sum(), steps=3, lr=0.5, evaluate=lambda: seen.append(w.item()) or {}
+    )
+    assert seen[0] == 3.0 and len(seen) == 2  # before the first step, then after the last
+    assert [e["step"] for e in fit.evals] == [0, 3]
+    assert len(fit.losses) == 3 and fit.losses[0] == 4.0
+    assert V.train_svd_representation([w], lambda _: w.sum(), steps=0, lr=1.0).losses == []
+
+
+def test_history_svd_loss_pairs_each_history_with_its_test():
+    g = torch.Generator().manual_seed(0)
+    f_h, g_t = torch.randn(3, 6, 2, generator=g), torch.randn(3, 4, 2, generator=g)
+    out = V.history_svd_loss(f_h, g_t)
+    ref = V.svd_loss(f_h[:, :4].reshape(-1, 2), g_t.reshape(-1, 2))
+    torch.testing.assert_close(out.loss, ref.loss)
+    with pytest.raises(ValueError, match="g_t has 7 tests but f_h only 6 histories"):
+        V.history_svd_loss(f_h, torch.zeros(3, 7, 2))
+    with pytest.raises(ValueError, match="f_h must be \\[B, T, k\\]"):
+        V.history_svd_loss(f_h, torch.zeros(3, 4, 5))
+
+
+def test_subspace_recovery_and_pseudo_count_agreement_at_the_exact_answer():
+    T, d, _ = _chain(S=8, seed=2)
+    exact = V.exact_svd(T, d, 3)
+    angle, align = V.subspace_recovery(exact.f, d, exact.U)  # exact.f = D^-½ U Σ^½ spans U in F's geometry
+    assert angle < 1e-4 and align == pytest.approx(1.0, abs=1e-10)
+    _, align = V.subspace_recovery(exact.f[:, [0, 1, 1]], d, exact.U)  # one of the 3 directions lost
+    assert align == pytest.approx(2 / 3, abs=1e-10)
+    counts = torch.tensor([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+    perfect = V.pseudo_count_agreement(counts.clone(), counts)
+    assert perfect == {"spearman": pytest.approx(1.0), "spearman_low": pytest.approx(1.0), "median_abs_log_ratio": 0.0}
+    backwards = V.pseudo_count_agreement(counts.flip(0), counts)
+    assert backwards["spearman"] == pytest.approx(-1.0)
+
+
+def test_tmaze_probe_reads_the_hidden_state_from_features_that_hold_it():
+    from foresight.rl.gridworlds import tmaze_trajectories
+
+    rng = np.random.default_rng(0)
+    train, test = tmaze_trajectories(300, 10, 3, rng=rng), tmaze_trajectories(100, 10, 3, rng=rng)
+    obs, actions, prev = V.tmaze_inputs(train)
+    assert obs.shape == (300, 11, 6) and actions.shape == (300, 10, 4) and prev.shape == (300, 11, 4)
+    torch.testing.assert_close(prev[:, 1:], actions)
+    assert (prev[:, 0] == 0).all()
+    by_size = {300: train, 100: test}  # which episodes the probe is encoding, by their number
+
+    def oracle(o, p):  # one-hot of (cue, position) - the hidden state, exact before the arm end (position <= 3)
+        tr = by_size[o.shape[0]]
+        hidden = torch.as_tensor(tr["cue"])[:, None] * 4 + torch.as_tensor(tr["pos"]).clamp_max(3)
+        return torch.nn.functional.one_hot(hidden, 8).float()
+
+    assert V.tmaze_probe(oracle, train, test, 3) == {"cue_acc": 1.0, "hidden_acc": 1.0}
+    last_obs = V.tmaze_probe(lambda o, p: o, train, test, 3)  # the observation alone hides the cue
+    assert last_obs["cue_acc"] < 0.75 and last_obs["hidden_acc"] < 0.6
+
+
+def test_factor_tables_needs_the_features_of_neural_factors():
+    with pytest.raises(ValueError, match="needs the states' features"):
+        V.factor_tables(V.NeuralFactors(4, 2))
+    tab = V.TabularFactors(5, 2)
+    assert V.factor_tables(tab)[0] is tab.f_table
+    with pytest.raises(ValueError, match="x and y must be \\[n\\] state ids of one length"):
+        V.train_factors(tab, torch.zeros(4, dtype=torch.long), torch.zeros(5, dtype=torch.long), batch_size=2, lr=0.1)

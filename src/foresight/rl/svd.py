@@ -30,18 +30,24 @@ states get larger norms" reading is not a theorem. Two gauge-free estimators tha
 - :func:`pseudo_counts` (needs a fixed state reference μ, e.g. uniform over the observation space,
   in the second term): ``n̂(x) = N μ(x) f(x)ᵀ E_ρ[g]``, the marginal of the rank-k approximation of
   the joint, i.e. N d(x) at full rank.
+
+Training: :func:`train_svd_representation` (Adam on any mini-batch loss; it evaluates the untrained network
+first, the control every claim about a trained representation needs), :func:`train_factors` (f, g on a
+stream of sampled transitions) and :func:`train_history_representation` (histories against their futures).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from foresight.rl.mdp import principal_angles, top_singular_vectors
+from foresight.core.stats import ridge_probe_accuracy
+from foresight.rl.gridworlds import TMAZE_SYMBOLS
+from foresight.rl.mdp import alignment, principal_angles, top_singular_vectors
 
 
 # ------------------------------------------------------------------------------------------------
@@ -552,6 +558,223 @@ class ObservationEncoder(nn.Module):
         return self.net(obs)
 
 
+def tmaze_inputs(trajectories: dict[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(obs [N, T+1, 6], actions [N, T, 4], prev_actions [N, T+1, 4])`` one-hot encodings of
+    :func:`foresight.rl.gridworlds.tmaze_trajectories` episodes; ``prev_actions[:, t]`` is a_{t-1} (zeros at t = 0),
+    what :class:`HistoryEncoder` reads beside o_t."""
+    obs = nn.functional.one_hot(torch.as_tensor(trajectories["obs"]), len(TMAZE_SYMBOLS)).float()
+    actions = nn.functional.one_hot(torch.as_tensor(trajectories["actions"]), 4).float()
+    prev = torch.cat([torch.zeros(actions.shape[0], 1, 4), actions], 1)
+    return obs, actions, prev
+
+
+def tmaze_probe(
+    features: Callable[[Tensor, Tensor], Tensor],
+    train: dict[str, np.ndarray],
+    test: dict[str, np.ndarray],
+    length: int,
+    ridge: float = 1e-3,
+) -> dict[str, float]:
+    """Held-out accuracy of linear probes of the T-maze's hidden variables from a history representation.
+
+    ``features(obs, prev_actions) -> [N, T+1, k]`` (e.g. a :class:`HistoryEncoder`) on the :func:`tmaze_inputs` of
+    the ``train`` and ``test`` episodes. Ridge probes (:func:`foresight.core.stats.ridge_probe_accuracy`) are fit
+    on train and scored on test, over the steps t >= 1 before an arm end (at t = 0 the cue is in view, so any
+    encoder sees it): ``cue_acc`` of the cue (2 classes) and ``hidden_acc`` of the hidden state cue x position
+    (``2 (length + 1)`` classes), which the last observation alone cannot tell apart.
+    """
+
+    def probe_set(tr: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        obs, _, prev = tmaze_inputs(tr)
+        alive = torch.as_tensor(tr["alive"]).clone()
+        alive[:, 0] = False
+        cue = torch.as_tensor(tr["cue"])[:, None].expand_as(alive)
+        hidden = cue * (length + 1) + torch.as_tensor(tr["pos"])
+        with torch.no_grad():
+            Z = features(obs, prev)
+        return Z[alive].numpy(), cue[alive].numpy(), hidden[alive].numpy()
+
+    X, cue, hid = probe_set(train)
+    Xt, cue_t, hid_t = probe_set(test)
+    return {
+        "cue_acc": ridge_probe_accuracy(X, cue, Xt, cue_t, 2, ridge),
+        "hidden_acc": ridge_probe_accuracy(X, hid, Xt, hid_t, 2 * (length + 1), ridge),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# training and measuring a representation
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class SVDTraining:
+    """What :func:`train_svd_representation` recorded."""
+
+    losses: list[float]  # the loss of every step
+    evals: list[dict[str, float]]  # ``{"step": i, **evaluate()}`` at step 0 (untrained), every eval_every, the end
+
+
+def train_svd_representation(
+    params: Iterable[nn.Parameter],
+    batch_loss: Callable[[int], Tensor],
+    *,
+    steps: int,
+    lr: float,
+    anneal_lr: bool = False,
+    eval_every: int = 0,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+) -> SVDTraining:
+    """Adam on ``batch_loss(step)`` (e.g. :func:`svd_loss` on mini-batch ``step``) for ``steps`` steps.
+
+    ``anneal_lr`` decays the learning rate linearly to 0. ``evaluate()`` (run under ``no_grad``) is called
+    before the first step, so ``evals[0]`` is the untrained network's control, then every ``eval_every``
+    steps (0: never in between) and after the last step.
+    """
+    if steps < 0 or eval_every < 0:
+        raise ValueError(f"steps and eval_every must be >= 0, got {steps}, {eval_every}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / steps)) if anneal_lr else None
+    out = SVDTraining(losses=[], evals=[])
+    for step in range(steps + 1):
+        if evaluate is not None and (step == 0 or step == steps or (eval_every and step % eval_every == 0)):
+            with torch.no_grad():
+                out.evals.append({"step": step, **evaluate()})
+        if step == steps:
+            break
+        loss = batch_loss(step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        out.losses.append(loss.item())
+    return out
+
+
+def history_svd_loss(f_h: Tensor, g_t: Tensor) -> SVDLoss:
+    """:func:`svd_loss` between histories and their futures (notes §5).
+
+    ``f_h [B, T, k]``: f of the histories ending at o_0 … o_{T-1}; ``g_t [B, W, k]``, ``W <= T``: g of the
+    tests that follow the first W of them (:func:`future_windows`). Histories without a full future are
+    dropped; every (history, test) pair of the batch is one sample.
+    """
+    if f_h.dim() != 3 or g_t.dim() != 3 or f_h.shape[0] != g_t.shape[0] or f_h.shape[2] != g_t.shape[2]:
+        raise ValueError(f"f_h must be [B, T, k] and g_t [B, W, k], got {tuple(f_h.shape)} and {tuple(g_t.shape)}")
+    W, k = g_t.shape[1], g_t.shape[2]
+    if W > f_h.shape[1]:
+        raise ValueError(f"g_t has {W} tests but f_h only {f_h.shape[1]} histories")
+    return svd_loss(f_h[:, :W].reshape(-1, k), g_t.reshape(-1, k))
+
+
+def factor_tables(model: TabularFactors | NeuralFactors, inputs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(f, g)`` on every state - ``[S, k]`` each: a :class:`TabularFactors`' tables, or a
+    :class:`NeuralFactors`' MLPs on the states' features ``inputs [S, O]``."""
+    if isinstance(model, TabularFactors):
+        return model.f_table, model.g_table
+    if inputs is None:
+        raise ValueError("factor_tables of NeuralFactors needs the states' features (inputs [S, O])")
+    return model.f(inputs), model.g(inputs)
+
+
+def train_factors(
+    model: TabularFactors | NeuralFactors,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int,
+    lr: float,
+    inputs: Tensor | None = None,
+    anneal_lr: bool = True,
+    eval_every: int = 0,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+) -> SVDTraining:
+    """:func:`svd_loss` on consecutive mini-batches of a stream of transitions ``x -> y`` (``[n]`` state ids,
+    e.g. from :func:`foresight.rl.mdp.sample_transitions`): ``n // batch_size`` Adam steps, each on fresh
+    samples. :class:`NeuralFactors` see the states' features ``inputs [S, O]``. See
+    :func:`train_svd_representation` for ``anneal_lr``, ``eval_every`` and ``evaluate``.
+    """
+    if x.shape != y.shape or x.dim() != 1:
+        raise ValueError(f"x and y must be [n] state ids of one length, got {tuple(x.shape)}, {tuple(y.shape)}")
+    if isinstance(model, NeuralFactors) and inputs is None:
+        raise ValueError("NeuralFactors need the states' features (inputs [S, O])")
+
+    def batch_loss(step: int) -> Tensor:
+        xb, yb = x[step * batch_size : (step + 1) * batch_size], y[step * batch_size : (step + 1) * batch_size]
+        fac = model(xb, yb) if inputs is None else model(inputs[xb], inputs[yb])
+        return svd_loss(fac.f, fac.g).loss
+
+    steps = len(x) // batch_size
+    return train_svd_representation(
+        model.parameters(),
+        batch_loss,
+        steps=steps,
+        lr=lr,
+        anneal_lr=anneal_lr,
+        eval_every=eval_every,
+        evaluate=evaluate,
+    )
+
+
+def train_history_representation(
+    f: nn.Module,
+    g: nn.Module,
+    obs: Tensor,
+    prev_actions: Tensor,
+    futures: Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator | None = None,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+) -> SVDTraining:
+    """:func:`history_svd_loss` with Adam on ``f`` (histories, e.g. :class:`HistoryEncoder`) and ``g`` (tests),
+    each step on ``batch_size`` episodes drawn with replacement.
+
+    ``obs [N, T+1, O]``, ``prev_actions [N, T+1, A]`` (a_{t-1}, zeros at t = 0) and ``futures [N, W, L·(A+O)]``
+    from :func:`future_windows`. ``evaluate`` as in :func:`train_svd_representation`.
+    """
+    if not obs.shape[0] == prev_actions.shape[0] == futures.shape[0]:
+        raise ValueError(
+            f"obs, prev_actions and futures need one row per episode, got {obs.shape[0]}, "
+            f"{prev_actions.shape[0]}, {futures.shape[0]}"
+        )
+
+    def batch_loss(_: int) -> Tensor:
+        idx = torch.randint(0, obs.shape[0], (batch_size,), generator=generator)
+        return history_svd_loss(f(obs[idx], prev_actions[idx]), g(futures[idx])).loss
+
+    params = [*f.parameters(), *g.parameters()]
+    return train_svd_representation(params, batch_loss, steps=steps, lr=lr, evaluate=evaluate)
+
+
+def subspace_recovery(f_table: Tensor, d: Tensor, U: Tensor) -> tuple[float, float]:
+    """``(largest principal angle in degrees, alignment ‖Uᵀ Q‖²/k)`` of ``F = D^½ [f]`` to the exact ``U [S, k]``.
+
+    ``f_table [S, k]`` are f's outputs on every state; D^½ puts them in the loss's geometry. Both numbers are
+    gauge-free (they depend on span F only).
+    """
+    F = (d.sqrt()[:, None] * f_table).double()
+    return float(subspace_angles_deg(F, U).max()), float(alignment(U, F))
+
+
+def pseudo_count_agreement(n_hat: Tensor, counts: Tensor) -> dict[str, float]:
+    """How well pseudo-counts ``n_hat [S]`` track true visit counts ``counts [S]`` over the visited states:
+    Spearman over all of them (``spearman``), over the rarest 25% (``spearman_low``), and the median
+    ``|log(n̂ / n)|`` (``median_abs_log_ratio``, n̂ clamped at 0.5)."""
+    if n_hat.shape != counts.shape or n_hat.dim() != 1:
+        raise ValueError(f"n_hat and counts must be [S] of one length, got {tuple(n_hat.shape)}, {tuple(counts.shape)}")
+    n_hat, counts = n_hat.double(), counts.double()
+    visited = counts > 0
+    low = visited & (counts <= counts[visited].quantile(0.25))
+    return {
+        "spearman": spearman(n_hat[visited], counts[visited]),
+        "spearman_low": spearman(n_hat[low], counts[low]),
+        "median_abs_log_ratio": float((n_hat[visited].clamp_min(0.5) / counts[visited]).log().abs().median()),
+    }
+
+
 __all__ = [
     "ExactSVD",
     "Factors",
@@ -560,21 +783,31 @@ __all__ = [
     "ObservationEncoder",
     "SVDExplorer",
     "SVDLoss",
+    "SVDTraining",
     "TabularFactors",
     "count_bonus",
     "density_ratio",
     "elliptical_counts",
     "exact_svd",
+    "factor_tables",
     "feature_covariance",
     "future_windows",
     "gauge_fix",
+    "history_svd_loss",
     "mlp",
     "norm_counts",
+    "pseudo_count_agreement",
     "pseudo_counts",
     "spearman",
     "subspace_angles_deg",
+    "subspace_recovery",
     "svd_loss",
     "svd_loss_matrix",
     "svd_target",
+    "tmaze_inputs",
+    "tmaze_probe",
     "to_factors",
+    "train_factors",
+    "train_history_representation",
+    "train_svd_representation",
 ]
