@@ -15,7 +15,9 @@ our parameters assigned), run on the same device, in one process, one after the 
   `max_memory_allocated` growth; the shared weights are excluded either way.
 
 CPU configs: "tiny" (Gemma2Config.tiny, overhead-bound) and "2b-dims-2l" (2B widths, 2 layers,
-vocab 256000: the 2.36 GB fp32 LM head dominates each decode step). On CUDA: the full 2B config in
+vocab 256000: the 2.36 GB fp32 LM head dominates each decode step). On CPU ours also runs with
+`row_products=False` (plain F.linear, no `foresight.lm.cpu_decode`); the first CPU decode measures
+the row products once per machine and caches the choice in ~/.cache/foresight/cpu_decode.json. On CUDA: the full 2B config in
 bf16, including our static-cache + torch.compile (CUDA graph) decode, and decode speed as a fraction
 of the memory-bandwidth floor: bytes read per step (weights + KV cache) / measured copy bandwidth.
 
@@ -213,12 +215,12 @@ def compare(impls: dict, *, device, prompt_len, new_tokens, batches, repeats) ->
     return list(rows.values())
 
 
-def ours_fns(model, compile: bool = False):
+def ours_fns(model, compile: bool = False, row_products: bool = True):
     def prefill(ids):
         model(ids, logits_to_keep=1)
 
     def decode(ids, n):
-        generate(model, ids, max_new_tokens=n, compile=compile)
+        generate(model, ids, max_new_tokens=n, compile=compile, row_products=row_products)
 
     return prefill, decode
 
@@ -278,7 +280,12 @@ def cpu_benchmarks(args) -> list[dict]:
         print(f"[cpu] {name}: building models ...", flush=True)
         model = random_model(config, torch.float32, "cpu", std)
         hf = hf_twin(model)
-        impls = {"foresight": ours_fns(model), "transformers": hf_fns(hf)}
+        impls = {
+            "foresight": ours_fns(model),
+            # The same model without foresight.lm.cpu_decode: what the row products are worth.
+            "foresight-no-row-products": ours_fns(model, row_products=False),
+            "transformers": hf_fns(hf),
+        }
         if args.compile_cpu:
             impls["foresight+compile"] = ours_fns(model, compile=True)
         rows = compare(

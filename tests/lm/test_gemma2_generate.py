@@ -9,10 +9,9 @@ import pytest
 import torch
 from gemma2_testing import make_json_tokenizer, random_gemma2
 
-from foresight.lm import Gemma2Config, generate, generate_stream
+from foresight.lm import Gemma2Config, cpu_decode, generate, generate_stream, save_pretrained
 from foresight.lm.generate import TextStreamer, add_generate_arguments, generate_cli, run_generate, select_next_token
 from foresight.lm.tokenizer import Gemma2Tokenizer
-from foresight.nn.linear import Linear
 
 PROMPT = torch.tensor([[2, 17, 99, 45, 3]])
 
@@ -23,36 +22,48 @@ def test_top_k_1_and_tiny_top_p_equal_greedy(tiny_model):
     assert torch.equal(generate(tiny_model, PROMPT, max_new_tokens=12, do_sample=True, top_p=1e-6, seed=0), greedy)
 
 
-def _force_row_products(model, rows):
-    model.head_row_products = rows
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.row_products = rows
+# Two layers (one sliding, one global), a window of 4 and few distinct weight shapes (q, o, gate,
+# up, down [32, 32]; k, v [16, 32]; head [256, 32]): what the compiled paths must get right, with
+# few graphs and reductions to compile.
+SMALL = Gemma2Config.tiny(
+    num_layers=2, hidden_size=32, intermediate_size=32, num_heads=2, num_kv_heads=1, head_dim=16, sliding_window=4
+)
+PADDED = torch.tensor([[0, 0, 7, 8, 9, 10, 11], [2, 17, 99, 45, 3, 5, 6]])
+PADDED_MASK = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+PAST_WINDOW = SMALL.sliding_window + 3  # new tokens: every row decodes past the window
 
 
-def test_compiled_decode_and_row_products_match_eager_greedy():
-    """The compiled static-cache decoder, and few-row products as compiled reductions (forced on
-    every weight here; on real sizes `tune_decode` measures which is faster), give the eager
-    tokens: past the window, batch 1 and a left-padded batch of 2, eager and compiled."""
-    model = random_gemma2(Gemma2Config.tiny())
-    ids = torch.tensor([[0, 0, 7, 8, 9, 10, 11], [2, 17, 99, 45, 3, 5, 6]])
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
-    n = model.config.sliding_window + 6
-    eager = [generate(model, PROMPT, max_new_tokens=n), generate(model, ids, mask, max_new_tokens=n)]
-    assert torch.equal(generate(model, PROMPT, max_new_tokens=n, compile=True), eager[0])
-    assert torch.equal(generate(model, ids, mask, max_new_tokens=n, compile=True), eager[1])
-    _force_row_products(model, (1, 2))
-    assert model.tune_decode(rows=2) == {}  # tiny weights are below min_numel: the forced choices stay
+def test_compiled_decode_matches_eager_greedy():
+    """The compiled static-cache decoder gives the eager tokens: past the window, batch 1 and a
+    left-padded batch of 2."""
+    model = random_gemma2(SMALL)
+    for ids, mask in ((PROMPT, None), (PADDED, PADDED_MASK)):
+        eager = generate(model, ids, mask, max_new_tokens=PAST_WINDOW)
+        assert torch.equal(generate(model, ids, mask, max_new_tokens=PAST_WINDOW, compile=True), eager)
+
+
+def test_row_products_match_eager_greedy(monkeypatch, tmp_path):
+    """Few-row products as compiled reductions (forced on every weight here; on real sizes
+    `cpu_decode` measures which is faster) give the eager tokens, eager and compiled: past the
+    window, batch 1 and a left-padded batch of 2."""
+    model = random_gemma2(SMALL)
+    cases = ((PROMPT, None), (PADDED, PADDED_MASK))
+    eager = [generate(model, ids, mask, max_new_tokens=PAST_WINDOW) for ids, mask in cases]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_decode, "_MEASURED", {})
+    monkeypatch.setattr(cpu_decode, "_measure", lambda weight, rows, repeats: (2.0, 1.0))  # "the reduction wins"
+    for rows in (1, 2):
+        assert all(cpu_decode.enable_row_products(model, rows, min_numel=1).values())
     for compile in (False, True):
-        assert torch.equal(generate(model, PROMPT, max_new_tokens=n, compile=compile), eager[0])
-        assert torch.equal(generate(model, ids, mask, max_new_tokens=n, compile=compile), eager[1])
+        for (ids, mask), expected in zip(cases, eager, strict=True):
+            # generate's own enable_row_products skips weights this small: the forced choices stay.
+            assert torch.equal(generate(model, ids, mask, max_new_tokens=PAST_WINDOW, compile=compile), expected)
     with torch.inference_mode():
-        logits = model(ids, mask, logits_to_keep=1).logits  # 2 rows at the head: the reduction
-        _force_row_products(model, ())
-        blas = model(ids, mask, logits_to_keep=1).logits
+        logits = model(PADDED, PADDED_MASK, logits_to_keep=1).logits  # 2 rows at the head: the reduction
+        cpu_decode.disable_row_products(model)
+        blas = model(PADDED, PADDED_MASK, logits_to_keep=1).logits
     torch.testing.assert_close(logits, blas, rtol=1e-5, atol=1e-5)
     assert not torch.equal(logits, blas)  # the head product really took the reduction path
-    model.__dict__.pop("_static_decoders")
 
 
 def test_seeded_sampling_is_reproducible(tiny_model):
@@ -115,7 +126,7 @@ def test_text_streamer_prints_only_new_text(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_model):
     path = tmp_path_factory.mktemp("gemma2-cli")
-    tiny_model.save_pretrained(path)
+    save_pretrained(tiny_model, path)
     make_json_tokenizer(path)
     return path
 

@@ -9,8 +9,15 @@ import torch
 from gemma2_testing import random_gemma2
 from safetensors.torch import load_file, save_file
 
-from foresight.lm import Gemma2, Gemma2Config
-from foresight.lm.hf_io import INDEX_NAME, config_from_hf_dict, hf_key_map, load_config
+from foresight.lm import Gemma2Config
+from foresight.lm.hf_io import (
+    INDEX_NAME,
+    config_from_hf_dict,
+    hf_key_map,
+    load_config,
+    load_pretrained,
+    save_pretrained,
+)
 
 IDS = torch.randint(3, 256, (2, 20), generator=torch.Generator().manual_seed(0))
 
@@ -18,7 +25,7 @@ IDS = torch.randint(3, 256, (2, 20), generator=torch.Generator().manual_seed(0))
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tiny_model):
     path = tmp_path_factory.mktemp("gemma2-tiny")
-    tiny_model.save_pretrained(path)
+    save_pretrained(tiny_model, path)
     return path
 
 
@@ -34,7 +41,7 @@ def test_save_then_load_gives_identical_logits(saved, tiny_model):
     assert files == ["config.json", "model.safetensors"]
     tensors = load_file(saved / "model.safetensors")
     assert set(tensors) == set(hf_key_map(tiny_model.config))  # tied: no lm_head.weight stored
-    reloaded = Gemma2.from_pretrained(saved)
+    reloaded = load_pretrained(saved)
     assert torch.equal(reloaded(IDS).logits, tiny_model(IDS).logits)
     assert reloaded.config == tiny_model.config
 
@@ -43,16 +50,16 @@ def test_save_then_load_gives_identical_logits(saved, tiny_model):
 def test_bf16_untied_and_sharded_round_trip(tmp_path):
     config = Gemma2Config.tiny(tie_word_embeddings=False)
     model = random_gemma2(config).to(torch.bfloat16)
-    model.save_pretrained(tmp_path, max_shard_bytes=40_000)  # forces several shards + index
+    save_pretrained(model, tmp_path, max_shard_bytes=40_000)  # forces several shards + index
     index = json.loads((tmp_path / INDEX_NAME).read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and "lm_head.weight" in index["weight_map"]
     assert not (tmp_path / "model.safetensors").exists()
-    reloaded = Gemma2.from_pretrained(tmp_path)  # dtype from config.json
+    reloaded = load_pretrained(tmp_path)  # dtype from config.json
     assert reloaded.embed.weight.dtype == torch.bfloat16
     assert torch.equal(reloaded(IDS).logits, model(IDS).logits)
     # Saving again unsharded removes the index that would otherwise shadow the new file.
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
 
 
@@ -64,7 +71,7 @@ def test_transformers_loads_what_we_save_and_we_load_what_it_saves(saved, tiny_m
     assert hf.config.layer_types == list(tiny_model.config.layer_types)
     assert (hf(IDS).logits - tiny_model(IDS).logits).abs().max() <= 1e-5
     hf.save_pretrained(tmp_path)
-    ours = Gemma2.from_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
     assert ours.config == tiny_model.config
     assert torch.equal(ours(IDS).logits, tiny_model(IDS).logits)
 
@@ -111,14 +118,14 @@ def test_truncated_safetensors(tmp_path, saved):
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="model.safetensors: truncated or corrupt safetensors file"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_corrupt_safetensors(tmp_path, saved):
     _copy_checkpoint(saved, tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match="truncated or corrupt safetensors file"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def _rewrite_tensors(path, edit):
@@ -131,14 +138,14 @@ def test_missing_tensor(tmp_path, saved):
     _copy_checkpoint(saved, tmp_path)
     _rewrite_tensors(tmp_path, lambda t: t.pop("model.layers.2.mlp.up_proj.weight"))
     with pytest.raises(ValueError, match=r"missing tensor\(s\): 'model.layers.2.mlp.up_proj.weight'"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_unexpected_tensor(tmp_path, saved):
     _copy_checkpoint(saved, tmp_path)
     _rewrite_tensors(tmp_path, lambda t: t.update({"model.layers.9.self_attn.q_proj.weight": torch.zeros(1)}))
     with pytest.raises(ValueError, match=r"unexpected tensor\(s\): 'model.layers.9.self_attn.q_proj.weight'"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_wrong_shape(tmp_path, saved):
@@ -148,7 +155,7 @@ def test_wrong_shape(tmp_path, saved):
         ValueError,
         match=r"wrong shape for tensor 'model.layers.0.self_attn.k_proj.weight': expected \[48, 64\], got \[96, 64\]",
     ):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_unknown_model_type(tmp_path, saved):
@@ -157,18 +164,18 @@ def test_unknown_model_type(tmp_path, saved):
     d["model_type"] = "llama"
     (tmp_path / "config.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match="unknown model_type 'llama'.*only 'gemma2'"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_pickle_only_and_empty_directories(tmp_path, saved):
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     (tmp_path / "config.json").write_bytes((saved / "config.json").read_bytes())
     with pytest.raises(FileNotFoundError, match="no model.safetensors or model.safetensors.index.json"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
     with pytest.raises(ValueError, match="never unpickles"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_unsupported_architecture_switches(tmp_path, saved):
@@ -176,4 +183,4 @@ def test_unsupported_architecture_switches(tmp_path, saved):
     d = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(d, hidden_activation="gelu")))
     with pytest.raises(ValueError, match="unsupported hidden_activation 'gelu'"):
-        Gemma2.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)

@@ -1,21 +1,22 @@
 """Language models: Gemma 2 (model, presets, HF checkpoint I/O, tokenizer, KV cache, generation), the
 sparse-MoE LM built on it (Gemini 1.5 system) and a char-level needle-in-a-haystack evaluation.
 
-Example (random weights; `Gemma2.from_pretrained(dir)` reads an HF checkpoint instead)::
+Example (random weights; `load_pretrained(dir)` reads an HF checkpoint instead)::
 
     import torch
-    from foresight.lm import Gemma2, Gemma2Config, generate
+    from foresight.lm import Gemma2, Gemma2Config, generate, save_pretrained
 
     model = Gemma2(Gemma2Config.tiny()).eval()
     prompt = torch.tensor([[2, 17, 99]])                          # [B, T] token ids, <bos> first
     logits = model(prompt).logits                                 # [1, 3, 256], soft-capped fp32
     tokens = generate(model, prompt, max_new_tokens=8)            # [1, 11], greedy
-    model.save_pretrained("/tmp/gemma2-tiny")                     # loads in transformers too
+    save_pretrained(model, "/tmp/gemma2-tiny")                    # loads in transformers too
 """
 
 from foresight.lm.cache import Gemma2Cache
 from foresight.lm.gemma2 import Gemma2, Gemma2Config, Gemma2Output, alternating_layer_types
 from foresight.lm.generate import generate, generate_stream
+from foresight.lm.hf_io import load_pretrained, save_pretrained
 from foresight.lm.moe_lm import MoELM, MoELMConfig, MoELMOutput, MoENextTokenObjective
 from foresight.lm.multimodal import MultimodalConfig, MultimodalDecoder, MultimodalOutput
 from foresight.lm.niah import CharVocab, NeedleTrainingData, NIAHResult, evaluate_niah
@@ -39,4 +40,6 @@ __all__ = [
     "alternating_layer_types",
     "generate",
     "generate_stream",
+    "load_pretrained",
+    "save_pretrained",
 ]

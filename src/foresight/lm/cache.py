@@ -30,10 +30,27 @@ Only single-token steps are allowed then, and the buffers can no longer grow.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
-from foresight.lm.gemma2 import FULL, SLIDING, Gemma2Config
 from foresight.nn.attention import AttentionMask
+
+# The two attention kinds of a Gemma 2 layer. They live here, the bottom of the LM package's
+# import chain (cache <- gemma2 <- hf_io <- generate), because the cache lays out its buffers by them.
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+LAYER_TYPES = (SLIDING, FULL)
+
+
+class CacheLayout(Protocol):
+    """What the cache reads from a config; `Gemma2Config` is one."""
+
+    layer_types: tuple[str, ...]
+    sliding_window: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
 
 
 class Gemma2Cache:
@@ -41,7 +58,7 @@ class Gemma2Cache:
 
     def __init__(
         self,
-        config: Gemma2Config,  # only shapes, layer_types and max_position_embeddings are read
+        config: CacheLayout,
         *,
         batch_size: int,
         capacity: int,

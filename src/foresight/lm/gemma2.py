@@ -19,24 +19,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Imports go one way through the LM package: cache <- gemma2 <- hf_io <- generate.
+from foresight.lm.cache import FULL, LAYER_TYPES, SLIDING, Gemma2Cache
 from foresight.nn.attention import BACKENDS, AttentionMask, attention
-from foresight.nn.linear import Linear, linear, row_product_is_faster, tune_row_products, with_rows
 from foresight.nn.norms import RMSNorm
 from foresight.nn.rope import RotaryEmbedding, apply_rope
 from foresight.nn.softcap import softcap
-
-if TYPE_CHECKING:  # cache.py needs nothing from here at runtime, but avoid the import cycle anyway
-    from foresight.lm.cache import Gemma2Cache
-
-SLIDING = "sliding_attention"
-FULL = "full_attention"
-LAYER_TYPES = (SLIDING, FULL)
 
 
 def alternating_layer_types(num_layers: int, pattern: tuple[str, ...] = (SLIDING, FULL)) -> tuple[str, ...]:
@@ -205,10 +198,10 @@ class Gemma2Attention(nn.Module):
         self.scale = config.query_pre_attn_scalar**-0.5
         self.softcap = config.attn_logit_softcap
         D, H, K, E = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-        self.q_proj = Linear(D, H * E, bias=False)
-        self.k_proj = Linear(D, K * E, bias=False)
-        self.v_proj = Linear(D, K * E, bias=False)
-        self.o_proj = Linear(H * E, D, bias=False)
+        self.q_proj = nn.Linear(D, H * E, bias=False)
+        self.k_proj = nn.Linear(D, K * E, bias=False)
+        self.v_proj = nn.Linear(D, K * E, bias=False)
+        self.o_proj = nn.Linear(H * E, D, bias=False)
         self.window = config.sliding_window if self.layer_type == SLIDING else None
 
     def extra_repr(self) -> str:
@@ -244,9 +237,9 @@ class Gemma2MLP(nn.Module):
     def __init__(self, config: Gemma2Config):
         super().__init__()
         D, F_ = config.hidden_size, config.intermediate_size
-        self.gate_proj = Linear(D, F_, bias=False)
-        self.up_proj = Linear(D, F_, bias=False)
-        self.down_proj = Linear(F_, D, bias=False)
+        self.gate_proj = nn.Linear(D, F_, bias=False)
+        self.up_proj = nn.Linear(D, F_, bias=False)
+        self.down_proj = nn.Linear(F_, D, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
@@ -298,7 +291,8 @@ class Gemma2(nn.Module):
     """The Gemma 2 decoder-only language model.
 
     `attn_backend` picks the attention implementation ("eager" reference, "flex"; "sdpa" refuses
-    Gemma 2's soft-cap). It can be changed later with `set_attn_backend`.
+    Gemma 2's soft-cap). It can be changed later with `set_attn_backend`. HF checkpoints are read
+    and written by `foresight.lm.hf_io.load_pretrained` / `save_pretrained`.
     """
 
     def __init__(self, config: Gemma2Config, attn_backend: str = "eager"):
@@ -311,8 +305,7 @@ class Gemma2(nn.Module):
         self.layers = nn.ModuleList(Gemma2Block(config, i) for i in range(config.num_layers))
         self.final_norm = RMSNorm(D, config.rms_norm_eps)
         # Tied by default: the LM head reads self.embed.weight (no second [V, D] matrix).
-        self.lm_head = None if config.tie_word_embeddings else Linear(D, V, bias=False)
-        self.head_row_products: tuple[int, ...] = ()  # see tune_decode
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(D, V, bias=False)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.reset_parameters()
 
@@ -320,7 +313,7 @@ class Gemma2(nn.Module):
 
     def reset_parameters(self, std: float | None = None) -> None:
         """Normal(0, std) for embeddings and linear weights; zeros for the (1 + w) norm scales."""
-        if self.embed.weight.is_meta:  # shapes only (parameter counts, from_pretrained): nothing to fill
+        if self.embed.weight.is_meta:  # shapes only (parameter counts, hf_io.load_pretrained): nothing to fill
             return
         std = self.config.initializer_range if std is None else std
         for module in self.modules():
@@ -359,51 +352,14 @@ class Gemma2(nn.Module):
             self._normalizers[dtype] = torch.tensor(math.sqrt(self.config.hidden_size), dtype=dtype).item()
         return self._normalizers[dtype]
 
-    def tune_decode(self, rows: int = 1, min_numel: int = 1 << 20) -> dict[str, bool]:
-        """Choose, per weight, the faster CPU product for `rows` rows (decoding a batch of `rows`).
-
-        Times `F.linear` against a compiled streaming reduction on each weight with >= min_numel
-        entries (`foresight.nn.linear`, measured once per shape and row count); the choice only
-        affects inputs of exactly `rows` rows on CPU. `generate` calls this on CPU with its batch
-        size. Returns {weight: reduction chosen}.
-        """
-        choices = tune_row_products(self.modules(), rows, min_numel)
-        head = self.lm_head_weight.detach()
-        if head.numel() >= min_numel:
-            use = row_product_is_faster(head, rows)
-            self.head_row_products = with_rows(self.head_row_products, rows, use)
-            choices[f"lm_head({head.shape[0]}, {head.shape[1]})"] = use
-        return choices
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str = "cpu",
-        attn_backend: str = "eager",
-    ) -> Gemma2:
-        """Load an HF-layout directory (config.json + safetensors); see `foresight.lm.hf_io`."""
-        from foresight.lm.hf_io import load_pretrained
-
-        return load_pretrained(path, dtype=dtype, device=device, attn_backend=attn_backend)
-
-    def save_pretrained(self, path, max_shard_bytes: int = 5 * 2**30) -> None:
-        """Write the HF layout that `transformers.Gemma2ForCausalLM.from_pretrained` loads."""
-        from foresight.lm.hf_io import save_pretrained
-
-        save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
-
     def make_cache(
         self,
         batch_size: int,
         max_length: int,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-    ):
+    ) -> Gemma2Cache:
         """A preallocated `Gemma2Cache` for `max_length` tokens (prompt + generated)."""
-        from foresight.lm.cache import Gemma2Cache
-
         p = self.embed.weight
         return Gemma2Cache(
             self.config,
@@ -466,8 +422,13 @@ class Gemma2(nn.Module):
         if logits_to_keep > 0:
             x = x[:, -logits_to_keep:]  # norm and head are per-token: slicing first saves work
         x = self.final_norm(x)
-        logits = linear(x, self.lm_head_weight, row_products=self.head_row_products)  # [B, T_keep, V]
+        logits = self.lm_head_product(x)  # [B, T_keep, V]
         return softcap(logits.float(), self.config.final_logit_softcap)
+
+    def lm_head_product(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, V]
+        """x @ lm_head_weight.T, before the soft-cap. A method of its own because the tied head is no
+        module, and `foresight.lm.cpu_decode` must still reach the biggest product of a decode step."""
+        return F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
 
 
 def default_positions(valid: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
