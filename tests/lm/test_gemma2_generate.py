@@ -113,6 +113,21 @@ def test_prompt_longer_than_max_position_embeddings(tiny_model):
         generate(tiny_model, too_long[:, :500], max_new_tokens=20)
 
 
+def test_token_ids_outside_the_vocabulary_and_empty_prompts_are_refused(tiny_model):
+    V = tiny_model.config.vocab_size
+    with pytest.raises(ValueError, match=rf"token id {V} in input_ids is outside the vocabulary \[0, {V}\)"):
+        tiny_model(torch.tensor([[2, V]]))
+    with pytest.raises(ValueError, match=rf"token id -1 in input_ids is outside the vocabulary \[0, {V}\)"):
+        tiny_model(torch.tensor([[-1, 5]]))
+    with pytest.raises(ValueError, match=r"input_ids must be \[batch, tokens\], got shape \(3,\)"):
+        tiny_model(torch.tensor([2, 3, 4]))
+    with pytest.raises(ValueError, match=rf"token id {V + 7} in input_ids is outside the vocabulary"):
+        generate(tiny_model, torch.tensor([[2, 17, V + 7]]), max_new_tokens=2)
+    for empty in (torch.zeros(1, 0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"input_ids must be a non-empty \[batch, tokens\] prompt"):
+            generate(tiny_model, empty, max_new_tokens=2)
+
+
 def test_text_streamer_prints_only_new_text(tmp_path):
     make_json_tokenizer(tmp_path)
     tok = Gemma2Tokenizer.from_pretrained(tmp_path)

@@ -92,12 +92,14 @@ class Gemma2Config:
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim must be even for rotate-half RoPE, got {self.head_dim}")
         for name in ("query_pre_attn_scalar", "rope_theta", "rms_norm_eps", "initializer_range"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+            if not _is_positive_finite(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive finite number, got {getattr(self, name)!r}")
         for name in ("attn_logit_softcap", "final_logit_softcap"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None, got {value!r}")
+            if value is not None and not _is_positive_finite(value):
+                raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
 
         # Frozen dataclass: normalise derived/defaulted fields through object.__setattr__.
         layer_types = self.layer_types
@@ -105,7 +107,7 @@ class Gemma2Config:
             layer_types = alternating_layer_types(self.num_layers)
         layer_types = tuple(layer_types)
         object.__setattr__(self, "layer_types", layer_types)
-        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+        object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))  # a list from JSON is fine too
         if len(layer_types) != self.num_layers:
             raise ValueError(f"layer_types has {len(layer_types)} entries but num_layers is {self.num_layers}")
         for i, t in enumerate(layer_types):
@@ -117,7 +119,11 @@ class Gemma2Config:
             ("eos_token_ids", self.eos_token_ids),
         ):
             for i in ids:
-                if i is not None and not 0 <= i < self.vocab_size:
+                if i is None:
+                    continue
+                if not isinstance(i, int) or isinstance(i, bool):
+                    raise ValueError(f"{name} must hold int token ids, got {i!r}")
+                if not 0 <= i < self.vocab_size:
                     raise ValueError(f"{name} {i} is outside the vocabulary [0, {self.vocab_size})")
 
     # --- presets (shared/papers/gemma2.md §1) -------------------------------------------------
@@ -180,6 +186,10 @@ class Gemma2Config:
     def num_groups(self) -> int:
         """G: query heads per key/value head."""
         return self.num_heads // self.num_kv_heads
+
+
+def _is_positive_finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +405,15 @@ class Gemma2(nn.Module):
     def _inputs(self, input_ids, attention_mask, cache, position_ids):
         """Forward's set-up: (valid [B, T] bool or None, {layer type: AttentionMask}, RoPE positions [B, T])."""
         cfg = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
+        # An id past the embedding would index out of bounds. One min/max check, skipped inside a
+        # compiled graph (it is data-dependent) and on the meta device (no data).
+        if input_ids.numel() and input_ids.device.type != "meta" and not torch.compiler.is_compiling():
+            for i in torch.stack(torch.aminmax(input_ids)).tolist():  # [min, max]: one sync
+                if not 0 <= i < cfg.vocab_size:
+                    raise ValueError(f"token id {i} in input_ids is outside the vocabulary [0, {cfg.vocab_size})")
         valid = None
         if attention_mask is not None:
             if attention_mask.shape[0] != B or attention_mask.shape[1] < T:

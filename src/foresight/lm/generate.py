@@ -96,6 +96,10 @@ def generate_stream(
     once per machine and shape); False switches them back to `F.linear` (`disable_row_products`).
     """
     cfg = model.config
+    if input_ids.dim() != 2 or input_ids.numel() == 0:
+        raise ValueError(
+            f"input_ids must be a non-empty [batch, tokens] prompt (at least <bos>), got shape {tuple(input_ids.shape)}"
+        )
     B, T = input_ids.shape
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -123,6 +127,7 @@ def generate_stream(
         cache.reset()
     else:
         cache = model.make_cache(B, T + max_new_tokens)
+    # The prefill checks the prompt's token ids, before any time goes into measuring row products.
     logits = model(input_ids, attention_mask, cache=cache, logits_to_keep=1).logits[:, -1]  # [B, V]
     if device.type == "cpu":
         if row_products:  # B-row products: BLAS or a compiled reduction, whichever is faster here

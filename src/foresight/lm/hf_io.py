@@ -5,8 +5,13 @@ Layout (shared/papers/gemma2.md §4.1):
     model.safetensors                    one file, or
     model.safetensors.index.json         {"weight_map": {tensor name: shard file}} + shards
 
-Loading is strict: every tensor goes through an explicit HF-name -> our-name key map with a
-shape check, and a missing, unexpected, or wrongly shaped tensor is an error that names the key.
+A checkpoint is untrusted input, so loading is strict and checks before it allocates:
+- config.json must be a JSON object whose sizes are ints within generous bounds (and whose total
+  parameter count is at most 1e12) and whose floats are finite, so a hostile `vocab_size` or
+  `num_hidden_layers` fails in milliseconds, naming the field;
+- the tensor names come from the safetensors headers themselves (checked against the index when
+  sharded) and go through an explicit HF-name -> our-name translation; a missing, unexpected,
+  wrongly shaped or non-floating tensor is an error naming the key, raised before any data is read.
 Only safetensors are read, never pickles (`pytorch_model.bin` is refused). Writing is atomic per
 file (temp file + fsync + os.replace), and the result loads in `transformers.Gemma2ForCausalLM`.
 """
@@ -14,6 +19,7 @@ file (temp file + fsync + os.replace), and the result loads in `transformers.Gem
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -32,6 +38,28 @@ INDEX_NAME = "model.safetensors.index.json"
 _SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 _GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new")  # spellings of tanh-approximate GELU
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TENSOR_DTYPES = ("F32", "BF16", "F16")  # safetensors header spellings of the dtypes we load
+_MAX_JSON_BYTES = 16 * 2**20  # a real config.json is ~1 KB and an index ~30 KB
+
+# Bounds on the sizes in config.json (HF names), checked before anything is built. Generous: well
+# above the 27B (V 256000, D 4608, F 36864, L 46, H 32, E 128) and every published Gemma 2 variant,
+# yet low enough that building the model's Python structures stays instant.
+_SIZE_BOUNDS = {
+    "vocab_size": 10**7,
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 20,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 1 << 13,
+    "max_position_embeddings": 1 << 24,
+    "sliding_window": 1 << 24,
+    "sliding_window_size": 1 << 24,
+}
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_MAX_PARAMS = 10**12
+_POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta", "query_pre_attn_scalar", "initializer_range")
+_OPTIONAL_POSITIVE_FLOATS = ("attn_logit_softcapping", "final_logit_softcapping")  # null = no cap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,8 +75,53 @@ def _pick(d: dict, *names: str, default=None):
     return default
 
 
+def _check_hf_numbers(d: dict, source: str) -> None:
+    """Types and bounds of every size and float in an HF config dict, before anything is built."""
+    for name in _REQUIRED:
+        if name not in d:
+            raise ValueError(f"{source} lacks required key {name!r}")
+    for name, bound in _SIZE_BOUNDS.items():
+        value = d.get(name)
+        if value is None and name not in _REQUIRED:
+            continue  # absent or null: the Gemma 2 default is used
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= bound:
+            raise ValueError(f"{name} in {source} must be an int in [1, {bound}], got {value!r}")
+    heads, kv_heads = d["num_attention_heads"], d.get("num_key_value_heads") or d["num_attention_heads"]
+    if heads % kv_heads:
+        raise ValueError(
+            f"num_attention_heads ({heads}) in {source} must be divisible by num_key_value_heads ({kv_heads})"
+        )
+    rope = d.get("rope_parameters")
+    if rope is not None and not isinstance(rope, dict):
+        raise ValueError(f"rope_parameters in {source} must be a JSON object, got {rope!r}")
+    numbers = [(name, d.get(name), False) for name in _POSITIVE_FLOATS]
+    numbers += [(name, d.get(name), True) for name in _OPTIONAL_POSITIVE_FLOATS]
+    numbers.append(("rope_parameters.rope_theta", (rope or {}).get("rope_theta"), False))
+    for name, value, nullable in numbers:
+        if value is None:
+            continue  # absent (or null = off, for the soft-caps): the default
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
+            kind = "a positive finite number" + (" or null" if nullable else "")
+            raise ValueError(f"{name} in {source} must be {kind}, got {value!r}")
+    params = _estimate_params(d)
+    if params > _MAX_PARAMS:
+        raise ValueError(f"{source} describes ~{params:.3g} parameters; this loader accepts at most {_MAX_PARAMS:.0e}")
+
+
+def _estimate_params(d: dict) -> int:
+    """Parameter count of the model an HF config dict describes (sizes already checked)."""
+    V, D, F, L = d["vocab_size"], d["hidden_size"], d["intermediate_size"], d["num_hidden_layers"]
+    H = d["num_attention_heads"]
+    K, E = d.get("num_key_value_heads") or H, d.get("head_dim") or 256
+    per_layer = 2 * D * H * E + 2 * D * K * E + 3 * D * F + 4 * D  # q, o; k, v; gate, up, down; 4 norms
+    heads = 1 if d.get("tie_word_embeddings", True) else 2
+    return heads * V * D + L * per_layer + D
+
+
 def config_from_hf_dict(d: dict, source: str = "config.json") -> Gemma2Config:
     """Translate an HF Gemma 2 config dict; refuse anything our model would compute differently."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source} must hold a JSON object, got a {type(d).__name__}")
     model_type = d.get("model_type")
     if model_type != "gemma2":
         raise ValueError(f"unknown model_type {model_type!r} in {source}: only 'gemma2' is supported")
@@ -59,6 +132,7 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> Gemma2Config:
         raise ValueError(f"attention_bias=true in {source} is not supported (Gemma 2 has no q/k/v bias)")
     if d.get("use_bidirectional_attention"):
         raise ValueError(f"use_bidirectional_attention=true in {source} is not supported (causal LM only)")
+    _check_hf_numbers(d, source)
 
     rope = d.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
@@ -73,6 +147,8 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> Gemma2Config:
     eos = tuple(eos) if isinstance(eos, list | tuple) else (eos,)
     num_layers = d["num_hidden_layers"]
     layer_types = d.get("layer_types")
+    if layer_types is not None and not isinstance(layer_types, list | tuple):
+        raise ValueError(f"layer_types in {source} must be a list, got {layer_types!r}")
     scalar = d.get("query_pre_attn_scalar", 256)
     try:
         return Gemma2Config(
@@ -99,6 +175,8 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> Gemma2Config:
         )
     except KeyError as e:
         raise ValueError(f"{source} lacks required key {e.args[0]!r}") from None
+    except ValueError as e:  # Gemma2Config's own check, in our field names
+        raise ValueError(f"{source}: {e}") from None
 
 
 def config_to_hf_dict(config: Gemma2Config, dtype: torch.dtype = torch.float32) -> dict:
@@ -144,14 +222,24 @@ def load_config(path: str | os.PathLike) -> tuple[Gemma2Config, torch.dtype | No
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {path}")
-    try:
-        d = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON: {e}") from None
+    d = _read_json(file)
+    if not isinstance(d, dict):
+        raise ValueError(f"{file} must hold a JSON object, got a {type(d).__name__}")
     dtype_name = _pick(d, "dtype", "torch_dtype")
-    if dtype_name is not None and dtype_name not in _DTYPES:
+    if dtype_name is not None and (not isinstance(dtype_name, str) or dtype_name not in _DTYPES):
         raise ValueError(f"unsupported dtype {dtype_name!r} in {file}; expected one of {list(_DTYPES)}")
     return config_from_hf_dict(d, str(file)), _DTYPES.get(dtype_name)
+
+
+def _read_json(file: Path):
+    """Parse a small JSON file (config or index); a huge or malformed one is a one-line error."""
+    size = file.stat().st_size
+    if size > _MAX_JSON_BYTES:
+        raise ValueError(f"{file} is {size} bytes; a Gemma 2 {file.name} is far below {_MAX_JSON_BYTES}")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,35 +275,75 @@ def hf_key_map(config: Gemma2Config) -> dict[str, str]:
     return keys
 
 
+_TOP_KEYS = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "final_norm.weight"}
+_LAYER_RE = re.compile(r"model\.layers\.(0|[1-9][0-9]*)\.(.+)")  # canonical indices only: "01" is not 1
+
+
+def _our_name(hf_name: str, config: Gemma2Config) -> str | None:
+    """Our parameter name for a tensor found in a checkpoint, or None if the model has no such tensor.
+
+    Translated from the name itself (not looked up in a list built from num_layers), so a tensor of
+    a layer past the config's count, or with an unknown suffix, is unexpected rather than ignored.
+    """
+    if hf_name in _TOP_KEYS:
+        return _TOP_KEYS[hf_name]
+    if hf_name == "lm_head.weight":
+        return "embed.weight" if config.tie_word_embeddings else "lm_head.weight"
+    m = _LAYER_RE.fullmatch(hf_name)
+    if m is None or int(m[1]) >= config.num_layers or m[2] not in _LAYER_KEYS:
+        return None
+    return f"layers.{m[1]}.{_LAYER_KEYS[m[2]]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
 
 
-def _weight_files(path: Path) -> dict[str, list[str]]:
-    """Shard file -> tensor names it should hold (from the index, or the single file's header)."""
+def _weight_files(path: Path) -> dict[str, list[str] | None]:
+    """Shard file -> tensor names the index says it holds (None for a single unindexed file)."""
     index = path / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{index} is not a valid safetensors index ({e!r})") from None
+        weight_map = _read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} is not a valid safetensors index: it needs a 'weight_map' object")
         files: dict[str, list[str]] = {}
         for name, file in weight_map.items():
-            if os.path.basename(file) != file:
+            if not isinstance(file, str) or os.path.basename(file) != file or file in ("", ".", ".."):
                 raise ValueError(f"{index} maps {name!r} to {file!r}: shard names must be plain file names")
             files.setdefault(file, []).append(name)
         return files
-    single = path / WEIGHTS_NAME
-    if single.is_file():
-        with _open_safetensors(single) as f:
-            return {WEIGHTS_NAME: list(f.keys())}
+    if (path / WEIGHTS_NAME).is_file():
+        return {WEIGHTS_NAME: None}
     if any((path / n).exists() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         raise ValueError(
             f"{path} holds only pickle weights (pytorch_model.bin); foresight never unpickles. "
             "Convert them to safetensors first."
         )
     raise FileNotFoundError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
+
+
+def _read_headers(path: Path, files: dict[str, list[str] | None]) -> dict[str, tuple[str, str, tuple]]:
+    """Tensor name -> (shard file, safetensors dtype, shape) for every tensor in the files, read from
+    the headers only. With an index, each shard must hold exactly the tensors the index lists."""
+    headers: dict[str, tuple[str, str, tuple]] = {}
+    for file, listed in files.items():
+        with _open_safetensors(path / file) as f:
+            present = list(f.keys())
+            for name in present:
+                s = f.get_slice(name)
+                headers[name] = (file, s.get_dtype(), tuple(s.get_shape()))
+        if listed is not None:
+            absent = sorted(set(listed) - set(present))
+            if absent:
+                raise ValueError(f"checkpoint {path} is missing tensor(s) {_names(absent)} (the index says {file})")
+            unlisted = sorted(set(present) - set(listed))
+            if unlisted:
+                raise ValueError(
+                    f"checkpoint {path} has unexpected tensor(s): {_names(unlisted)} (in {file} but not in its index)"
+                )
+    return headers
 
 
 class _open_safetensors:
@@ -249,44 +377,45 @@ def load_pretrained(
     dtype = dtype or ckpt_dtype or torch.float32
     if dtype == torch.float16:  # R9 in the notes: the 27B is erratic in fp16
         warnings.warn("Gemma 2 in float16 is numerically fragile (27B erratic); prefer bfloat16", stacklevel=2)
-    key_map = hf_key_map(config)
-    files = _weight_files(path)
+    headers = _read_headers(path, _weight_files(path))
 
-    # Check names before reading any data, so a bad checkpoint fails fast and names every key.
-    found = {name for names in files.values() for name in names}
-    tied_head = config.tie_word_embeddings and "lm_head.weight" in found  # tolerated duplicate
-    missing = sorted(set(key_map) - found)
-    unexpected = sorted(found - set(key_map) - ({"lm_head.weight"} if tied_head else set()))
-    if missing:
-        raise ValueError(f"checkpoint {path} is missing tensor(s): {_names(missing)}")
-    if unexpected:
-        raise ValueError(f"checkpoint {path} has unexpected tensor(s): {_names(unexpected)}")
-
-    # Allocate on the meta device (no init cost), then give the parameters real, empty storage.
+    # Shapes only (the meta device holds no data): the expected shape of every parameter.
     with torch.device("meta"):
         model = Gemma2(config, attn_backend=attn_backend)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+    # Check every name, dtype and shape from the headers before allocating or reading any data.
+    ours = {hf_name: _our_name(hf_name, config) for hf_name in headers}
+    unexpected = sorted(hf_name for hf_name, name in ours.items() if name is None)
+    if unexpected:
+        raise ValueError(
+            f"checkpoint {path} has unexpected tensor(s): {_names(unexpected)} "
+            f"(config.json: num_hidden_layers={config.num_layers}, tie_word_embeddings={config.tie_word_embeddings})"
+        )
+    missing = sorted(hf for hf, name in hf_key_map(config).items() if hf not in headers)
+    if missing:
+        raise ValueError(f"checkpoint {path} is missing tensor(s): {_names(missing)}")
+    for hf_name, (_, got_dtype, got_shape) in headers.items():
+        if got_dtype not in _TENSOR_DTYPES:
+            raise ValueError(
+                f"wrong dtype for tensor {hf_name!r}: expected a floating dtype {'/'.join(_TENSOR_DTYPES)}, "
+                f"got {got_dtype}"
+            )
+        _check_shape(hf_name, shapes[ours[hf_name]], got_shape)
+
     model = model.to(dtype=dtype).to_empty(device=device)
     model.reset_buffers()
     params = dict(model.named_parameters())
-
-    loaded = set()
+    by_file: dict[str, list[str]] = {}
+    for hf_name, (file, _, _) in headers.items():
+        # A tied model's stored lm_head.weight duplicates the embedding (checked above, not read).
+        if not (hf_name == "lm_head.weight" and config.tie_word_embeddings):
+            by_file.setdefault(file, []).append(hf_name)
     with torch.no_grad():
-        for file, names in files.items():
+        for file, names in by_file.items():
             with _open_safetensors(path / file) as f:
-                present = set(f.keys())
                 for hf_name in names:
-                    if hf_name not in present:
-                        raise ValueError(f"checkpoint {path} is missing tensor {hf_name!r} (index says {file})")
-                    got = tuple(f.get_slice(hf_name).get_shape())
-                    if hf_name == "lm_head.weight" and tied_head:
-                        expected = tuple(params["embed.weight"].shape)
-                        _check_shape(hf_name, expected, got)
-                        continue  # the embedding is the head; a stored copy is redundant
-                    param = params[key_map[hf_name]]
-                    _check_shape(hf_name, tuple(param.shape), got)
-                    param.copy_(f.get_tensor(hf_name))
-                    loaded.add(key_map[hf_name])
-    assert loaded == set(params), "internal error: key map does not cover every parameter"
+                    params[ours[hf_name]].copy_(f.get_tensor(hf_name))
     return model.eval()
 
 
