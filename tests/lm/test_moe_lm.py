@@ -4,8 +4,16 @@ from gemma2_testing import random_gemma2
 
 from foresight.lm import Gemma2, Gemma2Config
 from foresight.lm.gemma2 import Gemma2Block
-from foresight.lm.moe_lm import MoEBlock, MoELM, MoELMConfig, MoENextTokenObjective
-from foresight.lm.train import NullStore, TrainConfig, Trainer
+from foresight.lm.moe_lm import (
+    MoEBlock,
+    MoELM,
+    MoELMConfig,
+    MoENextTokenObjective,
+    copy_shared_weights,
+    expert_load_stats,
+    init_twins,
+)
+from foresight.lm.train import TrainConfig, Trainer
 from foresight.nn.moe import MoEConfig
 
 torch.set_num_threads(1)
@@ -174,7 +182,7 @@ def test_trainer_runs_the_moe_objective_and_updates_routers_and_experts():
     tcfg = TrainConfig(
         steps=2, batch_size=2, warmup_steps=1, eval_every=0, checkpoint_every=0, distributed="none", precision="fp32"
     )
-    result = Trainer(model, tcfg, _Windows(), _Windows(), objective=MoENextTokenObjective(), store=NullStore()).fit()
+    result = Trainer(model, tcfg, _Windows(), _Windows(), objective=MoENextTokenObjective()).fit()
     assert result.steps == 2 and result.val_loss is not None and math_isfinite(result.val_loss)
     for name in ("layers.0.mlp.router.weight", "layers.0.mlp.gate_up_proj", "layers.3.mlp.down_proj"):
         assert not torch.equal(before[name], model.get_parameter(name)), name
@@ -230,3 +238,83 @@ def test_same_seed_gives_the_dense_twin_s_shared_weights():
     # the experts are initialised like the dense weights: Normal(0, initializer_range)
     experts = moe.layers[0].mlp.gate_up_proj
     assert abs(float(experts.detach().std()) - cfg.base.initializer_range) < 2e-3
+
+
+def test_copy_shared_weights_makes_a_wider_dense_twin_share_all_but_the_ffns():
+    cfg = MoELMConfig.tiny()  # experts of width F = 128
+    torch.manual_seed(0)
+    dense = Gemma2(cfg.base.replace(intermediate_size=256))  # the twin's FFN: k = 2 experts' width
+    torch.manual_seed(1)
+    moe = MoELM(cfg)
+    mlp_before = {k: v.clone() for k, v in moe.state_dict().items() if ".mlp." in k}
+    assert not torch.equal(moe.embed.weight, dense.embed.weight)  # different seeds: nothing shared yet
+    shared = copy_shared_weights(moe, dense)
+    d, m = dense.state_dict(), moe.state_dict()
+    assert shared == [k for k in m if ".mlp." not in k] and "embed.weight" in shared
+    assert all(torch.equal(m[k], d[k]) for k in shared)
+    assert all(torch.equal(m[k], v) for k, v in mlp_before.items())  # experts and routers untouched
+    # a twin of another depth or width cannot be matched
+    with pytest.raises(ValueError, match=r"MoE weights \['layers.2.attn_norm.weight'"):
+        copy_shared_weights(moe, Gemma2(cfg.base.replace(num_layers=2)))
+    with pytest.raises(ValueError, match="differ in shape from the dense twin's"):
+        copy_shared_weights(moe, Gemma2(cfg.base.replace(vocab_size=300)))
+
+
+def test_expert_load_stats_matches_the_router_outputs():
+    model = _model()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (2, 12), generator=g), torch.randint(0, 256, (3, 12), generator=g)]
+    stats = expert_load_stats(model, batches, buckets=4)
+    outs = [model(x) for x in batches]
+    # per block: the token-weighted mean of each batch's expert_fraction (24 and 36 tokens)
+    want = (outs[0].expert_fraction * 24 + outs[1].expert_fraction * 36) / 60
+    torch.testing.assert_close(torch.tensor(stats["per_layer"], dtype=torch.float32), want)
+    assert stats["tokens"] == 60 and stats["buckets"] == 4
+    assert stats["fraction_min"] == pytest.approx(float(want.min())) and stats["fraction_max"] == pytest.approx(
+        float(want.max())
+    )
+    # by position: count the last block's choices by hand (positions 0-2 -> bucket 0, ..., 9-11 -> bucket 3)
+    counts = torch.zeros(4, 4)
+    for x, out in zip(batches, outs, strict=True):
+        idx = out.expert_index[-1].view(x.shape[0], 12, 2)
+        for b in range(x.shape[0]):
+            for t in range(12):
+                for e in idx[b, t].tolist():
+                    counts[t // 3, e] += 1
+    torch.testing.assert_close(
+        torch.tensor(stats["last_layer_by_position"], dtype=torch.float32), counts / counts.sum(-1, keepdim=True)
+    )
+    # every bucket holds the same number of tokens here, so the buckets average back to the last block's load
+    by_pos = torch.tensor(stats["last_layer_by_position"]).mean(0)
+    torch.testing.assert_close(by_pos, torch.tensor(stats["per_layer"][-1]), atol=1e-6, rtol=1e-6)
+    assert expert_load_stats(model, batches[:1], buckets=50)["buckets"] == 12  # at most one bucket per position
+
+
+def test_expert_load_stats_rejects_bad_input():
+    model = _model()
+    with pytest.raises(ValueError, match="batches is empty"):
+        expert_load_stats(model, [])
+    with pytest.raises(ValueError, match="same length T=5, got 6"):
+        expert_load_stats(model, [torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 6, dtype=torch.long)])
+    with pytest.raises(ValueError, match="buckets must be >= 1, got 0"):
+        expert_load_stats(model, [torch.zeros(1, 5, dtype=torch.long)], buckets=0)
+
+
+def test_compute_matched_twins_share_all_but_the_ffns_and_match_active_parameters():
+    dense_cfg = Gemma2Config.tiny(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, head_dim=16)
+    cfg = MoELMConfig.compute_matched(dense_cfg, MoEConfig(num_experts=4, top_k=2))
+    assert cfg.base.intermediate_size == 32 and cfg.base.replace(intermediate_size=64) == dense_cfg
+    dense, moe = init_twins(dense_cfg, cfg, seed=3)
+    d, m = dense.state_dict(), moe.state_dict()
+    shared = [k for k in m if ".mlp." not in k]
+    assert shared and all(torch.equal(m[k], d[k]) for k in shared)
+    assert not any(k in d for k in m if ".mlp." in k)  # the FFNs differ: experts + router vs one FFN
+    # k experts of width F / k: the dense FFN's parameters per token, plus the [D, E] router per block
+    n_dense = sum(p.numel() for p in dense.parameters())
+    assert moe.num_active_params() == n_dense + 2 * 32 * 4 and moe.num_params() > moe.num_active_params()
+    # the seed decides the init: the same seed gives the same pair, another seed another one
+    again, other = init_twins(dense_cfg, cfg, seed=3)[1], init_twins(dense_cfg, cfg, seed=4)[1]
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in m.items())
+    assert not torch.equal(other.embed.weight, moe.embed.weight)
+    with pytest.raises(ValueError, match="intermediate_size=64 must be a multiple of top_k=3"):
+        MoELMConfig.compute_matched(dense_cfg, MoEConfig(num_experts=4, top_k=3))

@@ -28,10 +28,16 @@ Compute matching: ``MoELMConfig.base`` is a complete Gemma2Config whose ``interm
 width of ONE expert, so ``Gemma2(config.base)`` is the dense twin. With top-1 routing it runs the
 same FFN FLOPs per token as the MoE model (plus the [D, E] router), i.e. the same active parameters up
 to ``D * E`` per MoE block; with top-k every token runs k experts (see `num_active_params`).
+`MoELMConfig.compute_matched(dense, moe)` is the top-k twin of a dense decoder (k experts of width F / k),
+and `init_twins` initialises the two from the same shared weights.
+
+Routing statistics: `router_stats` (per training step, from one forward) and `expert_load_stats`
+(per-expert load by block and by position, over held-out batches).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -76,6 +82,16 @@ class MoELMConfig:
     def tiny(cls, **moe_overrides) -> MoELMConfig:
         """Gemma2Config.tiny() (4 blocks, D=64, F=128 per expert) with 4 experts, top-2, in every block."""
         return cls(base=Gemma2Config.tiny(), moe=MoEConfig(**{"num_experts": 4, "top_k": 2, **moe_overrides}))
+
+    @classmethod
+    def compute_matched(cls, dense: Gemma2Config, moe: MoEConfig, moe_layers: tuple[int, ...] | None = None):
+        """The MoE twin of the dense decoder ``dense``: experts of width F / k, so the k experts a token is
+        routed to run the dense FFN's FLOPs (fine-grained experts, DeepSeekMoE-style) and the active
+        parameters are the dense model's plus the [D, E] routers."""
+        F, k = dense.intermediate_size, moe.top_k
+        if F % k:
+            raise ValueError(f"the dense intermediate_size={F} must be a multiple of top_k={k} (experts of F / k)")
+        return cls(base=dense.replace(intermediate_size=F // k), moe=moe, moe_layers=moe_layers)
 
     def replace(self, **changes) -> MoELMConfig:
         return replace(self, **changes)
@@ -246,3 +262,96 @@ class MoENextTokenObjective:
 
     def __repr__(self) -> str:
         return "MoENextTokenObjective()"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense twin and routing statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def copy_shared_weights(moe: MoELM, dense: Gemma2) -> list[str]:
+    """Copy every weight the MoE model shares with its dense twin (all but the FFNs) from ``dense``; returns
+    the copied names.
+
+    Use it when the twin's FFN is wider than one expert (k experts of width F / k against one FFN of
+    width F): the init then draws different numbers of values per block, so one seed alone no longer gives
+    both models the same embedding, attention and norms.
+    """
+    twin = dense.state_dict()
+    shared = [name for name in moe.state_dict() if ".mlp." not in name]
+    missing = [name for name in shared if name not in twin]
+    if missing:
+        raise ValueError(f"MoE weights {missing} have no counterpart in the dense twin")
+    mismatched = [n for n in shared if twin[n].shape != moe.state_dict()[n].shape]
+    if mismatched:
+        raise ValueError(f"MoE weights {mismatched} differ in shape from the dense twin's")
+    with torch.no_grad():
+        state = moe.state_dict()
+        for name in shared:
+            state[name].copy_(twin[name])
+    return shared
+
+
+def init_twins(dense_config: Gemma2Config, moe_config: MoELMConfig, seed: int) -> tuple[Gemma2, MoELM]:
+    """(dense model, MoE model) that start from the same point and differ only in their FFN sublayers.
+
+    Each is initialised after ``torch.manual_seed(seed)``; then the MoE's embedding, attention and norms
+    are copied from the dense model (`copy_shared_weights`), so a comparison of the two trainings measures
+    the FFNs alone.
+    """
+    torch.manual_seed(seed)
+    dense = Gemma2(dense_config)
+    torch.manual_seed(seed)
+    moe = MoELM(moe_config)
+    copy_shared_weights(moe, dense)
+    return dense, moe
+
+
+@torch.no_grad()
+def expert_load_stats(model: MoELM, batches: Iterable[torch.Tensor], buckets: int = 8) -> dict:
+    """How the routers spread tokens over the experts on ``batches`` of input ids ([B, T] each, same T).
+
+    Returns (JSON-able lists)::
+
+        per_layer               [L_moe][E]  share of token-slots per expert in each MoE block (rows sum to 1),
+                                            token-weighted over the batches
+        last_layer_by_position  [P][E]      the last MoE block's share per position bucket
+                                            (bucket of position t = t * P // T; rows sum to 1)
+        fraction_min, fraction_max          extremes of ``per_layer`` (uniform routing: both 1 / E)
+        buckets, tokens                     P = min(buckets, T) and the number of tokens seen
+
+    A position bucket shows whether an expert specialises in early or late context (e.g. the needle's
+    answer positions); ``per_layer`` is the load the balancing loss targets.
+    """
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    model.eval()
+    E = model.moe_config.moe.num_experts
+    device = next(model.parameters()).device
+    load, by_pos, tokens, T = None, None, 0, None
+    for x in batches:
+        B, t = x.shape
+        if T is None:
+            T, P = t, min(buckets, t)
+            by_pos = torch.zeros(P, E, dtype=torch.float64)
+        elif t != T:
+            raise ValueError(f"every batch must have the same length T={T}, got {t}")
+        out = model(x.to(device))
+        frac = out.expert_fraction.double().cpu() * (B * t)  # [L_moe, E], weighted by the batch's tokens
+        load = frac if load is None else load + frac
+        tokens += B * t
+        idx = out.expert_index[-1].view(B, t, -1).cpu()  # [B, T, k]
+        pos = (torch.arange(t) * P // t).view(1, -1, 1).expand_as(idx)  # [B, T, k] bucket per slot
+        by_pos.index_put_((pos.reshape(-1), idx.reshape(-1)), torch.ones(idx.numel(), dtype=torch.float64), True)
+    if load is None:
+        raise ValueError("batches is empty; need at least one batch of input ids")
+    per_layer = load / tokens
+    per_pos = by_pos / by_pos.sum(-1, keepdim=True).clamp_min(1.0)
+    return {
+        "per_layer": per_layer.tolist(),
+        "last_layer_by_position": per_pos.tolist(),
+        "fraction_min": float(per_layer.min()),
+        "fraction_max": float(per_layer.max()),
+        "buckets": P,
+        "tokens": tokens,
+    }
