@@ -7,12 +7,15 @@ from foresight.lm.niah import (
     NEEDLE,
     QUESTION,
     CharVocab,
+    NeedleObjective,
     NeedleTrainingData,
+    NIAHResult,
     answer_exact_match,
     answer_weighted_loss,
     evaluate_niah,
     insert_needle,
     make_probe,
+    plot_recall_grids,
     probe_overhead,
 )
 
@@ -179,3 +182,52 @@ def test_answer_weighted_loss_adds_the_weighted_answer_ce():
         answer_weighted_loss(logits, targets, mask, -1.0)
     with pytest.raises(ValueError, match=r"answer_mask \[2, 3\] disagree"):
         answer_weighted_loss(logits, targets, mask[:, :3], 1.0)
+
+
+def test_needle_objective_is_the_same_answer_weighted_loss_for_dense_and_moe_plus_the_moe_terms():
+    from foresight.lm.gemma2 import Gemma2, Gemma2Config
+    from foresight.lm.moe_lm import MoELM, MoELMConfig
+    from foresight.nn.moe import MoEConfig
+
+    vocab = CharVocab.for_corpus(HAY)
+    data = NeedleTrainingData(HAY, vocab, 96, min_context=probe_overhead(5) + 8, seed=0)
+    base = Gemma2Config.tiny(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_layers=2)
+    torch.manual_seed(0)
+    dense, moe = Gemma2(base), MoELM(MoELMConfig(base=base, moe=MoEConfig(num_experts=4, top_k=2)))
+    ids = [3, 1, 4]
+    x, y = data.batch(ids)
+    mask = data.answer_mask(ids)
+    objective = NeedleObjective(data, answer_weight=2.0)
+    with torch.no_grad():
+        want, ce, answer_ce = answer_weighted_loss(dense(x).logits, y, mask, 2.0)
+        out = objective(dense, x, y, ids)
+        assert torch.allclose(out.loss, want) and torch.allclose(out.ce, ce)
+        assert set(out.extra) == {"answer_ce"} and torch.allclose(out.extra["answer_ce"], answer_ce)
+        assert float(answer_ce) != pytest.approx(float(ce))  # the answer term is not the plain CE again
+        routed = moe(x)
+        want, _, _ = answer_weighted_loss(routed.logits, y, mask, 2.0)
+        out = objective(moe, x, y, ids)
+        assert float(routed.moe_loss) > 0 and torch.allclose(out.loss, want + routed.moe_loss)
+        assert {"aux_loss", "z_loss", "moe_loss", "expert_fraction_min", "dropped_fraction"} <= set(out.extra)
+    with pytest.raises(ValueError, match="answer_weight must be >= 0, got -0.5"):
+        NeedleObjective(data, -0.5)
+
+
+def test_niah_result_cells_and_round_trip():
+    grid = NIAHResult((64, 128, 256), (0.0, 100.0), np.array([[1.0, 0.9], [0.8, 1.0], [0.0, 0.1]]), needles=10)
+    assert grid.cells(128) == [1.0, 0.9, 0.8, 1.0]  # the lengths within 128, row-major
+    assert grid.cells() == [1.0, 0.9, 0.8, 1.0, 0.0, 0.1]
+    assert grid.mean(128) == pytest.approx(0.925) and grid.min(128) == 0.8 and grid.min() == 0.0
+    assert grid.cells(32) == [] and np.isnan(grid.mean(32)) and np.isnan(grid.min(32))
+    back = NIAHResult.from_dict(grid.to_dict())
+    assert (back.lengths, back.depths, back.needles) == (grid.lengths, grid.depths, 10)
+    np.testing.assert_array_equal(back.recall, grid.recall)
+
+
+def test_plot_recall_grids_writes_one_png(tmp_path):
+    grid = NIAHResult((64, 128), (0.0, 50.0, 100.0), np.array([[1.0, 0.5, 0.0], [1.0, 1.0, 0.9]]), needles=2)
+    path = tmp_path / "recall.png"
+    plot_recall_grids(path, {"MoE": grid, "dense": grid}, trained_length=64)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="grids is empty"):
+        plot_recall_grids(tmp_path / "none.png", {})

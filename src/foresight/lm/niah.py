@@ -30,7 +30,8 @@ Trainer's ``(seed, position)`` data order resumes exactly. The loss (`answer_wei
 The first term keeps the model a language model of the corpus. The answer is 1 + word_len of the
 ~seq_len targets of a window (6 of 128 at quick scale), so on its own it is a few percent of the
 gradient; the second term gives retrieval a weight of its own, as synthetic-retrieval training does
-(loss on the answers). ``answer_weight = 0`` is plain next-character training.
+(loss on the answers). ``answer_weight = 0`` is plain next-character training. `NeedleObjective` is
+that loss for the Trainer (dense or MoE model).
 
 The tinyshakespeare alphabet (65 characters) has one digit and no guarantee of every letter in every
 context, so the vocabulary is the corpus characters plus the characters of the templates and
@@ -46,6 +47,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from foresight.lm.distill import LMLoss
+from foresight.lm.moe_lm import MoELMOutput, router_stats
 
 NEEDLE = " The secret word is {word}."
 QUESTION = "\nWhat is the secret word? The secret word is "
@@ -282,6 +286,35 @@ def answer_weighted_loss(
     return ce + answer_weight * answer_ce, ce, answer_ce
 
 
+class NeedleObjective:
+    """`answer_weighted_loss` on `NeedleTrainingData` windows, for `foresight.lm.train.Trainer`.
+
+    ``loss = CE(every character) + answer_weight * CE(answer characters)``, plus ``moe_loss`` when the
+    model is a `foresight.lm.moe_lm.MoELM` (the weighted load-balancing and z-losses), so a dense model and
+    its MoE twin train on the same task loss. ``ce`` is the plain next-character CE; ``extra`` holds the
+    answer CE and, for an MoE, the router diagnostics (`foresight.lm.moe_lm.router_stats`), which the
+    Trainer logs on every training line.
+    """
+
+    def __init__(self, data: NeedleTrainingData, answer_weight: float):
+        if not answer_weight >= 0:
+            raise ValueError(f"answer_weight must be >= 0, got {answer_weight!r}")
+        self.data, self.answer_weight = data, answer_weight
+
+    def __call__(self, model, input_ids, targets, window_ids):
+        out = model(input_ids)
+        mask = self.data.answer_mask(window_ids).to(targets.device)  # [B, T]
+        loss, ce, answer_ce = answer_weighted_loss(out.logits, targets, mask, self.answer_weight)
+        extra = {"answer_ce": answer_ce.detach()}
+        if isinstance(out, MoELMOutput):
+            loss = loss + out.moe_loss
+            extra.update(router_stats(out))
+        return LMLoss(loss=loss, ce=ce.detach(), extra=extra)
+
+    def __repr__(self) -> str:
+        return f"NeedleObjective(answer_weight={self.answer_weight})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
@@ -308,14 +341,19 @@ class NIAHResult:
     recall: np.ndarray  # [n_lengths, n_depths] float
     needles: int  # probes per cell
 
-    def mean(self, max_length: int | None = None) -> float:
-        """Mean recall over the cells with length <= max_length (all cells if None)."""
+    def cells(self, max_length: int | None = None) -> list[float]:
+        """Recall of every (length, depth) cell with length <= max_length (all cells if None), row-major."""
         rows = [i for i, L in enumerate(self.lengths) if max_length is None or L <= max_length]
-        return float(self.recall[rows].mean()) if rows else float("nan")
+        return [float(v) for v in self.recall[rows].reshape(-1)]
+
+    def mean(self, max_length: int | None = None) -> float:
+        """Mean recall over the cells with length <= max_length (all cells if None); NaN if there are none."""
+        cells = self.cells(max_length)
+        return float(np.mean(cells)) if cells else float("nan")
 
     def min(self, max_length: int | None = None) -> float:
-        rows = [i for i, L in enumerate(self.lengths) if max_length is None or L <= max_length]
-        return float(self.recall[rows].min()) if rows else float("nan")
+        cells = self.cells(max_length)
+        return min(cells) if cells else float("nan")
 
     def to_dict(self) -> dict:
         return {
@@ -324,6 +362,12 @@ class NIAHResult:
             "recall": self.recall.tolist(),
             "needles": self.needles,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NIAHResult:
+        """The inverse of `to_dict` (e.g. a grid read back from a run checkpoint)."""
+        recall = np.asarray(d["recall"], dtype=np.float64).reshape(len(d["lengths"]), len(d["depths"]))
+        return cls(tuple(int(L) for L in d["lengths"]), tuple(float(x) for x in d["depths"]), recall, int(d["needles"]))
 
 
 @torch.no_grad()
@@ -371,3 +415,31 @@ def evaluate_niah(
         for j in range(len(depths)):
             recall[i, j] = hit[np.asarray(where) == j].mean()
     return NIAHResult(tuple(int(L) for L in lengths), tuple(float(d) for d in depths), recall, needles)
+
+
+def plot_recall_grids(path, grids: dict[str, NIAHResult], trained_length: int | None = None) -> None:
+    """The usual NIAH heatmap, one panel per model: recall per (context length, needle depth) cell.
+
+    Lengths beyond ``trained_length`` are starred (extrapolation). Saves a PNG at ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not grids:
+        raise ValueError("grids is empty; give at least one {label: NIAHResult}")
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.2), squeeze=False)
+    for ax, (label, g) in zip(axes[0], grids.items(), strict=True):
+        recall = g.recall.T  # [depths, lengths]
+        im = ax.imshow(recall, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+        beyond = [trained_length is not None and L > trained_length for L in g.lengths]
+        ax.set_xticks(range(len(g.lengths)), [f"{L}{'*' if b else ''}" for L, b in zip(g.lengths, beyond, strict=True)])
+        ax.set_yticks(range(len(g.depths)), [f"{d:g}" for d in g.depths])
+        for (i, j), v in np.ndenumerate(recall):
+            ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=6)
+        xlabel = "context length (chars" + ("; * = beyond training)" if trained_length is not None else ")")
+        ax.set(title=f"{label}: NIAH recall", xlabel=xlabel, ylabel="needle depth (%)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
