@@ -208,3 +208,13 @@ def test_load_teacher_from_hf_layout_and_trainer_checkpoint(tmp_path):
     torch.testing.assert_close(from_ckpt.model(x).logits, teacher(x).logits)
     with pytest.raises(ValueError, match="is neither a checkpoint folder"):
         load_teacher(tmp_path / "missing.bin")
+
+
+def test_perplexity_is_exp_of_the_mean_nll_capped_for_diverged_runs():
+    from foresight.lm.distill import MAX_LOG_PPL, perplexity
+
+    assert perplexity(0.0) == 1.0
+    assert perplexity(np.log(90.0)) == pytest.approx(90.0)  # a uniform guess over 90 tokens
+    assert perplexity(1e6) == perplexity(MAX_LOG_PPL) == pytest.approx(np.exp(50.0))
+    with pytest.raises(ValueError, match="nll is NaN"):
+        perplexity(float("nan"))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -78,6 +79,16 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: i
     """
     flat_logits, flat_targets = _flat(logits, targets)
     return F.cross_entropy(flat_logits, flat_targets, ignore_index=ignore_index)
+
+
+MAX_LOG_PPL = 50.0  # exp(50) ~ 5e21: a diverged run reports a huge, finite perplexity instead of inf
+
+
+def perplexity(nll: float) -> float:
+    """``exp(nll)`` of a mean next-token NLL in nats/token, capped at ``exp(MAX_LOG_PPL)`` (JSON has no inf)."""
+    if nll != nll:
+        raise ValueError("nll is NaN; a perplexity needs a finite mean NLL")
+    return math.exp(min(float(nll), MAX_LOG_PPL))
 
 
 def _check_temperature(temperature: float) -> None:
