@@ -20,6 +20,7 @@ from foresight.lm.gemma2 import Gemma2Config
 from foresight.lm.mm_data import (
     AUDIO_ID,
     EOS,
+    FSDD_NAMES,
     IMAGE_ID,
     NUMBER_WORDS,
     TASKS,
@@ -29,6 +30,7 @@ from foresight.lm.mm_data import (
     fsdd_folder,
     load_digit_corpus,
     load_digit_images,
+    load_spoken_digits,
     log_mel,
     mel_filterbank,
     read_wav,
@@ -192,3 +194,18 @@ def test_examples_are_correct_and_deterministic_per_seed(corpus):
         build_examples(("video",), 1, np.zeros(1), np.zeros(1), corpus.train_images, corpus.train_audio, cfg, 0)
     with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
         corpus.examples("val", TASKS, 1, cfg, 0)
+
+
+def test_spoken_digits_keep_the_first_takes_of_every_digit_and_speaker():
+    from scipy.signal import resample_poly
+
+    speech = load_spoken_digits(_data_root(), 16000, takes=7)
+    assert len(speech.waves) == 10 * 6 * 7 and sorted(set(speech.index.tolist())) == list(range(7))
+    assert speech.test.sum() == 300 and len(set(speech.speakers.tolist())) == 6  # every official test take kept
+    first = FSDD_NAMES[0]  # 0_george_0.wav
+    assert (speech.labels[0], speech.speakers[0], speech.index[0]) == (0, "george", 0)
+    x, _ = read_wav(fsdd_folder(_data_root()) / "recordings" / first)
+    np.testing.assert_array_equal(speech.waves[0], resample_poly(x, 2, 1).astype(np.float32))
+    for bad in (5, 51, 7.0):
+        with pytest.raises(ValueError, match=r"takes must be an int in \(5, 50\]"):
+            load_spoken_digits(_data_root(), 16000, takes=bad)

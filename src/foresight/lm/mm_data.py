@@ -151,15 +151,25 @@ class SpokenDigits:
         return self.index < len(FSDD_TEST_INDICES)
 
 
-def load_spoken_digits(data_dir: str | os.PathLike | None = None, sample_rate: int = 16000) -> SpokenDigits:
-    """All 3000 FSDD recordings, resampled ONCE from 8 kHz to ``sample_rate`` (a multiple of 8000)."""
+def load_spoken_digits(
+    data_dir: str | os.PathLike | None = None, sample_rate: int = 16000, takes: int = 50
+) -> SpokenDigits:
+    """FSDD recordings resampled ONCE from 8 kHz to ``sample_rate`` (a multiple of 8000).
+
+    ``takes``: keep the takes 0..takes-1 of every digit and speaker (50 = all 3000 recordings; the official
+    test takes 0-4 are always among them, so ``takes`` must be > 5 for a training split to remain).
+    """
     from scipy.signal import resample_poly
 
     if sample_rate % FSDD_RATE:
         raise ValueError(f"sample_rate must be a multiple of {FSDD_RATE} Hz, got {sample_rate}")
+    if isinstance(takes, bool) or not isinstance(takes, int) or not len(FSDD_TEST_INDICES) < takes <= 50:
+        raise ValueError(f"takes must be an int in ({len(FSDD_TEST_INDICES)}, 50], got {takes!r}")
     folder = fsdd_folder(data_dir)
     waves, labels, speakers, index = [], [], [], []
     for name in FSDD_NAMES:
+        if int(name[:-4].split("_")[2]) >= takes:
+            continue
         x, rate = read_wav(folder / "recordings" / name)
         if rate != FSDD_RATE:
             raise ValueError(f"{name}: expected {FSDD_RATE} Hz, got {rate}")
@@ -380,17 +390,22 @@ class DigitCorpus:
 
 
 def load_digit_corpus(
-    config: MultimodalConfig, data_dir: str | os.PathLike | None = None, test_images: int = 360, seed: int = 0
+    config: MultimodalConfig,
+    data_dir: str | os.PathLike | None = None,
+    test_images: int = 360,
+    seed: int = 0,
+    takes: int = 50,
 ) -> DigitCorpus:
-    """sklearn digits (a seeded hold-out of ``test_images``) + FSDD (official split), as model inputs."""
+    """sklearn digits (a seeded hold-out of ``test_images``) + FSDD (official split; the first ``takes`` takes
+    of every digit and speaker, see `load_spoken_digits`), as model inputs."""
     if not 0 < test_images < 1797:
         raise ValueError(f"test_images must be in (0, 1797), got {test_images}")
     images, labels = load_digit_images(data_dir)
     perm = np.random.default_rng(seed).permutation(len(images))
     test, train = perm[:test_images], perm[test_images:]
     pix = torch.from_numpy(images) / 16.0
-    speech = load_spoken_digits(data_dir, config.sample_rate)
-    feats = clip_features(speech.waves, config)  # [3000, F_m, M]
+    speech = load_spoken_digits(data_dir, config.sample_rate, takes)
+    feats = clip_features(speech.waves, config)  # [N_clips, F_m, M] (3000 with every take)
     is_test = torch.from_numpy(speech.test)
     mean = feats[~is_test].mean(dim=(0, 1))  # [M]: train statistics only
     std = feats[~is_test].std(dim=(0, 1)).clamp(min=1e-3)
