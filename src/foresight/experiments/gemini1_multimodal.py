@@ -18,10 +18,10 @@ Protocol:
        architecture, init seed, optimiser, steps and batch, trained on their one task only (the same
        number of distinct training sequences as the joint model).
     3. Greedy answer accuracy per task on test sequences built from held-out images / clips.
-Verdict rule (`_verdict`): checks (i)-(iii) joint accuracy >= specialist accuracy - ``tolerance`` on the
+Verdict rule (`verdict`): checks (i)-(iii) joint accuracy >= specialist accuracy - ``tolerance`` on the
 image, audio and text tasks; (iv) joint composite accuracy >= max(``composite_min``, 5 x chance).
 reproduced: all four hold; partial: some; not reproduced: none.
-Phases (joint, image, audio, text, eval) are checkpointed; ``--resume`` continues.
+Phases: joint, image, audio, text (trainings) and eval; ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -29,12 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
-from foresight.core.run import Run
+from foresight.core.run import Run, seed_everything
 
 SPECIALISTS = ("image", "audio", "text")
 
@@ -57,6 +55,7 @@ class Gemini1MultimodalConfig(Config):
     prefix_attention: str = "bidirectional"  # within each image / clip (PaliGemma-style); text causal
     # data
     test_images: int = 360  # sklearn digits held out (seeded permutation); FSDD uses its official split
+    audio_takes: int = 50  # FSDD takes 0..n-1 of every digit and speaker (50 = all; test takes 0-4 always in)
     train_per_task: int = 20000  # training sequences per task (specialists: 4x this of their task)
     test_per_task: int = 1000
     # optimisation (identical for every model)
@@ -76,7 +75,7 @@ class Gemini1MultimodalConfig(Config):
         if scale == "tiny":
             return cls(
                 hidden=32, layers=1, heads=2, kv_heads=1, head_dim=16, intermediate=64, audio_hidden=16,
-                train_per_task=32, test_per_task=16, steps=4, batch_size=8,
+                train_per_task=32, test_per_task=16, steps=4, batch_size=8, audio_takes=10,
             )  # fmt: skip
         if scale == "quick":
             # sized for <= 5 minutes on one CPU thread: four trainings of ~22 ms/step (~45 s each) + loading
@@ -102,6 +101,10 @@ class Gemini1MultimodalConfig(Config):
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 5 < self.audio_takes <= 50:
+            raise ValueError(
+                f"audio_takes must be in (5, 50] (takes 0-4 are the official test split), got {self.audio_takes}"
+            )
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_fraction < 1:
@@ -141,13 +144,21 @@ _VARIANTS = (
 )
 
 
-def _verdict(acc: dict[str, dict[str, float]], cfg: Gemini1MultimodalConfig) -> tuple[str, dict[str, bool]]:
-    """The rule of the module docstring, from {model: {task: accuracy}}."""
-    from foresight.lm.mm_data import CHANCE
+def rule(tolerance: float, composite_min: float, chance: float = 0.1) -> str:
+    """The verdict rule in words (the config's margins filled in)."""
+    return (
+        f"(i)-(iii) joint accuracy >= specialist accuracy - {tolerance} on each of the image, audio and text "
+        f"tasks; (iv) joint composite (image + audio) accuracy >= max({composite_min}, 5 x chance {chance}). "
+        "reproduced: all four; partial: some; not reproduced: none"
+    )
 
-    checks = {f"joint_within_{t}": acc["joint"][t] >= acc[t][t] - cfg.tolerance for t in SPECIALISTS}
-    bar = max(cfg.composite_min, 5 * CHANCE["composite"])
-    checks["composite_above_bar"] = acc["joint"]["composite"] >= bar
+
+def verdict(
+    acc: dict[str, dict[str, float]], tolerance: float, composite_min: float, chance: float = 0.1
+) -> tuple[str, dict[str, bool]]:
+    """``(verdict, checks)`` by :func:`rule` from ``{model: {task: accuracy}}`` (models: joint + SPECIALISTS)."""
+    checks = {f"joint_within_{t}": acc["joint"][t] >= acc[t][t] - tolerance for t in SPECIALISTS}
+    checks["composite_above_bar"] = acc["joint"]["composite"] >= max(composite_min, 5 * chance)
     n = sum(checks.values())
     return ("reproduced" if n == len(checks) else "partial" if n else "not reproduced"), checks
 
@@ -162,35 +173,31 @@ def _verdict(acc: dict[str, dict[str, float]], cfg: Gemini1MultimodalConfig) -> 
         "(image digit + spoken digit arithmetic) far above chance"
     ),
     config=Gemini1MultimodalConfig,
+    threads=1,
 )
 def run(cfg: Gemini1MultimodalConfig, run: Run) -> Result:
-    with run.cpu_threads(1):  # small models: one intra-op thread is faster (see Run.cpu_threads)
-        return _run(cfg, run)
-
-
-def _run(cfg: Gemini1MultimodalConfig, run: Run) -> Result:
-    from foresight.lm.mm_data import TASKS, MultimodalObjective, answer_accuracy, load_digit_corpus
+    from foresight.lm.mm_data import CHANCE, TASKS, MultimodalObjective, answer_accuracy, load_digit_corpus
     from foresight.lm.multimodal import MultimodalDecoder
-    from foresight.lm.train import PhaseRunner, TrainConfig
+    from foresight.lm.train import TrainConfig, train_phase
 
     mcfg = cfg.model_config()
-    corpus = load_digit_corpus(mcfg, run.data_dir, cfg.test_images, seed=run.seed)
-    test = corpus.examples("test", TASKS, cfg.test_per_task, mcfg, run.seed)
+    corpus = load_digit_corpus(mcfg, run.data_dir, cfg.test_images, run.seed_for("image-split"), cfg.audio_takes)
+    test = corpus.examples("test", TASKS, cfg.test_per_task, mcfg, run.seed_for("examples/test"))
     tcfg = TrainConfig(
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
         warmup_steps=max(1, round(cfg.warmup_fraction * cfg.steps)), eval_every=0,
-        checkpoint_every=max(1, cfg.steps // 4), log_every=max(1, cfg.steps // 100), seed=run.seed,
-        precision="fp32",
+        checkpoint_every=max(1, cfg.steps // 4), log_every=max(1, cfg.steps // 100),
+        seed=run.seed_for("data-order"), precision="fp32",
     )  # fmt: skip
-    phases = PhaseRunner(run)
-    trains = {"joint": corpus.examples("train", TASKS, cfg.train_per_task, mcfg, run.seed)}
+    train_seed = run.seed_for("examples/train")  # one stream: a specialist's examples begin with the joint's
+    trains = {"joint": corpus.examples("train", TASKS, cfg.train_per_task, mcfg, train_seed)}
     for t in SPECIALISTS:  # same number of distinct sequences as the joint model, all of one task
-        trains[t] = corpus.examples("train", (t,), cfg.train_per_task * len(TASKS), mcfg, run.seed)
+        trains[t] = corpus.examples("train", (t,), cfg.train_per_task * len(TASKS), mcfg, train_seed)
     models = {}
     for name, data in trains.items():
-        torch.manual_seed(run.seed * 1000 + 1)  # the same init for every model
+        seed_everything(run.seed_for("init"))  # the same init for every model
         model = MultimodalDecoder(mcfg).to(run.device)
-        models[name], _ = phases.train(name, model, tcfg, data, None, MultimodalObjective(data), model_config=mcfg)
+        models[name], _ = train_phase(run, name, model, tcfg, data, None, MultimodalObjective(data), model_config=mcfg)
 
     def measure() -> dict:
         out = {}
@@ -199,8 +206,8 @@ def _run(cfg: Gemini1MultimodalConfig, run: Run) -> Result:
             run.log(phase="eval", model=name, **{f"acc_{t}": v for t, v in out[name].items()})
         return out
 
-    acc = phases.evaluate("eval", measure)
-    verdict, checks = _verdict(acc, cfg)
+    acc = run.phase("eval", measure)
+    verdict_, checks = verdict(acc, cfg.tolerance, cfg.composite_min, CHANCE["composite"])
 
     metrics: dict = {f"{m}_acc_{t}": acc[m][t] for m in acc for t in TASKS}
     metrics.update(checks)
@@ -229,7 +236,7 @@ def _run(cfg: Gemini1MultimodalConfig, run: Run) -> Result:
         f"{mcfg.tokens_per_image} Fuyu-style linear patch tokens of {cfg.patch_size}x{cfg.patch_size} px "
         f"({len(corpus.train_images)} train / {len(corpus.test_images)} held-out images, seeded split). Audio: FSDD "
         f"resampled once 8 -> 16 kHz, {cfg.clip_seconds:g} s clips, 40 log-mel bins at 100 frames/s pooled by a "
-        f"strided Conv1d to {mcfg.audio_tokens} tokens (official split: takes 5-49 train, 0-4 test). Media features "
+        f"strided Conv1d to {mcfg.audio_tokens} tokens (official split: takes 5-{cfg.audio_takes - 1} train, 0-4 test). Media features "
         f"are divided by the Gemma normalizer before the scatter; {cfg.prefix_attention} attention within each "
         f"image/clip; loss on text targets only. Joint model: {n_train['joint']} sequences, equal shares of "
         f"{', '.join(TASKS)}; specialists: {n_train['image']} sequences of their task. Every model: same init seed, "
@@ -245,12 +252,8 @@ def _run(cfg: Gemini1MultimodalConfig, run: Run) -> Result:
         "recordings of known speakers. " + _VARIANTS
     )
     return Result(
-        verdict=verdict,
-        rule=(
-            f"(i)-(iii) joint accuracy >= specialist accuracy - {cfg.tolerance} on each of the image, audio and "
-            f"text tasks; (iv) joint composite (image + audio) accuracy >= max({cfg.composite_min}, 5 x chance 0.1). "
-            "reproduced: all four; partial: some; not reproduced: none"
-        ),
+        verdict=verdict_,
+        rule=rule(cfg.tolerance, cfg.composite_min, CHANCE["composite"]),
         metrics=metrics,
         table=table,
         figures=["accuracy_per_task.png", "training_ce.png", "training_answer_acc.png"],
