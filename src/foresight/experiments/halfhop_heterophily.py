@@ -11,22 +11,23 @@ validation set (mean validation accuracy over the splits): first lr x hidden x d
 baseline, then alpha x p for Half-Hop on top of the baseline's best lr/hidden/dropout. The paper's own
 grids and chosen values are not verified here (docs/halfhop.md, "Deviations from the paper"), so the grids are
 ours.
+
+Two sweeps, one training run per cell (``"texas/gcn/base/lr=0.01,hidden=64,dropout=0.5/split=3"``): first
+every baseline grid point on every split, then Half-Hop's grid on top of each pair's selected baseline. A
+killed run continues at the next unfinished cell.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import torch
 
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars
-from foresight.core.run import Run
+from foresight.core.run import Run, seed_everything
+from foresight.core.stats import mean_std, paired_ci
 from foresight.graph.datasets import HETEROPHILIC, load_geom_gcn
 from foresight.graph.models import BACKBONES, NodeClassifier, make_backbone
 from foresight.graph.train import fit_node_classifier, keep_freed_memory
@@ -110,66 +111,13 @@ def verdict_rule(deltas: list[float]) -> tuple[str, str]:
     return verdict, rule
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    t = torch.tensor(xs, dtype=torch.float64)
-    return t.mean().item(), (t.std(unbiased=False).item() if len(xs) > 1 else 0.0)
-
-
-def _train_splits(data, meta, backbone: str, hp: dict[str, Any], cfg: HeterophilyConfig, seed: int) -> dict:
-    """Train one setting on every split; return per-split val/test accuracies and best epochs."""
-    vals, tests, epochs = [], [], []
-    for split in cfg.splits:
-        torch.manual_seed(seed * 100 + split)  # same initial weights for base and Half-Hop (paired)
-        model = NodeClassifier(
-            make_backbone(
-                backbone,
-                hp["hidden"],
-                hp["hidden"],
-                meta.num_classes,
-                num_layers=cfg.num_layers,
-                dropout=hp["dropout"],
-                heads=cfg.heads,
-            ),
-            in_channels=meta.num_features,
-            alpha=hp.get("alpha"),
-            p=hp.get("p", 1.0),
-        ).to(data.x.device)
-        fit = fit_node_classifier(
-            model,
-            data,
-            split,
-            epochs=cfg.epochs,
-            lr=hp["lr"],
-            weight_decay=cfg.weight_decay,
-            patience=cfg.patience or None,
-            eval_seed=seed * 100 + split,
-        )
-        vals.append(fit.val_acc)
-        tests.append(fit.test_acc)
-        epochs.append(fit.best_epoch)
-    return {"hp": hp, "val": vals, "test": tests, "best_epoch": epochs, "val_mean": sum(vals) / len(vals)}
-
-
-def _select(candidates: list[dict]) -> dict:
-    """Best mean validation accuracy; ties go to the earlier grid point (deterministic)."""
+def select_best(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate with the best mean validation accuracy; ties go to the earlier grid point."""
     return max(enumerate(candidates), key=lambda ic: (ic[1]["val_mean"], -ic[0]))[1]
 
 
-def _run_pair(data, meta, backbone: str, cfg: HeterophilyConfig, seed: int) -> dict[str, dict]:
-    base_hp = {"lr": cfg.lr, "hidden": cfg.hidden, "dropout": cfg.dropout}
-    if not cfg.search:
-        return {
-            "base": _train_splits(data, meta, backbone, base_hp, cfg, seed),
-            "hh": _train_splits(data, meta, backbone, {**base_hp, "alpha": cfg.alpha, "p": cfg.p}, cfg, seed),
-        }
-    grid = [
-        dict(lr=lr, hidden=h, dropout=d)
-        for lr, h, d in itertools.product(cfg.lr_grid, cfg.hidden_grid, cfg.dropout_grid)
-    ]
-    base = _select([_train_splits(data, meta, backbone, hp, cfg, seed) for hp in grid])
-    hh_grid = [{**base["hp"], "alpha": a, "p": p} for a, p in itertools.product(cfg.alpha_grid, cfg.p_grid)]
-    hh = _select([_train_splits(data, meta, backbone, hp, cfg, seed) for hp in hh_grid])
-    return {"base": base, "hh": hh}
+def _hp_key(hp: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in hp.items())
 
 
 def _fmt_hp(hp: dict[str, Any]) -> str:
@@ -182,45 +130,99 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
     paper="Azabou et al., Half-Hop: A graph upsampling approach for slowing down message passing, ICML 2023",
     claim=CLAIM,
     config=HeterophilyConfig,
+    threads=1,
 )
 def run(cfg: HeterophilyConfig, run: Run) -> Result:
     datasets = tuple(dict.fromkeys("film" if d == "actor" else d for d in cfg.datasets))
+    pairs = [(d, b) for d in datasets for b in cfg.backbones]
     if run.device.type == "cpu":
         keep_freed_memory()  # halves wall time on CPU (see its docstring)
-    state = run.load_checkpoint("heterophily") or {"pairs": {}}
-    pairs: dict[str, Any] = state["pairs"]
     metas: dict[str, dict[str, Any]] = {}
-    todo = [(d, b) for d in datasets for b in cfg.backbones]
-    loaded: tuple[str, Any, Any] | None = None  # (name, data, meta) of the dataset in use
-    for ds, bb in run.progress(todo, desc="dataset x backbone", total=len(todo)):
-        if loaded is None or loaded[0] != ds:
+    loaded: dict[str, Any] = {}  # the dataset in use (one in memory at a time)
+
+    def load(ds: str):
+        if ds not in loaded:
             data, meta = load_geom_gcn(ds, run.data_dir, undirected=cfg.undirected)
-            loaded = (ds, data.to(run.device), meta)
+            loaded.clear()
+            loaded[ds] = (data.to(run.device), meta)
             metas[ds] = meta.summary()
-        key = f"{ds}/{bb}"
-        if key in pairs:
-            continue  # finished before an interruption
-        t0 = time.time()
-        pair = _run_pair(loaded[1], loaded[2], bb, cfg, run.seed)
-        pairs[key] = pair
-        base_m, hh_m = _mean_std(pair["base"]["test"])[0], _mean_std(pair["hh"]["test"])[0]
-        run.log(
-            dataset=ds,
-            backbone=bb,
-            base_test=base_m,
-            hh_test=hh_m,
-            delta=hh_m - base_m,
-            base_hp=pair["base"]["hp"],
-            hh_hp=pair["hh"]["hp"],
-            seconds=round(time.time() - t0, 2),
+        return loaded[ds]
+
+    def fit(cell: str, hp: dict[str, Any]) -> dict[str, Any]:
+        """One training run of cell ``"<dataset>/<backbone>/<arm>/<hp>/split=<s>"``."""
+        ds, bb, arm, _, split = cell.split("/")
+        data, meta = load(ds)
+        s = int(split.removeprefix("split="))
+        # the same initial weights for base and Half-Hop (and every grid point) of a split: paired
+        seed_everything(run.seed_for(f"{ds}/{bb}/{split}"))
+        backbone = make_backbone(
+            bb,
+            hp["hidden"],
+            hp["hidden"],
+            meta.num_classes,
+            num_layers=cfg.num_layers,
+            dropout=hp["dropout"],
+            heads=cfg.heads,
         )
-        run.save_checkpoint("heterophily", {"pairs": pairs})
+        model = NodeClassifier(backbone, in_channels=meta.num_features, alpha=hp.get("alpha"), p=hp.get("p", 1.0))
+        out = fit_node_classifier(
+            model.to(run.device),
+            data,
+            s,
+            epochs=cfg.epochs,
+            lr=hp["lr"],
+            weight_decay=cfg.weight_decay,
+            patience=cfg.patience or None,
+            eval_seed=run.seed_for(f"{ds}/{bb}/{split}/eval-graph"),
+        )
+        res = {"val": out.val_acc, "test": out.test_acc, "best_epoch": out.best_epoch}
+        run.log(dataset=ds, backbone=bb, arm=arm, hp=hp, split=s, **res)
+        return res
+
+    def grid_sweep(name: str, grids: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[tuple[str, str], dict]:
+        """Every grid point of every pair on every split; per pair, the point selected on validation."""
+        cells = {
+            f"{ds}/{bb}/{name}/{_hp_key(hp)}/split={s}": hp
+            for (ds, bb), grid in grids.items()
+            for hp in grid
+            for s in cfg.splits
+        }
+        done = run.sweep(name, cells, lambda cell: fit(cell, cells[cell]), desc=f"{name} runs")
+        best = {}
+        for (ds, bb), grid in grids.items():
+            candidates = []
+            for hp in grid:
+                runs = [done[f"{ds}/{bb}/{name}/{_hp_key(hp)}/split={s}"] for s in cfg.splits]
+                vals, tests = [r["val"] for r in runs], [r["test"] for r in runs]
+                epochs = [r["best_epoch"] for r in runs]
+                candidates.append(
+                    {"hp": hp, "val": vals, "test": tests, "best_epoch": epochs, "val_mean": mean_std(vals)[0]}
+                )
+            best[(ds, bb)] = select_best(candidates)
+        return best
+
+    base_hp = {"lr": cfg.lr, "hidden": cfg.hidden, "dropout": cfg.dropout}
+    base_grid = (
+        [
+            dict(lr=lr, hidden=h, dropout=d)
+            for lr, h, d in itertools.product(cfg.lr_grid, cfg.hidden_grid, cfg.dropout_grid)
+        ]
+        if cfg.search
+        else [base_hp]
+    )
+    base = grid_sweep("base", {pair: base_grid for pair in pairs})
+    # Half-Hop on top of the baseline's selected lr / hidden / dropout
+    hh_points = list(itertools.product(cfg.alpha_grid, cfg.p_grid)) if cfg.search else [(cfg.alpha, cfg.p)]
+    hh = grid_sweep("hh", {pair: [{**base[pair]["hp"], "alpha": a, "p": p} for a, p in hh_points] for pair in pairs})
+    for ds in datasets:
+        if ds not in metas:  # every cell was read back from its checkpoint
+            metas[ds] = load(ds)[1].summary()
 
     table, metrics, deltas = [], {}, []
     groups, base_means, hh_means, base_stds, hh_stds = [], [], [], [], []
-    for ds, bb in todo:
-        pair = pairs[f"{ds}/{bb}"]
-        (bm, bs), (hm, hs) = _mean_std(pair["base"]["test"]), _mean_std(pair["hh"]["test"])
+    for ds, bb in pairs:
+        pair = {"base": base[(ds, bb)], "hh": hh[(ds, bb)]}
+        (bm, bs), (hm, hs) = mean_std(pair["base"]["test"]), mean_std(pair["hh"]["test"])
         delta = hm - bm
         deltas.append(delta)
         row = {
@@ -239,12 +241,16 @@ def run(cfg: HeterophilyConfig, run: Run) -> Result:
             "hh_test_mean": hm,
             "hh_test_std": hs,
             "delta": delta,
+            # per-split paired differences (same split and initial weights): how noisy the delta is
+            "delta_ci95": paired_ci(pair["hh"]["test"], pair["base"]["test"]).to_dict(),
             "base_val_mean": pair["base"]["val_mean"],
             "hh_val_mean": pair["hh"]["val_mean"],
             "base_hp": pair["base"]["hp"],
             "hh_hp": pair["hh"]["hp"],
             "base_test": pair["base"]["test"],
             "hh_test": pair["hh"]["test"],
+            "base_best_epoch": pair["base"]["best_epoch"],
+            "hh_best_epoch": pair["hh"]["best_epoch"],
         }
         groups.append(f"{ds}\n{bb}")
         base_means.append(100 * bm)
@@ -304,8 +310,6 @@ def run(cfg: HeterophilyConfig, run: Run) -> Result:
             f" Scale {run.scale}: {len(cfg.splits)} of 10 splits, no hyperparameter search; "
             "with so few splits a delta of a few points is within noise (see the stds)."
         )
-    if any(math.isnan(d) for d in deltas):
-        notes += " Some deltas are NaN (an empty mask?)."
     return Result(
         verdict=verdict,
         rule=rule,

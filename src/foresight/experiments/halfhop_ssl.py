@@ -8,8 +8,10 @@ feature masking + edge dropping ("fd+ed"), and with the same views followed by H
 
 The paper's SSL benchmarks (Amazon, Coauthor, WikiCS) are not available offline, so this runs on Cora,
 CiteSeer and heterophilic WebKB sets; only the direction of the effect can be compared with Table 3.
-Training is resumable: a checkpoint (models, optimiser, epoch, finished results) is written every
-``checkpoint_every`` epochs and after every finished training run.
+One sweep cell per (dataset, augmentation, init), e.g. ``"cora/fd+ed+hh/init=0"``: BGRL pretraining
+(``foresight.graph.train.pretrain_bgrl``) then the linear probes. The sweep is checkpointed after every
+cell, and a cell's training every ``checkpoint_every`` epochs, so a killed run continues mid-training.
+The inits of a dataset start every augmentation from the same weights (paired).
 """
 
 from __future__ import annotations
@@ -17,26 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-
-from foresight.core.checkpoint import rng_state, set_rng_state
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
-from foresight.core.run import Run
-from foresight.graph.bgrl import (
-    BGRL,
-    Augmentation,
-    BGRLEncoder,
-    SparseFeatures,
-    bgrl_step,
-    ema_decay,
-    linear_probe,
-    lr_at,
-)
+from foresight.core.run import Run, seed_everything
+from foresight.core.stats import mean_std
+from foresight.graph.bgrl import BGRL, Augmentation, BGRLEncoder, SparseFeatures, linear_probe
 from foresight.graph.datasets import HETEROPHILIC, PLANETOID_NAMES, load_dataset
-from foresight.graph.train import keep_freed_memory
-from foresight.nn.ema import ema_update
+from foresight.graph.train import BGRLTrainConfig, keep_freed_memory, pretrain_bgrl, split_masks
 
 AUGMENTATIONS = ("none", "fd+ed", "hh", "fd+ed+hh")
 CLAIM = (
@@ -143,19 +133,30 @@ def verdict_rule(deltas: dict[str, float]) -> tuple[str, str]:
     return verdict, rule
 
 
-def _job_seed(seed: int, job: int) -> int:
-    return seed * 10_000 + job
+def train_config(cfg: SSLConfig) -> BGRLTrainConfig:
+    return BGRLTrainConfig(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_frac=cfg.warmup_frac,
+        tau_base=cfg.tau_base,
+        checkpoint_every=cfg.checkpoint_every,
+    )
 
 
-def _new_model(cfg: SSLConfig, num_features: int, device: torch.device) -> tuple[BGRL, torch.optim.Optimizer]:
-    model = BGRL(BGRLEncoder(num_features, cfg.encoder), cfg.predictor_hidden).to(device)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return model, optimizer
+def hh_deltas(means: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per dataset: mean accuracy of fd+ed+hh (else the best Half-Hop augmentation run) minus fd+ed's.
+
+    ``means[dataset][augmentation]`` is the mean linear-probe test accuracy over inits x splits.
+    """
+    out = {}
+    for ds, m in means.items():
+        hh = m["fd+ed+hh"] if "fd+ed+hh" in m else max(v for a, v in m.items() if "hh" in a)
+        out[ds] = hh - m["fd+ed"]
+    return out
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    t = torch.tensor(xs, dtype=torch.float64)
-    return t.mean().item(), (t.std(unbiased=False).item() if len(xs) > 1 else 0.0)
+PARTIAL = "bgrl-partial"  # one file: the unfinished cell's last epoch checkpoint (it names its cell)
 
 
 @experiment(
@@ -164,121 +165,98 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     paper="Azabou et al., Half-Hop: A graph upsampling approach for slowing down message passing, ICML 2023",
     claim=CLAIM,
     config=SSLConfig,
+    threads=1,
 )
 def run(cfg: SSLConfig, run: Run) -> Result:
     datasets = tuple(dict.fromkeys("film" if d == "actor" else d for d in cfg.datasets))
-    jobs = [(d, a, i) for d in datasets for a in cfg.augmentations for i in range(cfg.inits)]
     if run.device.type == "cpu":
         keep_freed_memory()  # fewer page faults on large temporaries (see its docstring)
-    state = run.load_checkpoint("bgrl")
-    resume_rng = rng_state() if state is not None else None  # the RNG as it was at the checkpoint
-    state = state or {"job": 0, "epoch": 0, "results": [], "history": []}
-    results: list[dict[str, Any]] = state["results"]  # one entry per finished job
-    history: list[list[float]] = state["history"]  # [job, epoch, loss] rows
     metas: dict[str, Any] = {}
-    loaded: dict[str, Any] = {}
-    warmup = max(1, int(cfg.warmup_frac * cfg.epochs))
+    loaded: dict[str, Any] = {}  # the dataset in use (one in memory at a time)
 
-    for job, (ds, aug_name, init) in enumerate(run.progress(jobs, desc="BGRL runs", total=len(jobs))):
+    def load(ds: str):
         if ds not in loaded:
             data, meta = load_dataset(ds, run.data_dir)
             data = data.to(run.device)
-            loaded = {ds: (data, SparseFeatures.from_dense(data.x), meta)}  # keep one dataset in memory
+            loaded.clear()
+            loaded[ds] = (data, SparseFeatures.from_dense(data.x), meta)
             metas[ds] = meta.summary()
-        if job < state["job"]:
-            continue  # finished before an interruption; its result is in `results`
-        data, x, meta = loaded[ds]
-        aug_1, aug_2 = view_augmentations(cfg, aug_name)
-        torch.manual_seed(_job_seed(run.seed, job))
-        model, optimizer = _new_model(cfg, meta.num_features, run.device)
-        start = 0
-        if job == state["job"] and state["epoch"] > 0:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start = state["epoch"]
-            set_rng_state(resume_rng)  # continue the augmentation stream exactly where it stopped
-        for epoch in range(start, cfg.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch, cfg.epochs, cfg.lr, warmup)
-            loss = bgrl_step(model, optimizer, x, data.edge_index, aug_1, aug_2)
-            ema_update(model.target, model.online, ema_decay(epoch + 1, cfg.epochs, cfg.tau_base))
-            done = epoch + 1
-            if done % cfg.checkpoint_every == 0 and done < cfg.epochs:
-                history.append([job, done, loss])
-                run.log(dataset=ds, augmentation=aug_name, init=init, epoch=done, loss=loss)
-                # saved at an epoch boundary, after all of this epoch's RNG use
-                run.save_checkpoint(
-                    "bgrl",
-                    {
-                        "job": job,
-                        "epoch": done,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "results": results,
-                        "history": history,
-                    },
-                )
-        history.append([job, cfg.epochs, loss])
+        return loaded[ds]
 
+    def train_and_probe(cell: str) -> dict[str, Any]:
+        ds, aug_name, init = cell.split("/")
+        data, x, meta = load(ds)
+        # the same initial weights for every augmentation of (dataset, init); the seed then draws the views
+        seed_everything(run.seed_for(f"{ds}/{init}"))
+        model = BGRL(BGRLEncoder(meta.num_features, cfg.encoder), cfg.predictor_hidden).to(run.device)
+        saved = run.peek_checkpoint(PARTIAL)  # a killed run's partial training, if it was this cell's
+        resume = run.load_checkpoint(PARTIAL) if saved is not None and saved["cell"] == cell else None
+        fit = pretrain_bgrl(
+            model,
+            x,
+            data.edge_index,
+            *view_augmentations(cfg, aug_name),
+            train_config(cfg),
+            resume=resume,
+            on_checkpoint=lambda state: run.save_checkpoint(PARTIAL, {"cell": cell, **state}),
+            progress=lambda epochs: run.progress(epochs, desc=cell),
+        )
         z = model.embed(x, data.edge_index)  # [N, D], original graph
-        tests, vals, wds = [], [], []
-        for split in cfg.splits:
-            probe = linear_probe(
+        probes = [
+            linear_probe(
                 z,
                 data.y,
-                data.train_mask[:, split],
-                data.val_mask[:, split],
-                data.test_mask[:, split],
+                *split_masks(data, split),
                 weight_decays=cfg.probe_weight_decays,
                 steps=cfg.probe_steps,
             )
-            tests.append(probe.test_acc)
-            vals.append(probe.val_acc)
-            wds.append(probe.weight_decay)
-        results.append(
-            {
-                "dataset": ds,
-                "augmentation": aug_name,
-                "init": init,
-                "test": tests,
-                "val": vals,
-                "weight_decay": wds,
-                "final_loss": loss,
-            }
-        )
-        run.log(
-            dataset=ds, augmentation=aug_name, init=init, epoch=cfg.epochs, loss=loss, test_mean=sum(tests) / len(tests)
-        )
-        run.save_checkpoint("bgrl", {"job": job + 1, "epoch": 0, "results": results, "history": history})
+            for split in cfg.splits
+        ]
+        tests = [p.test_acc for p in probes]
+        # logged when the cell is done, not as it trains: a resumed sweep trims metrics.jsonl to its last
+        # finished cell, so lines logged mid-cell would be lost from a resumed run's log
+        info = {"dataset": ds, "augmentation": aug_name, "init": int(init.removeprefix("init="))}
+        for epoch, loss in fit.history[:-1]:
+            run.log(**info, epoch=epoch, loss=loss)
+        run.log(**info, epoch=cfg.epochs, loss=fit.final_loss, test_mean=mean_std(tests)[0])
+        return {
+            "test": tests,
+            "val": [p.val_acc for p in probes],
+            "weight_decay": [p.weight_decay for p in probes],
+            "final_loss": fit.final_loss,
+            "history": [list(h) for h in fit.history],
+        }
 
-    return _summarise(cfg, run, datasets, results, history, metas)
+    cells = [f"{d}/{a}/init={i}" for d in datasets for a in cfg.augmentations for i in range(cfg.inits)]
+    results = run.sweep("bgrl", cells, train_and_probe, desc="BGRL runs")
+    for ds in datasets:
+        if ds not in metas:  # every cell was read back from the checkpoint
+            metas[ds] = load(ds)[2].summary()
+    return _summarise(cfg, run, datasets, results, metas)
 
 
 def _summarise(
-    cfg: SSLConfig, run: Run, datasets: tuple[str, ...], results: list[dict], history: list, metas: dict
+    cfg: SSLConfig, run: Run, datasets: tuple[str, ...], results: dict[str, dict[str, Any]], metas: dict
 ) -> Result:
-    acc: dict[tuple[str, str], list[float]] = {}
-    for r in results:
-        acc.setdefault((r["dataset"], r["augmentation"]), []).extend(r["test"])
-    table, metrics, deltas = [], {}, {}
+    acc: dict[str, dict[str, list[float]]] = {ds: {aug: [] for aug in cfg.augmentations} for ds in datasets}
+    for cell, r in results.items():
+        ds, aug, _ = cell.split("/")
+        acc[ds][aug].extend(r["test"])  # inits x splits
+    stats = {ds: {aug: mean_std(acc[ds][aug]) for aug in cfg.augmentations} for ds in datasets}
+    deltas = hh_deltas({ds: {aug: m for aug, (m, _) in stats[ds].items()} for ds in datasets})
+    table, metrics = [], {}
     for ds in datasets:
-        base_mean = _mean_std(acc[(ds, "fd+ed")])[0]
         for aug in cfg.augmentations:
-            m, s = _mean_std(acc[(ds, aug)])
-            metrics[f"{ds}/{aug}"] = {"test_mean": m, "test_std": s, "test": acc[(ds, aug)]}
+            m, s = stats[ds][aug]
+            metrics[f"{ds}/{aug}"] = {"test_mean": m, "test_std": s, "test": acc[ds][aug]}
             table.append(
                 {
                     "dataset": ds,
                     "augmentation": aug,
                     "linear-probe acc %": f"{100 * m:.1f} ± {100 * s:.1f}",
-                    "vs fd+ed (pp)": round(100 * (m - base_mean), 2),
+                    "vs fd+ed (pp)": round(100 * (m - stats[ds]["fd+ed"][0]), 2),
                 }
             )
-        deltas[ds] = (
-            metrics[f"{ds}/fd+ed+hh"]["test_mean"] - base_mean
-            if "fd+ed+hh" in cfg.augmentations
-            else max(metrics[f"{ds}/{a}"]["test_mean"] for a in cfg.augmentations if "hh" in a) - base_mean
-        )
     verdict, rule = verdict_rule(deltas)
     metrics["delta_hh_vs_fd_ed"] = deltas
     metrics["datasets_improved"] = sum(d > 0 for d in deltas.values())
@@ -292,12 +270,11 @@ def _summarise(
         title="BGRL linear evaluation, mean ± std over inits x splits",
         ylabel="test accuracy (%)",
     )
-    jobs = [(d, a, i) for d in datasets for a in cfg.augmentations for i in range(cfg.inits)]
     series = {}
-    for j, (ds, aug, init) in enumerate(jobs):
-        pts = [(e, loss) for jj, e, loss in history if jj == j]
-        if pts and init == 0:
-            series[f"{ds} {aug}"] = ([e for e, _ in pts], [loss for _, loss in pts])
+    for cell, r in results.items():
+        ds, aug, init = cell.split("/")
+        if init == "init=0":
+            series[f"{ds} {aug}"] = ([e for e, _ in r["history"]], [loss for _, loss in r["history"]])
     plot_lines(run.figure("loss.png"), series, title="BGRL loss (symmetric 2 - 2cos)", xlabel="epoch", ylabel="loss")
 
     protocol = (
