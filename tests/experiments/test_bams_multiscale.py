@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from foresight.cli import main
+from foresight.core import fs
+from foresight.core.checkpoint import load_checkpoint, save_checkpoint
 from foresight.core.registry import VERDICTS, get
 from foresight.experiments.bams_multiscale import VARIANTS, BAMSMultiscaleConfig, verdict_from_scores
 
@@ -38,22 +40,24 @@ def test_tiny_run_reports_every_variant_a_rule_based_verdict_and_resumes(tmp_pat
     probes = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert sorted(x["variant"] for x in probes if x["phase"] == "probe") == sorted(VARIANTS * cfg["model_seeds"])
 
-    # a finished run resumes to the same numbers without retraining
+    # killed after the last checkpoint: resumes to the same numbers without retraining
     log = (out / "metrics.jsonl").read_text()
     resume = ["run", "bams-multiscale", "--resume", str(out), "--no-progress", "--threads", "1"]
+    fs.set_state(out, "running")
+    (out / "results.json").unlink()
     assert main(resume) == 0
     assert json.loads((out / "results.json").read_text())["metrics"] == m
     assert (out / "metrics.jsonl").read_text() == log
 
     # killed before the last variant was checkpointed: it is retrained to the same numbers, no line doubled
-    from foresight.core.checkpoint import load_checkpoint, save_checkpoint
-
-    path = out / "checkpoints" / "phases.safetensors"
+    path = out / "checkpoints" / "variants.safetensors"
     full = load_checkpoint(path)
-    assert set(full["state"]) == {f"{v}-s0" for v in VARIANTS}
-    del full["state"]["long-only-s0"]
+    assert list(full["state"]["cells"]) == [f"{v}/seed=0" for v in VARIANTS]
+    del full["state"]["cells"]["long-only/seed=0"]
+    full["done"] = False
     full["metrics_lines"] = next(i for i, line in enumerate(log.splitlines()) if '"long-only"' in line)
     save_checkpoint(path, full)  # what the run had saved after short-only (RNG states aside)
+    fs.set_state(out, "running")
     (out / "results.json").unlink()
     assert main(resume) == 0
     assert json.loads((out / "results.json").read_text())["metrics"] == m

@@ -24,7 +24,8 @@ Verdict (rule in code, `verdict_from_scores`): group score = mean F1 over the gr
 "reproduced" iff multiscale > both twins on both groups; "partial" iff it beats the short-only twin on the
 sequence-level group and the long-only twin on the frame-level group (better than each twin where that twin
 lacks a timescale) but not all four; "not reproduced" otherwise.
-Every (variant, seed) is checkpointed after its probe (one cumulative checkpoint); ``--resume`` continues.
+One sweep cell per (variant, model seed), e.g. ``"short-only/seed=0"``, checkpointed after its probe;
+``--resume`` continues at the next unfinished cell. Training is ``foresight.behavior.train.train_bams``.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ import numpy as np
 import torch
 
 from foresight.behavior import mabe
-from foresight.behavior.bams import BAMS, BAMSConfig, TCNConfig, bams_losses, future_histograms, hoa_bin_edges, quantize
+from foresight.behavior.bams import BAMS, BAMSConfig, TCNConfig
+from foresight.behavior.train import BAMSInputs, BAMSTrainConfig, bams_inputs, train_bams
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
-from foresight.core.run import Run
-from foresight.nn.ema import ema_update, make_target
+from foresight.core.run import Run, seed_everything
 
 VARIANTS = ("multiscale", "short-only", "long-only")
 
@@ -67,7 +68,7 @@ class BAMSMultiscaleConfig(Config):
     crop: int = 0  # frames per training crop; 0 = whole clips
     lr: float = 1e-3
     weight_decay: float = 4e-5
-    model_seeds: int = 3  # seeds run.seed, run.seed + 1, ... (never chosen by outcome)
+    model_seeds: int = 3  # model seeds 0, 1, ... (each derived from the run seed; never chosen by outcome)
     probe_max_train_frames: int = 60000
 
     @classmethod
@@ -108,22 +109,25 @@ class BAMSMultiscaleConfig(Config):
         for name in ("clips", "frames", "steps", "batch_size", "model_seeds", "probe_max_train_frames", "hoa_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (the bootstrap predictors use BatchNorm), got {self.batch_size}")
         if self.clips < 8:
             raise ValueError(f"clips must be >= 8 (every split needs clips of both classes), got {self.clips}")
         if self.short_base >= self.long_base:
             raise ValueError(f"short_base={self.short_base} must be < long_base={self.long_base}")
         if self.crop and self.crop > self.frames:
             raise ValueError(f"crop={self.crop} exceeds frames={self.frames}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
-        # building the encoder configs validates channels, dropout; the model config validates the rest
+        # the training config validates batch_size, lr and weight_decay; the encoder configs channels and
+        # dropout; the model config the rest
+        self.train_config()
         need = self.model_config(1, 1, "multiscale").min_length()
         if (self.crop or self.frames) < need:
             raise ValueError(
                 f"training sequences of {self.crop or self.frames} frames are too short: the objectives need >= {need}"
             )
+
+    def train_config(self) -> BAMSTrainConfig:
+        return BAMSTrainConfig(
+            steps=self.steps, batch_size=self.batch_size, crop=self.crop, lr=self.lr, weight_decay=self.weight_decay
+        )
 
     def encoder(self, base: int) -> TCNConfig:
         return TCNConfig(channels=self.channels, dilation_base=base, dropout=self.dropout)
@@ -162,79 +166,29 @@ def verdict_from_scores(group: dict[str, dict[str, float]]) -> tuple[str, dict[s
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class _Data:
-    x: torch.Tensor  # [S * 3, T, F] normalised inputs
-    hist: torch.Tensor  # [S * 3, T, C, K] future action histograms
-    weight: torch.Tensor  # [S * 3, T]
+    inputs: BAMSInputs  # [S * 3, T, ...] normalised inputs and HoA targets of every mouse
     labels: np.ndarray  # [S, tasks, T]
     splits: list[str]
     raw_embedding: np.ndarray  # [S, T, 2F] pooled inputs, a no-learning reference
     keypoints: np.ndarray  # [S, T, 3, 12, 2]
 
 
-def _make_data(cfg: BAMSMultiscaleConfig, seed: int) -> _Data:
+def _make_data(cfg: BAMSMultiscaleConfig, run: Run) -> _Data:
     spec = mabe.SyntheticSpec(frames=cfg.frames)
-    data = mabe.synthetic_mouse_triplets(cfg.clips, spec, seed=seed)
+    data = mabe.synthetic_mouse_triplets(cfg.clips, spec, seed=run.seed_for("data"))
     mabe.validate_keypoints_file(data, labelled=True)
     ids = list(data["sequences"])
     kp = np.stack([data["sequences"][i]["keypoints"] for i in ids])  # [S, T, 3, 12, 2]
     labels = np.stack([data["sequences"][i]["annotations"] for i in ids])  # [S, 4, T]
-    x, action, valid = mabe.keypoint_features(kp)
-    # public code: inputs / per-channel max-abs; targets / max(|p0.5|, |p99.5|) per channel
-    x = x / mabe.max_abs_scale(x)
-    lo, hi = np.percentile(action.reshape(-1, action.shape[-1]), [0.5, 99.5], axis=0)
-    action = action / np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1e-8)
-    a = torch.from_numpy(action.astype(np.float32))
-    edges = hoa_bin_edges(a.reshape(-1, a.shape[-1]), bins=32)
-    hist, weight = future_histograms(quantize(a, edges), torch.from_numpy(valid), cfg.hoa_window, 32)
-    splits = mabe.assign_splits(ids, seed)
-    raw = mabe.zscore(mabe.pool_animals(x, 3))
-    return _Data(torch.from_numpy(x.astype(np.float32)), hist, weight, labels, [splits[i] for i in ids], raw, kp)
+    inputs = bams_inputs(kp, cfg.hoa_window, bins=32)
+    splits = mabe.assign_splits(ids, run.seed_for("splits"))
+    raw = mabe.zscore(mabe.pool_animals(inputs.x.numpy(), 3))
+    return _Data(inputs, labels, [splits[i] for i in ids], raw, kp)
 
 
 # ---------------------------------------------------------------------------------------------
 # one variant: train, embed, probe
 # ---------------------------------------------------------------------------------------------
-def _train(cfg: BAMSMultiscaleConfig, data: _Data, variant: str, seed: int, run: Run) -> tuple[BAMS, list[dict]]:
-    torch.manual_seed(seed)
-    model = BAMS(cfg.model_config(data.x.shape[-1], data.hist.shape[-2], variant)).to(run.device)
-    target = make_target(model.encoder)
-    target.eval()  # deterministic targets (no dropout)
-    boot = {id(p) for p in model.bootstrap_params()}
-    opt = torch.optim.AdamW(
-        [
-            {"params": [p for p in model.parameters() if id(p) not in boot], "lr": cfg.lr},
-            {"params": model.bootstrap_params(), "lr": 10 * cfg.lr},
-        ],
-        weight_decay=cfg.weight_decay,
-    )
-    g = torch.Generator().manual_seed(seed)
-    N, T = data.x.shape[:2]
-    crop = cfg.crop or T
-    history = []
-    model.train()
-    for step in run.progress(range(cfg.steps), desc=f"{variant} s{seed}", total=cfg.steps):
-        rows = torch.randperm(N, generator=g)[: cfg.batch_size]
-        t0 = int(torch.randint(0, T - crop + 1, (1,), generator=g))
-        sl = slice(t0, t0 + crop)
-        batch = [t[rows, sl].to(run.device) for t in (data.x, data.hist, data.weight)]
-        losses = bams_losses(model, target, *batch, generator=g)
-        opt.zero_grad(set_to_none=True)
-        losses.total.backward()
-        opt.step()
-        ema_update(target, model.encoder, cfg.ema_decay)
-        if step % max(1, cfg.steps // 50) == 0 or step == cfg.steps - 1:
-            rec = {
-                "step": step,
-                "loss": losses.total.item(),
-                "hoa": losses.hoa.item(),
-                "short": losses.short.item(),
-                "long": losses.long.item(),
-            }
-            history.append(rec)
-            run.log(phase="train", variant=variant, seed=seed, **rec)
-    return model, history
-
-
 @torch.no_grad()
 def _embed(model: BAMS, x: torch.Tensor, chunk: int = 16) -> np.ndarray:
     model.eval()
@@ -271,42 +225,54 @@ def _group(scores: dict[str, float]) -> dict[str, float]:
     "sequence-level and frame-level behaviour labels with a linear probe better than single-timescale "
     "twins of the same size (SYNTHETIC mouse-triplet data)",
     config=BAMSMultiscaleConfig,
+    threads=1,
 )
 def run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
-    with run.cpu_threads(1):
-        return _run(cfg, run)
-
-
-def _run(cfg: BAMSMultiscaleConfig, run: Run) -> Result:
-    data = _make_data(cfg, run.seed)
-    seeds = [run.seed + i for i in range(cfg.model_seeds)]
-    raw = _probe(data.raw_embedding, data, cfg)
+    data = _make_data(cfg, run)
+    seeds = list(range(cfg.model_seeds))
     rf = {"short": cfg.encoder(cfg.short_base).receptive_field, "long": cfg.encoder(cfg.long_base).receptive_field}
-    # how decodable the slow factors are at each memory length (data difficulty, independent of any model)
-    oracle = {
-        w: _probe(mabe.zscore(mabe.oracle_slow_features(data.keypoints, w)), data, cfg)
-        for w in (rf["short"], rf["long"])
-    }
-    # one cumulative checkpoint of every finished (variant, seed): loading it restores the log to the last one
-    done: dict[str, Any] = run.load_checkpoint("phases") or {}
-    for variant in VARIANTS:
-        for seed in seeds:
-            name = f"{variant}-s{seed}"
-            if name in done:
-                continue
-            model, history = _train(cfg, data, variant, seed, run)
-            scores = _probe(mabe.zscore(mabe.pool_animals(_embed(model, data.x), 3)), data, cfg)
-            model.cpu()
-            run.log(phase="probe", variant=variant, seed=seed, **scores)
-            done[name] = {
-                "model": model.state_dict(),
-                "scores": scores,
-                "history": history,
-                "params": sum(p.numel() for p in model.parameters()),
-            }
-            run.save_checkpoint("phases", done)
-    results = {v: {s: done[f"{v}-s{s}"] for s in seeds} for v in VARIANTS}
-    params = {v: int(done[f"{v}-s{seeds[0]}"]["params"]) for v in VARIANTS}
+
+    def references() -> dict[str, Any]:
+        return {
+            "raw": _probe(data.raw_embedding, data, cfg),
+            # how decodable the slow factors are at each memory length (data difficulty, independent of any model)
+            "oracle": {
+                w: _probe(mabe.zscore(mabe.oracle_slow_features(data.keypoints, w)), data, cfg)
+                for w in (rf["short"], rf["long"])
+            },
+        }
+
+    refs = run.phase("references", references)
+    raw, oracle = refs["raw"], refs["oracle"]
+
+    def train_and_probe(cell: str) -> dict[str, Any]:
+        variant, seed_name = cell.split("/")
+        seed = int(seed_name.removeprefix("seed="))
+        # per seed, the three variants (same parameter shapes) start from the same weights and see the same
+        # batches: they differ only in their dilations
+        seed_everything(run.seed_for(f"{seed_name}/init"))
+        model = BAMS(cfg.model_config(data.inputs.x.shape[-1], data.inputs.hist.shape[-2], variant)).to(run.device)
+        history = train_bams(
+            model,
+            data.inputs,
+            cfg.train_config(),
+            generator=run.generator(f"{seed_name}/batches"),
+            on_record=lambda rec: run.log(phase="train", variant=variant, seed=seed, **rec),
+            progress=lambda steps: run.progress(steps, desc=cell, total=cfg.steps),
+        )
+        scores = _probe(mabe.zscore(mabe.pool_animals(_embed(model, data.inputs.x), 3)), data, cfg)
+        run.log(phase="probe", variant=variant, seed=seed, **scores)
+        return {
+            "model": model.cpu().state_dict(),
+            "scores": scores,
+            "history": history,
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+
+    cells = [f"{v}/seed={s}" for v in VARIANTS for s in seeds]
+    done = run.sweep("variants", cells, train_and_probe, desc="BAMS variants")
+    results = {v: {s: done[f"{v}/seed={s}"] for s in seeds} for v in VARIANTS}
+    params = {v: int(results[v][seeds[0]]["params"]) for v in VARIANTS}
 
     tasks = [*mabe.SYNTHETIC_TASKS, "strain_pooled", "lights_pooled"]
     mean = {v: {t: float(np.mean([results[v][s]["scores"][t] for s in seeds])) for t in tasks} for v in VARIANTS}
