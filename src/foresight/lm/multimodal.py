@@ -41,11 +41,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import Linear
 
 from foresight.lm.distill import IGNORE_INDEX
 from foresight.lm.gemma2 import Gemma2, Gemma2Config
 from foresight.nn.attention import AttentionMask
-from foresight.nn.linear import Linear
 
 MEL_FRAMES_PER_SECOND = 100  # log-mel hop of 10 ms (160 samples at 16 kHz), as USM/Whisper-style front ends
 

@@ -22,12 +22,8 @@ from __future__ import annotations
 import types
 
 import torch
-from torch import nn
 
 _REDUCE: dict[tuple, object] = {}  # (out_features, in_features, dtype, rows) -> compiled reduction
-
-# Transitional: nn/moe.py still imports `Linear` from here. Delete once it uses torch.nn.Linear.
-Linear = nn.Linear
 
 
 def _rows_dot(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # [R, D_in], [D_out, D_in] -> [R, D_out]

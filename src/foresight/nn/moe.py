@@ -51,8 +51,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from foresight.nn.linear import Linear
+from torch.nn import Linear
 
 GATINGS = ("topk_softmax", "softmax")
 ACTIVATIONS = ("gelu_tanh", "silu")
