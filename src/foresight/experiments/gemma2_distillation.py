@@ -12,22 +12,23 @@ Protocol:
     4. For each student token budget: train two students with the same init, data order and schedule,
        one by NTP and one by distillation (τ² · KL(teacher ‖ student) from the cache, α = 1).
     5. Validation NLL (nats/token, next-token cross-entropy) of every student along training.
-Verdict: "reproduced" iff the distilled student's final NLL is below the NTP student's at every budget,
-"partial" if at some, "not reproduced" if at none. Every phase is checkpointed; ``--resume`` continues.
+Verdict (`verdict`): "reproduced" iff the distilled student's final NLL is below the NTP student's at every
+budget, "partial" if at some, "not reproduced" if at none. Phases: teacher, then ntp-<budget> and kd-<budget>
+for each budget (trainings, each checkpointed; ``--resume`` continues).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
-
-import torch
 
 from foresight.core.config import Config, check_scale
 from foresight.core.data import DataNotFoundError
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_lines
-from foresight.core.run import Run
+from foresight.core.run import Run, seed_everything
+from foresight.core.stats import wins_ties_losses
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,10 @@ def _load_data(cfg: Gemma2DistillationConfig, run: Run):
     corpus, note = cfg.corpus, ""
     if corpus == "auto":
         from foresight.core.data import resolve
+        from foresight.core.datasets import TINYSHAKESPEARE
 
         try:
-            resolve("tinyshakespeare", ["input.txt"], data_dir=run.data_dir)
+            resolve(TINYSHAKESPEARE.name, ["input.txt"], data_dir=run.data_dir)
             corpus = "tinyshakespeare"
         except DataNotFoundError:
             corpus = "builtin"
@@ -187,6 +189,19 @@ def _load_data(cfg: Gemma2DistillationConfig, run: Run):
     return data, corpus, note
 
 
+RULE = (
+    "reproduced iff distilled-student val NLL < next-token-student val NLL at every token budget "
+    "(partial: at some budgets; not reproduced: at none)"
+)
+
+
+def verdict(kd_nll: Sequence[float], ntp_nll: Sequence[float]) -> tuple[str, int]:
+    """``(verdict, wins)`` by :data:`RULE` from the final validation NLLs per budget (the same budgets, in order);
+    a win is a strictly lower distilled NLL (a tie is not a win)."""
+    wins, _, _ = wins_ties_losses(ntp_nll, kd_nll)  # ntp - kd > 0: distillation is better
+    return ("reproduced" if wins == len(kd_nll) else "partial" if wins else "not reproduced"), wins
+
+
 @experiment(
     name="gemma2-distillation",
     system="Gemma 2",
@@ -196,25 +211,20 @@ def _load_data(cfg: Gemma2DistillationConfig, run: Run):
         "student trained by next-token prediction on the same number of tokens"
     ),
     config=Gemma2DistillationConfig,
+    threads=1,
 )
 def run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
-    with run.cpu_threads(1):  # small models: one intra-op thread is faster (see Run.cpu_threads)
-        return _run(cfg, run)
-
-
-def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
-    from foresight.lm.distill import DistillationObjective, TopKCache
+    from foresight.lm.distill import DistillationObjective, TopKCache, perplexity
     from foresight.lm.gemma2 import Gemma2
-    from foresight.lm.train import PhaseRunner, autocast_dtype
+    from foresight.lm.train import autocast_dtype, train_phase
 
     data, corpus, note = _load_data(cfg, run)
-    phases = PhaseRunner(run)
-    base_seed = run.seed * 1000
+    order_seed = run.seed_for("data-order")  # every model sees the windows in the same order
 
     teacher_cfg = _model_config(cfg, cfg.teacher_hidden, cfg.teacher_layers, cfg.teacher_heads)
-    torch.manual_seed(base_seed + 1)
-    teacher_tcfg = _train_config(cfg, cfg.teacher_tokens, cfg.teacher_lr, run.seed, eval_points=2)
-    teacher, teacher_hist = phases.train("teacher", Gemma2(teacher_cfg), teacher_tcfg, data.train, data.val)
+    seed_everything(run.seed_for("teacher-init"))
+    teacher_tcfg = _train_config(cfg, cfg.teacher_tokens, cfg.teacher_lr, order_seed, eval_points=2)
+    teacher, teacher_hist = train_phase(run, "teacher", Gemma2(teacher_cfg), teacher_tcfg, data.train, data.val)
     teacher.eval().requires_grad_(False)
     if cfg.topk:  # sparse: run the teacher once over every training window, reuse for every student
         cache = TopKCache.build(
@@ -237,15 +247,16 @@ def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
     curves: dict[str, dict[int, list]] = {"ntp": {}, "kd": {}}
     for budget in cfg.student_budgets:
         for method, objective in (("ntp", None), ("kd", kd)):
-            torch.manual_seed(base_seed + 2)  # both methods start from the same student init
+            seed_everything(run.seed_for("student-init"))  # both methods (and all budgets) start from one init
             # ... and see the same windows in the same order under the same schedule
-            tcfg = _train_config(cfg, budget, cfg.student_lr, run.seed, cfg.eval_points)
-            _, hist = phases.train(f"{method}-{budget}", Gemma2(student_cfg), tcfg, data.train, data.val, objective)
+            tcfg = _train_config(cfg, budget, cfg.student_lr, order_seed, cfg.eval_points)
+            student = Gemma2(student_cfg)
+            _, hist = train_phase(run, f"{method}-{budget}", student, tcfg, data.train, data.val, objective)
             curves[method][budget] = hist
 
     final = {m: {b: curves[m][b][-1]["val_loss"] for b in cfg.student_budgets} for m in curves}
-    wins = [final["kd"][b] < final["ntp"][b] for b in cfg.student_budgets]
-    verdict = "reproduced" if all(wins) else "partial" if any(wins) else "not reproduced"
+    budgets = cfg.student_budgets
+    verdict_, wins = verdict([final["kd"][b] for b in budgets], [final["ntp"][b] for b in budgets])
 
     table = [
         {
@@ -253,8 +264,8 @@ def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
             "NTP val NLL": final["ntp"][b],
             "KD val NLL": final["kd"][b],
             "KD - NTP": final["kd"][b] - final["ntp"][b],
-            "NTP ppl": _ppl(final["ntp"][b]),
-            "KD ppl": _ppl(final["kd"][b]),
+            "NTP ppl": perplexity(final["ntp"][b]),
+            "KD ppl": perplexity(final["kd"][b]),
         }
         for b in cfg.student_budgets
     ]
@@ -265,7 +276,7 @@ def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
             "NTP val NLL": teacher_nll,
             "KD val NLL": "",
             "KD - NTP": "",
-            "NTP ppl": _ppl(teacher_nll),
+            "NTP ppl": perplexity(teacher_nll),
             "KD ppl": "",
         }
     )
@@ -307,8 +318,8 @@ def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
         **{f"ntp_val_nll_{b}": final["ntp"][b] for b in cfg.student_budgets},
         **{f"kd_val_nll_{b}": final["kd"][b] for b in cfg.student_budgets},
         "kd_minus_ntp_at_largest_budget": final["kd"][largest] - final["ntp"][largest],
-        "kd_wins": sum(wins),
-        "budgets": len(wins),
+        "kd_wins": wins,
+        "budgets": len(budgets),
         "teacher_params": n_params["teacher"],
         "student_params": n_params["student"],
         "corpus": corpus,
@@ -342,18 +353,11 @@ def _run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
         "default runs the teacher online."
     )
     return Result(
-        verdict=verdict,
-        rule="reproduced iff distilled-student val NLL < next-token-student val NLL at every token budget "
-        "(partial: at some budgets; not reproduced: at none)",
+        verdict=verdict_,
+        rule=RULE,
         metrics=metrics,
         table=table,
         figures=["val_nll_curves.png", "val_nll_vs_budget.png"],
         protocol=protocol,
         notes=notes,
     )
-
-
-def _ppl(nll: float) -> float:
-    import math
-
-    return math.exp(min(nll, 50.0))
