@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from foresight.cli import main
+from foresight.core import fs
 from foresight.core.registry import VERDICTS
-from foresight.experiments.gemini15_moe import Gemini15MoEConfig, _NeedleObjective, _twins
-from foresight.lm.niah import CharVocab, NeedleTrainingData, answer_weighted_loss
+from foresight.experiments.gemini15_moe import RECALL_BAR, Gemini15MoEConfig, verdict
 
 torch.set_num_threads(1)
 
@@ -15,6 +15,12 @@ def _log(out):
     """metrics.jsonl without the wall-clock field."""
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in x.items() if k != "tokens_per_s"} for x in lines]
+
+
+def _unfinish(out):
+    """Make ``out`` look like a run killed before it wrote its results."""
+    fs.set_state(out, "running")
+    (out / "results.json").unlink()
 
 
 def test_tiny_scale_reports_both_claims_a_rule_based_verdict_and_resumes(tmp_path):
@@ -53,17 +59,18 @@ def test_tiny_scale_reports_both_claims_a_rule_based_verdict_and_resumes(tmp_pat
     assert len(dense_steps) == cfg["steps"] and all("answer_ce" in x and "aux_loss" not in x for x in dense_steps)
     assert {x["length"] for x in lines if x.get("phase") == "niah"} == set(lengths)
 
-    # a finished run resumes to the same numbers without retraining or re-logging
+    # killed after every phase but before the results: each phase is read back, nothing retrained or re-logged
     metrics_text = (out / "metrics.jsonl").read_text()
+    _unfinish(out)
     resume = ["run", "gemini15-moe", "--resume", str(out), "--no-progress", "--threads", "1"]
     assert main(resume) == 0
     assert json.loads((out / "results.json").read_text())["metrics"] == m
     assert (out / "metrics.jsonl").read_text() == metrics_text
 
     # killed before the MoE's first checkpoint: it is retrained, the NIAH grid re-measured, no line doubled
-    (out / "checkpoints" / "moe.safetensors").unlink()
-    (out / "checkpoints" / "niah.safetensors").unlink()
-    (out / "results.json").unlink()
+    for name in ("moe", "niah", "expert-load"):
+        (out / "checkpoints" / f"{name}.safetensors").unlink()
+    _unfinish(out)
     log = _log(out)
     assert main(resume) == 0
     assert json.loads((out / "results.json").read_text())["metrics"] == m
@@ -84,36 +91,12 @@ def test_config_validation_names_the_bad_value():
     assert Gemini15MoEConfig(seq_len=256).grid_lengths() == (128, 256, 512, 1024)  # 64 cannot hold a probe
 
 
-def test_twins_share_every_weight_but_the_ffns_and_match_active_parameters():
-    cfg = Gemini15MoEConfig.preset("tiny")
-    dense, moe = _twins(cfg, vocab_size=70, seed=3)
-    d, m = dense.state_dict(), moe.state_dict()
-    shared = [k for k in m if ".mlp." not in k]
-    assert shared and all(torch.equal(m[k], d[k]) for k in shared)
-    assert not any(k in d for k in m if ".mlp." in k)  # the FFNs differ: experts + router vs one FFN
-    # k experts of width F / k: the dense FFN's parameters per token, plus the [D, E] router per block
-    n_dense = sum(p.numel() for p in dense.parameters())
-    assert moe.num_active_params() == n_dense + cfg.layers * cfg.hidden * cfg.num_experts
-    assert moe.moe_config.base.intermediate_size * cfg.top_k == dense.config.intermediate_size == cfg.intermediate
-
-
-def test_objective_is_the_same_answer_weighted_loss_for_both_models_plus_the_moe_terms():
-    cfg = Gemini15MoEConfig.preset("tiny")
-    text = "Some text. It goes on and on, with full stops. " * 40
-    vocab = CharVocab.for_corpus(text)
-    data = NeedleTrainingData(text, vocab, cfg.seq_len, min_context=cfg.shortest_probe(), seed=0)
-    dense, moe = _twins(cfg, len(vocab), seed=0)
-    ids = [3, 1, 4]
-    x, y = data.batch(ids)
-    objective = _NeedleObjective(data, answer_weight=2.0)
-    mask = data.answer_mask(ids)
-    with torch.no_grad():
-        want, ce, answer_ce = answer_weighted_loss(dense(x).logits, y, mask, 2.0)
-        out = objective(dense, x, y, ids)
-        assert torch.allclose(out.loss, want) and torch.allclose(out.ce, ce)
-        assert set(out.extra) == {"answer_ce"} and torch.allclose(out.extra["answer_ce"], answer_ce)
-        routed = moe(x)
-        want, _, _ = answer_weighted_loss(routed.logits, y, mask, 2.0)
-        out = objective(moe, x, y, ids)
-        assert torch.allclose(out.loss, want + routed.moe_loss)
-        assert {"aux_loss", "z_loss", "moe_loss", "expert_fraction_min", "dropped_fraction"} <= set(out.extra)
+def test_verdict_rule_passes_and_fails_on_each_claim():
+    cells = [1.0, 1.0, 0.99]
+    assert verdict(2.0, 2.1, cells) == ("reproduced", True, True)
+    assert verdict(2.1, 2.0, cells) == ("partial", False, True)  # (a) fails: the MoE's NLL is higher
+    assert verdict(2.0, 2.0, cells) == ("partial", False, True)  # equal NLL is not lower
+    assert verdict(2.0, 2.1, [1.0, 0.9, 1.0]) == ("partial", True, False)  # one cell misses one probe in ten
+    assert verdict(2.1, 2.0, [1.0, 0.9]) == ("not reproduced", False, False)
+    assert verdict(2.0, 2.1, []) == ("partial", True, False)  # no cell within the trained context: (b) fails
+    assert RECALL_BAR == 0.99

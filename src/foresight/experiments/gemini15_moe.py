@@ -18,32 +18,38 @@ Claims checked at toy scale, char-level on tinyshakespeare:
 Protocol:
     1. Char vocabulary of the corpus (+ lowercase letters); the last ``val_fraction`` is held out.
     2. Training windows of ``seq_len + 1`` characters, each with one needle probe of random length and
-       depth (`foresight.lm.niah.NeedleTrainingData`); the loss is next-character CE on every character
-       + ``answer_weight`` x the CE on the answer characters (`foresight.lm.niah.answer_weighted_loss`)
+       depth (`foresight.lm.niah.NeedleTrainingData`); the loss is `foresight.lm.niah.NeedleObjective`:
+       next-character CE on every character + ``answer_weight`` x the CE on the answer characters
        (+ the weighted load-balancing and z-losses for the MoE).
-    3. Dense twin and MoE model: the same init of every shared weight (all but the FFNs), the same loss,
-       data order, optimiser and schedule.
+    3. Dense twin and MoE model: the same init of every shared weight (all but the FFNs,
+       `foresight.lm.moe_lm.copy_shared_weights`), the same loss, data order, optimiser and schedule.
     4. Validation NLL on plain held-out text windows along training; NIAH grid (lengths x depths x
-       ``niah_needles`` probes, haystacks from held-out text) for both models after training.
-Verdict: "reproduced" iff (a) and (b) hold, "partial" iff one does, "not reproduced" iff neither.
-Phases (dense, moe, niah) are checkpointed; ``--resume`` continues.
+       ``niah_needles`` probes, haystacks from held-out text) for both models after training; expert
+       load on held-out text (`foresight.lm.moe_lm.expert_load_stats`).
+Verdict (`verdict`): "reproduced" iff (a) and (b) hold, "partial" iff one does, "not reproduced" iff neither.
+Phases: dense, moe (trainings), niah (a sweep over the two models), expert-load; ``--resume`` continues.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import torch
 
 from foresight.core.config import Config, check_scale
 from foresight.core.data import DataNotFoundError
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
 from foresight.core.run import Run
-from foresight.lm.distill import LMLoss
-from foresight.lm.niah import DEFAULT_DEPTHS, probe_overhead
+from foresight.lm.niah import DEFAULT_DEPTHS, NIAHResult, probe_overhead
+
+# config fields that must be >= 1
+_POSITIVE = (
+    "seq_len word_len hidden layers heads head_dim intermediate sliding_window num_experts top_k steps batch_size "
+    "eval_points niah_needles"
+).split()
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,8 @@ class Gemini15MoEConfig(Config):
     head_dim: int = 32
     intermediate: int = 512  # F of the dense FFN; each expert has F / top_k (same FFN FLOPs per token)
     sliding_window: int = 128
-    # MoE: E experts of width F / k, top-k with Mixtral's renormalised gate (see `_moe_config` for why not
-    # top-1 Switch in Gemma 2 blocks); Switch's alpha = 1e-2 load balancing, ST-MoE z-loss 1e-3
+    # MoE: E experts of width F / k, top-k with Mixtral's renormalised gate (why not top-1: `_moe_config`);
+    # Switch's alpha = 1e-2 load balancing, ST-MoE z-loss 1e-3
     num_experts: int = 8
     top_k: int = 2
     gating: str = "topk_softmax"
@@ -95,54 +101,20 @@ class Gemini15MoEConfig(Config):
         check_scale(scale)
         if scale == "tiny":
             return cls(
-                seq_len=96,
-                hidden=32,
-                layers=2,
-                heads=2,
-                head_dim=16,
-                intermediate=64,
-                sliding_window=32,
-                num_experts=4,
-                steps=6,
-                batch_size=4,
-                eval_points=2,
-                eval_batches=1,
-                niah_depths=(0.0, 50.0, 100.0),
+                seq_len=96, hidden=32, layers=2, heads=2, head_dim=16, intermediate=64, sliding_window=32,
+                num_experts=4, steps=6, batch_size=4, eval_points=2, eval_batches=1, niah_depths=(0.0, 50.0, 100.0),
                 niah_needles=2,
-            )
+            )  # fmt: skip
         if scale == "quick":
             # sized for <= 6 minutes on one CPU thread (two trainings of ~2 minutes, then the grids)
             return cls(
-                seq_len=128,
-                hidden=64,
-                layers=4,
-                heads=4,
-                head_dim=16,
-                intermediate=256,
-                sliding_window=64,
-                steps=900,
-                batch_size=16,
-                niah_lengths=(96, 128, 256, 512),
-            )
+                seq_len=128, hidden=64, layers=4, heads=4, head_dim=16, intermediate=256, sliding_window=64,
+                steps=900, batch_size=16, niah_lengths=(96, 128, 256, 512),
+            )  # fmt: skip
         return cls()
 
     def validate(self) -> None:
-        for name in (
-            "seq_len",
-            "word_len",
-            "hidden",
-            "layers",
-            "heads",
-            "head_dim",
-            "intermediate",
-            "sliding_window",
-            "num_experts",
-            "top_k",
-            "steps",
-            "batch_size",
-            "eval_points",
-            "niah_needles",
-        ):
+        for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_experts < 2:
@@ -213,18 +185,9 @@ def _dense_config(cfg: Gemini15MoEConfig, vocab_size: int):
 
 
 def _moe_config(cfg: Gemini15MoEConfig, vocab_size: int):
-    """The MoE model: the dense twin with E experts of width F / k in every block, k per token.
-
-    Compute matching: k experts of width F / k run the dense FFN's FLOPs per token (fine-grained experts,
-    as in DeepSeekMoE), so the active parameters are the dense twin's plus the [D, E] routers.
-
-    Why not top-1 Switch here: a Gemma 2 block normalises the FFN output (``post_mlp_norm``, an RMSNorm)
-    before the residual add, and RMSNorm(p * y) = RMSNorm(y) for any gate p > 0 once y is larger than the
-    norm's eps. With ONE expert per token the gate value then cancels, and the router gets (almost) no
-    gradient from the language-model loss: only the load-balancing and z-losses train it (measured on the
-    quick model with trained-size expert outputs: router gradient from the CE ~1e-4 for top-1 against
-    ~3e-2 for top-2). With k >= 2 the gates weigh the experts against each other, which the norm keeps.
-    """
+    """The dense twin with E experts of width F / k in every block, k per token (the dense FFN's FLOPs and
+    active parameters, plus the routers). Not top-1 Switch: Gemma 2's post-FFN RMSNorm cancels a single gate
+    value, so a top-1 router gets (almost) no gradient from the LM loss (`foresight.lm.moe_lm`; notes)."""
     from foresight.lm.moe_lm import MoELMConfig
     from foresight.nn.moe import MoEConfig
 
@@ -237,32 +200,7 @@ def _moe_config(cfg: Gemini15MoEConfig, vocab_size: int):
         aux_loss_coef=cfg.aux_loss_coef,
         z_loss_coef=cfg.z_loss_coef,
     )
-    base = _dense_config(cfg, vocab_size).replace(intermediate_size=cfg.intermediate // cfg.top_k)
-    return MoELMConfig(base=base, moe=moe)
-
-
-def _twins(cfg: Gemini15MoEConfig, vocab_size: int, seed: int):
-    """(dense twin, MoE model), both initialised under ``seed``, the MoE's shared weights copied from the twin.
-
-    Shared = everything but the FFNs (embedding, attention, norms), so the two models start from the same
-    point and differ only in the FFN sublayers.
-    """
-    from foresight.lm.gemma2 import Gemma2
-    from foresight.lm.moe_lm import MoELM
-
-    torch.manual_seed(seed)
-    dense = Gemma2(_dense_config(cfg, vocab_size))
-    torch.manual_seed(seed)
-    moe = MoELM(_moe_config(cfg, vocab_size))
-    twin = dense.state_dict()
-    shared = {name for name in moe.state_dict() if ".mlp." not in name}
-    if not shared <= set(twin):
-        raise RuntimeError(f"MoE weights {sorted(shared - set(twin))} have no counterpart in the dense twin")
-    with torch.no_grad():
-        for name, tensor in moe.state_dict().items():
-            if name in shared:
-                tensor.copy_(twin[name])
-    return dense, moe
+    return MoELMConfig.compute_matched(_dense_config(cfg, vocab_size), moe)
 
 
 def _train_config(cfg: Gemini15MoEConfig, seed: int):
@@ -301,9 +239,10 @@ def _load_data(cfg: Gemini15MoEConfig, run: Run) -> _Data:
     corpus, note = cfg.corpus, ""
     if corpus == "auto":
         from foresight.core.data import resolve
+        from foresight.core.datasets import TINYSHAKESPEARE
 
         try:
-            resolve("tinyshakespeare", ["input.txt"], data_dir=run.data_dir)
+            resolve(TINYSHAKESPEARE.name, ["input.txt"], data_dir=run.data_dir)
             corpus = "tinyshakespeare"
         except DataNotFoundError:
             corpus = "builtin"
@@ -316,100 +255,36 @@ def _load_data(cfg: Gemini15MoEConfig, run: Run) -> _Data:
     if len(val_text) < need:
         raise ValueError(f"{len(val_text)} held-out characters are too few for NIAH probes of {need // 2}")
     train = NeedleTrainingData(
-        train_text, vocab, cfg.seq_len, min_context=cfg.shortest_probe(), word_len=cfg.word_len, seed=run.seed
+        train_text,
+        vocab,
+        cfg.seq_len,
+        min_context=cfg.shortest_probe(),
+        word_len=cfg.word_len,
+        seed=run.seed_for("needle-windows"),
     )
     val = PackedSequences(vocab.encode(val_text), cfg.seq_len)
     return _Data(vocab, train_text, val_text, train, val, corpus, note)
 
 
 # ---------------------------------------------------------------------------------------------
-# Resumable phases
+# Verdict
 # ---------------------------------------------------------------------------------------------
 
-
-class _NeedleObjective:
-    """Training loss of both models: `answer_weighted_loss` (+ the weighted router losses for the MoE).
-
-    ``ce`` is the plain next-character CE on every character. The answer CE and, for the MoE, the router
-    diagnostics (notes §6.7: per-expert token share min/max, dropped share, L_aux, L_z) go to
-    ``LMLoss.extra`` and so into every training line of metrics.jsonl.
-    """
-
-    def __init__(self, data, answer_weight: float):
-        self.data, self.answer_weight = data, answer_weight
-
-    def __call__(self, model, input_ids, targets, window_ids) -> LMLoss:
-        from foresight.lm.moe_lm import MoELMOutput, router_stats
-        from foresight.lm.niah import answer_weighted_loss
-
-        out = model(input_ids)
-        mask = self.data.answer_mask(window_ids).to(targets.device)  # [B, T]
-        loss, ce, answer_ce = answer_weighted_loss(out.logits, targets, mask, self.answer_weight)
-        extra = {"answer_ce": answer_ce.detach()}
-        if isinstance(out, MoELMOutput):
-            loss = loss + out.moe_loss
-            extra.update(router_stats(out))
-        return LMLoss(loss=loss, ce=ce.detach(), extra=extra)
-
-    def __repr__(self) -> str:
-        return f"_NeedleObjective(answer_weight={self.answer_weight})"
+RECALL_BAR = 0.99  # "near-perfect retrieval (>99%)"
+RULE = (
+    f"(a) MoE final val NLL < dense-twin final val NLL; (b) MoE NIAH recall >= {RECALL_BAR} in every (length, "
+    "depth) cell with length <= the trained context. reproduced: (a) and (b); partial: one of them; "
+    "not reproduced: neither"
+)
 
 
-# ---------------------------------------------------------------------------------------------
-# Measurements after training
-# ---------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _expert_load(model, data: _Data, cfg: Gemini15MoEConfig, device) -> dict:
-    """Share of token-slots per expert in each MoE block, and in the last block per position bucket."""
-    model.eval()
-    n = min(len(data.val), max(1, cfg.eval_batches) * cfg.batch_size)
-    fractions, by_pos = [], []
-    buckets = min(8, cfg.seq_len)
-    E = cfg.num_experts
-    for s in range(0, n, cfg.batch_size):
-        x, _ = data.val.batch(np.arange(s, min(n, s + cfg.batch_size)))
-        out = model(x.to(device))
-        fractions.append(out.expert_fraction.cpu() * x.numel())
-        idx = out.expert_index[-1].view(x.shape[0], x.shape[1], -1).cpu()  # [B, T, k]
-        pos = (torch.arange(x.shape[1]) * buckets // x.shape[1]).view(1, -1, 1).expand_as(idx)
-        counts = torch.zeros(buckets, E)
-        counts.index_put_((pos.reshape(-1), idx.reshape(-1)), torch.ones(idx.numel()), accumulate=True)
-        by_pos.append(counts)
-    per_layer = torch.stack(fractions).sum(0) / (n * cfg.seq_len)  # [L_moe, E]
-    pos_counts = torch.stack(by_pos).sum(0)
-    per_pos = pos_counts / pos_counts.sum(-1, keepdim=True)  # [buckets, E]
-    return {"per_layer": per_layer.tolist(), "last_layer_by_position": per_pos.tolist(), "buckets": buckets}
-
-
-def _plot_recall(path, grids: dict[str, dict], trained: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.2), squeeze=False)
-    for ax, (label, g) in zip(axes[0], grids.items(), strict=True):
-        recall = np.asarray(g["recall"]).T  # [depths, lengths]
-        im = ax.imshow(recall, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
-        ax.set_xticks(range(len(g["lengths"])), [f"{L}{'*' if L > trained else ''}" for L in g["lengths"]])
-        ax.set_yticks(range(len(g["depths"])), [f"{d:g}" for d in g["depths"]])
-        for (i, j), v in np.ndenumerate(recall):
-            ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=6)
-        ax.set(
-            title=f"{label}: NIAH recall",
-            xlabel="context length (chars; * = beyond training)",
-            ylabel="needle depth (%)",
-        )
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# The experiment
-# ---------------------------------------------------------------------------------------------
+def verdict(moe_nll: float, dense_nll: float, moe_recall_in_range: Sequence[float]) -> tuple[str, bool, bool]:
+    """``(verdict, claim_a, claim_b)`` by :data:`RULE` from the final validation NLLs and the MoE's NIAH recall
+    in every cell up to the trained context (no cells: (b) fails)."""
+    claim_a = bool(moe_nll < dense_nll)
+    claim_b = len(moe_recall_in_range) > 0 and min(moe_recall_in_range) >= RECALL_BAR
+    v = "reproduced" if claim_a and claim_b else "partial" if claim_a or claim_b else "not reproduced"
+    return v, claim_a, claim_b
 
 
 # Every variant run at quick scale while the design was chosen (seed 0 unless said; 900 steps x 2048
@@ -461,73 +336,56 @@ _DESIGN_SEARCH = (
         "tokens, and retrieves a needle in a haystack near-perfectly (>= 99%) at every depth up to its context"
     ),
     config=Gemini15MoEConfig,
+    threads=1,
 )
 def run(cfg: Gemini15MoEConfig, run: Run) -> Result:
-    with run.cpu_threads(1):  # small models: one intra-op thread is faster (see Run.cpu_threads)
-        return _run(cfg, run)
-
-
-def _run(cfg: Gemini15MoEConfig, run: Run) -> Result:
-    from foresight.lm.niah import evaluate_niah
-    from foresight.lm.train import PhaseRunner
+    from foresight.lm.moe_lm import expert_load_stats, init_twins
+    from foresight.lm.niah import NeedleObjective, evaluate_niah, plot_recall_grids
+    from foresight.lm.train import train_phase
 
     data = _load_data(cfg, run)
     V = len(data.vocab)
     moe_cfg = _moe_config(cfg, V)
-    phases = PhaseRunner(run)
-    tcfg = _train_config(cfg, run.seed)
-    objective = _NeedleObjective(data.train, cfg.answer_weight)  # the same loss for both models
+    tcfg = _train_config(cfg, run.seed_for("data-order"))  # the same windows in the same order for both
+    objective = NeedleObjective(data.train, cfg.answer_weight)  # the same loss for both models
 
-    dense, moe = _twins(cfg, V, seed=run.seed * 1000 + 1)
-    dense, dense_hist = phases.train("dense", dense, tcfg, data.train, data.val, objective)
-    moe, moe_hist = phases.train("moe", moe, tcfg, data.train, data.val, objective, model_config=moe_cfg)
-
+    dense, moe = init_twins(_dense_config(cfg, V), moe_cfg, seed=run.seed_for("init"))
+    dense, dense_hist = train_phase(run, "dense", dense, tcfg, data.train, data.val, objective)
+    moe, moe_hist = train_phase(run, "moe", moe, tcfg, data.train, data.val, objective, model_config=moe_cfg)
+    models = {"moe": moe, "dense": dense}
     lengths = cfg.grid_lengths()
 
-    def measure() -> dict:
-        out = {}
-        for name, model in (("moe", moe), ("dense", dense)):
-            g = evaluate_niah(
-                model,
-                data.val_text,
-                data.vocab,
-                lengths=lengths,
-                depths=cfg.niah_depths,
-                needles=cfg.niah_needles,
-                word_len=cfg.word_len,
-                seed=run.seed,
-                batch_size=cfg.batch_size,
-                device=run.device,
-                progress=run.progress,
-            )
-            out[name] = g.to_dict()
-            for i, L in enumerate(g.lengths):
-                run.log(
-                    phase="niah",
-                    model=name,
-                    length=L,
-                    recall=float(g.recall[i].mean()),
-                    recall_by_depth=g.recall[i].tolist(),
-                )
-        out["load"] = _expert_load(moe, data, cfg, run.device)
-        return out
+    def niah(name: str) -> dict:
+        g = evaluate_niah(
+            models[name],
+            data.val_text,
+            data.vocab,
+            lengths=lengths,
+            depths=cfg.niah_depths,
+            needles=cfg.niah_needles,
+            word_len=cfg.word_len,
+            seed=run.seed_for("niah-probes"),  # the same probes for both models
+            batch_size=cfg.batch_size,
+            device=run.device,
+            progress=run.progress,
+        )
+        for i, L in enumerate(g.lengths):
+            run.log(phase="niah", model=name, length=L, recall=float(g.recall[i].mean()), recall_by_depth=g.recall[i])
+        return g.to_dict()
 
-    measured = phases.evaluate("niah", measure)
-    grids = {k: measured[k] for k in ("moe", "dense")}
-    load = measured["load"]
+    grids = {k: NIAHResult.from_dict(g) for k, g in run.sweep("niah", list(models), niah).items()}
+
+    def load() -> dict:
+        n = min(len(data.val), max(1, cfg.eval_batches) * cfg.batch_size)
+        batches = (data.val.batch(np.arange(s, min(n, s + cfg.batch_size)))[0] for s in range(0, n, cfg.batch_size))
+        return expert_load_stats(moe, batches)
+
+    load = run.phase("expert-load", load)
 
     # --- verdict ---------------------------------------------------------------------------------
     T = cfg.seq_len
     nll = {"moe": moe_hist[-1]["val_loss"], "dense": dense_hist[-1]["val_loss"]}
-
-    def recall(name: str, pick) -> list[float]:
-        g = grids[name]
-        return [v for L, row in zip(g["lengths"], g["recall"], strict=True) if pick(L) for v in row]
-
-    in_range = {k: recall(k, lambda L: L <= T) for k in grids}
-    claim_a = nll["moe"] < nll["dense"]
-    claim_b = bool(in_range["moe"]) and min(in_range["moe"]) >= 0.99
-    verdict = "reproduced" if claim_a and claim_b else "partial" if claim_a or claim_b else "not reproduced"
+    verdict_, claim_a, claim_b = verdict(nll["moe"], nll["dense"], grids["moe"].cells(T))
 
     # --- numbers ---------------------------------------------------------------------------------
     counts = {"moe": (moe.num_params(), moe.num_active_params())}
@@ -551,13 +409,13 @@ def _run(cfg: Gemini15MoEConfig, run: Run) -> Result:
         "vocab_size": V,
         "final_aux_loss": last.get("aux_loss", float("nan")),
         "final_z_loss": last.get("z_loss", float("nan")),
-        "val_expert_fraction_min": float(per_layer.min()),
-        "val_expert_fraction_max": float(per_layer.max()),
+        "val_expert_fraction_min": load["fraction_min"],
+        "val_expert_fraction_max": load["fraction_max"],
     }
-    for name in grids:
-        metrics[f"{name}_niah_recall_in_range"] = float(np.mean(in_range[name])) if in_range[name] else float("nan")
-        metrics[f"{name}_niah_min_cell_in_range"] = min(in_range[name]) if in_range[name] else float("nan")
-        for L, row in zip(grids[name]["lengths"], grids[name]["recall"], strict=True):
+    for name, g in grids.items():
+        metrics[f"{name}_niah_recall_in_range"] = g.mean(T)
+        metrics[f"{name}_niah_min_cell_in_range"] = g.min(T)
+        for L, row in zip(g.lengths, g.recall, strict=True):
             metrics[f"{name}_niah_recall_{L}"] = float(np.mean(row))
 
     table = []
@@ -575,7 +433,7 @@ def _run(cfg: Gemini15MoEConfig, run: Run) -> Result:
         table.append(row)
 
     # --- figures ---------------------------------------------------------------------------------
-    _plot_recall(run.figure("niah_recall.png"), {"MoE": grids["moe"], "dense": grids["dense"]}, T)
+    plot_recall_grids(run.figure("niah_recall.png"), {"MoE": grids["moe"], "dense": grids["dense"]}, T)
     plot_lines(
         run.figure("val_nll_curves.png"),
         {
@@ -633,12 +491,8 @@ def _run(cfg: Gemini15MoEConfig, run: Run) -> Result:
         + _DESIGN_SEARCH
     )
     return Result(
-        verdict=verdict,
-        rule=(
-            "(a) MoE final val NLL < dense-twin final val NLL; (b) MoE NIAH recall >= 0.99 in every (length, depth) "
-            "cell with length <= the trained context. reproduced: (a) and (b); partial: one of them; "
-            "not reproduced: neither"
-        ),
+        verdict=verdict_,
+        rule=RULE,
         metrics=metrics,
         table=table,
         figures=["niah_recall.png", "val_nll_curves.png", "expert_load.png", "router_diagnostics.png"],
