@@ -88,3 +88,26 @@ def test_phases_run_once_and_sweeps_continue_at_the_next_cell(tmp_path):
     assert cells == ref_cells  # RNG restored at the checkpoint: the same numbers as an uninterrupted run
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["cell"] for x in lines] == ["a", "b", "c", "d"]  # the interrupted cell's line was dropped
+
+
+def test_a_cell_checkpoint_inside_a_sweep_keeps_the_lines_logged_before_it(tmp_path):
+    """Nested resume: the sweep's checkpoint says 2 lines, the cell's own partial checkpoint says 4."""
+
+    def cell(c, die_at=None):
+        state = run.load_checkpoint(f"inner/{c}") or {"i": 0}
+        for i in range(state["i"], 3):
+            if (c, i) == die_at:
+                raise KeyboardInterrupt
+            run.log(cell=c, i=i)
+            run.save_checkpoint(f"inner/{c}", {"i": i + 1})
+        return c
+
+    run = _run(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run.sweep("s", ["a", "b"], lambda c: cell(c, die_at=("b", 2)))
+    run.close()
+    run = _run(tmp_path, resume=True)
+    assert run.sweep("s", ["a", "b"], cell) == {"a": "a", "b": "b"}
+    run.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["cell"], x["i"]) for x in lines] == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]

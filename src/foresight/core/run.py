@@ -161,6 +161,7 @@ class Run:
         self.started = time.time()
         self._lock: fs.FolderLock | None = None
         self._finished_lines = 0  # metrics.jsonl length when the last finished phase ended
+        self._trim_to: int | None = None  # metrics.jsonl lines to keep, applied at the next write
         self.extra: dict[str, Any] = {}  # recorded in config.json beside the config (train-lm: model, data)
 
     # -- construction -------------------------------------------------------------------------
@@ -305,6 +306,7 @@ class Run:
     def finish(self) -> None:
         """Mark the folder finished (a later ``run`` refuses it, ``reproduce`` keeps it) and unlock it."""
         if self.main:
+            self._apply_trim()
             fs.set_state(self.dir, "finished")
         self.close()
 
@@ -331,22 +333,31 @@ class Run:
         """Append one JSON line to metrics.jsonl (flushed, so a kill loses at most this line)."""
         if not self.main:
             return
+        self._apply_trim()
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics, default=_json_default) + "\n")
             f.flush()
 
     def metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in self._metrics_lines() if line.strip()]
 
     def _metrics_lines(self) -> list[str]:
-        return self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+        return lines if self._trim_to is None else lines[: self._trim_to]
 
     def _trim_metrics(self, n: int) -> None:
-        if self.main:
-            kept = self._metrics_lines()[:n]
+        """Keep the first ``n`` lines of metrics.jsonl, applied at the next write.
+
+        Lazily, because resume loads nest: a sweep's checkpoint (n lines) and then the checkpoint of the cell
+        it was in (more lines, logged inside that cell) - the last load decides what is kept.
+        """
+        self._trim_to = n
+
+    def _apply_trim(self) -> None:
+        if self._trim_to is not None and self.main:
+            kept = self._metrics_lines()
             fs.atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        self._trim_to = None
 
     def progress(self, iterable: Iterable[T], desc: str = "", total: int | None = None, **kw: Any) -> Iterator[T]:
         return iter(tqdm(iterable, desc=desc, total=total, disable=not self.show_progress, leave=False, **kw))
@@ -364,6 +375,7 @@ class Run:
         """Atomically save ``state`` with the RNG states, the metrics-log length and this run's config."""
         if not self.main:
             return
+        self._apply_trim()
         full = {
             "state": state,
             "rng": rng_state(),
@@ -423,6 +435,7 @@ class Run:
             self._trim_metrics(self._finished_lines)
 
     def end_phase(self) -> None:
+        self._apply_trim()
         self._finished_lines = len(self._metrics_lines())
 
     def phase(self, name: str, fn: Callable[[], T]) -> T:
