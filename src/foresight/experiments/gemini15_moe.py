@@ -224,8 +224,7 @@ def _train_config(cfg: Gemini15MoEConfig, seed: int):
 @dataclass
 class _Data:
     vocab: object  # CharVocab
-    train_text: str
-    val_text: str
+    val_text: str  # held-out haystacks
     train: object  # NeedleTrainingData
     val: object  # PackedSequences of plain held-out text
     corpus: str
@@ -263,7 +262,7 @@ def _load_data(cfg: Gemini15MoEConfig, run: Run) -> _Data:
         seed=run.seed_for("needle-windows"),
     )
     val = PackedSequences(vocab.encode(val_text), cfg.seq_len)
-    return _Data(vocab, train_text, val_text, train, val, corpus, note)
+    return _Data(vocab, val_text, train, val, corpus, note)
 
 
 # ---------------------------------------------------------------------------------------------
