@@ -52,7 +52,7 @@ def random_graph(n: int, e: int, f: int = 4, seed: int = 0) -> Data:
 
 
 # --------------------------------------------------------------------------------------------
-# Golden cases (PyG test/transforms/test_half_hop.py, notes §2.1)
+# Golden cases (PyG test/transforms/test_half_hop.py; docs/halfhop.md, "PyG golden cases")
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """BAMS: a multi-task, multi-timescale self-supervised behaviour model (Azabou et al., NeurIPS 2023).
 
 "Relax, it doesn't matter how you get there: A new self-supervised approach for multi-timescale behavior
-analysis" (arXiv 2303.08811); the public code (nerdslab/bams @ ecbdc68) still calls it BAMS. Notes:
-shared/papers/bams_and_multiscale_behavior.md §2.
+analysis" (arXiv 2303.08811); the public code (nerdslab/bams @ ecbdc68) still calls it BAMS. Docs:
+docs/bams.md (the encoders and bootstrap objectives) and docs/multitask_behavior.md (the HoA head).
 
 Two causal dilated TCNs with different receptive fields (61 and 1365 frames by default) embed each animal's
 sequence into a short-term and a long-term latent space. Three objectives train them:
@@ -12,7 +12,8 @@ sequence into a short-term and a long-term latent space. Three objectives train 
 * one bootstrap objective per latent space: a predictor maps z_t to a target embedding z_t' of a positive frame
   (short space: t' within 5 frames of t; long space: any frame t' of the same sequence), loss 1 - cos.
 
-Departures from the public code (its likely bugs, notes §2.8), all deliberate:
+Departures from the public code (its likely bugs: docs/multitask_behavior.md, "Public-code bugs we avoid"),
+all deliberate:
   1. the HoA target is the histogram of the bins of frames t+1 .. t+window (the code counts frame t's bin);
   2. the HoA weight of a frame is the fraction of its future window that is valid (the code uses 1 - that,
      and tiles it in the wrong axis order);
@@ -72,7 +73,7 @@ class TCNConfig(Config):
         return receptive_field(self.kernel_size, self.dilations)
 
 
-# the public code's mouse encoders (notes §2.3)
+# the public code's mouse encoders (docs/bams.md, "Two causal dilated TCNs")
 SHORT_TERM = TCNConfig(channels=(64, 64, 32, 32), dilation_base=2)  # RF 61 frames (2 s at 30 Hz)
 LONG_TERM = TCNConfig(channels=(64, 64, 64, 32, 32), dilation_base=4)  # RF 1365 frames (45.5 s at 30 Hz)
 
@@ -210,7 +211,8 @@ class BAMS(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = MultiScaleEncoder(config)
-        # the HoA predictor sees [z_short ; z_long ; x] (notes §2.4); PReLU between layers, none after the last
+        # the HoA predictor sees [z_short ; z_long ; x]; PReLU between layers, none after the last
+        # (docs/multitask_behavior.md, "The action-distribution ("histogram of actions", HoA) head")
         widths = (config.embedding_dim + config.input_dim, *config.hoa_hidden)
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):

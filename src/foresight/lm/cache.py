@@ -3,7 +3,7 @@
 Axis legend: B batch, K kv heads, E head_dim, T new tokens, W sliding window, C capacity (tokens),
 R ring size (= min(W, C)), S key slots one forward attends over.
 
-Design (shared/papers/gemma2.md R2, R10):
+Design (R2, R10 in docs/gemma2.md):
 - The stream length (`length`) is tracked by the cache itself, never read back from a layer buffer
   (HF #38156: reading it from a sliding layer broke positions past W).
 - A sliding layer keeps only the last R <= W keys in a ring: token at stream time t lives in slot

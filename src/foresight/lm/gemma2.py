@@ -1,6 +1,6 @@
 """Gemma 2 (Gemma Team, 2024, arXiv 2408.00118): config, presets and the decoder-only model.
 
-Reference notes with every number used here: shared/papers/gemma2.md.
+Every number used here, with its source: docs/gemma2.md.
 
 Axis legend (used in every shape comment of the LM package):
     B batch           T tokens in this forward call     S key slots attended (cache + new)
@@ -58,7 +58,7 @@ class Gemma2Config:
     head_dim: int = 256  # E: per-head width; NOT hidden_size / num_heads in Gemma 2
     query_pre_attn_scalar: float = 256.0  # scores are scaled by this ** -0.5; read, never derived
     sliding_window: int = 4096  # W: keys a local layer sees, the current token included
-    # Per-layer attention kind, explicit (R4 in the notes: never recomputed from layer_idx % 2).
+    # Per-layer attention kind, explicit (R4 in docs/gemma2.md: never recomputed from layer_idx % 2).
     # None -> alternating (sliding, full), filled in by __post_init__.
     layer_types: tuple[str, ...] | None = None
     max_position_embeddings: int = 8192  # longest sequence (prompt + generated) we accept
@@ -126,7 +126,7 @@ class Gemma2Config:
                 if not 0 <= i < self.vocab_size:
                     raise ValueError(f"{name} {i} is outside the vocabulary [0, {self.vocab_size})")
 
-    # --- presets (shared/papers/gemma2.md §1) -------------------------------------------------
+    # --- presets (docs/gemma2.md, "Sizes") ---------------------------------------------------
 
     @classmethod
     def gemma2_2b(cls) -> Gemma2Config:

@@ -1,6 +1,6 @@
 """Read and write Gemma 2 checkpoints in the Hugging Face layout (config.json + safetensors).
 
-Layout (shared/papers/gemma2.md §4.1):
+Layout (docs/gemma2.md, "Checkpoint layout"):
     config.json                          model_type "gemma2" and the hyperparameters
     model.safetensors                    one file, or
     model.safetensors.index.json         {"weight_map": {tensor name: shard file}} + shards
@@ -375,7 +375,7 @@ def load_pretrained(
     path = Path(path)
     config, ckpt_dtype = load_config(path)
     dtype = dtype or ckpt_dtype or torch.float32
-    if dtype == torch.float16:  # R9 in the notes: the 27B is erratic in fp16
+    if dtype == torch.float16:  # R9 in docs/gemma2.md: the 27B is erratic in fp16
         warnings.warn("Gemma 2 in float16 is numerically fragile (27B erratic); prefer bfloat16", stacklevel=2)
     headers = _read_headers(path, _weight_files(path))
 

@@ -3,7 +3,7 @@
 Axis legend: B batch, T tokens, D hidden, F expert intermediate size, E experts, k experts per token,
 N = B * T flattened tokens, M = k * N token-slots ("assignments").
 
-The math (references in shared/papers/gemini15_moe_long_context.md; the Gemini 1.5 report itself
+The math (references in docs/gemini15_moe.md, "The MoE layer (`SparseMoE`)"; the Gemini 1.5 report itself
 discloses no MoE recipe, so this is the standard Switch / ST-MoE / Mixtral layer):
 
     z = x W_r                  router logits [N, E], W_r without bias, always in fp32 ("selective

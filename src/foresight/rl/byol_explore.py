@@ -2,7 +2,7 @@
 
 An online network θ — encoder ``f_θ``, closed-loop GRU cell ``h^c``, open-loop GRU cell ``h^o``,
 predictor ``g_θ`` — predicts the representation that an EMA target encoder ``f_φ`` gives of future
-observations; the prediction losses are the intrinsic reward (notes: /work/shared/papers/byol_explore.md)::
+observations; the prediction losses are the intrinsic reward (docs/byol_explore.md, "The maths we implement")::
 
     b_t     = h^c(b_{t-1}, f_θ(o_t), a_{t-1})                       closed loop (history)
     b_{t,0} = b_t,   b_{t,k} = h^o(b_{t,k-1}, a_{t+k-1})            open loop, the actions taken
@@ -36,7 +36,8 @@ batch mean and mean square (β = 0.99) give σ, ``r̃ = r/σ``; μ is an EMA (no
 starting at 0) of the batch mean of r̃, updated before use; the bonus is ``max(r̃ − μ, 0)``.
 The agent's reward is ``r_e + λ·r_i`` with one value head.
 
-Choices where the notes give no paper value (all in :class:`BYOLExploreConfig`):
+Choices with no paper value we could read (all in :class:`BYOLExploreConfig`; docs/byol_explore.md,
+"Deviations from the paper"):
 
 - [R] horizon K = 8 and EMA rate α = 0.99 (α [S] from the reference's EMA_PARAMETER; K from our
   recollection of the paper, unverified). [S] lr 1e-3, action embedding 16 (reference's MiniGrid
@@ -134,7 +135,7 @@ def byol_explore_loss(
     the embedding of the observation *after* step s (so ℓ(t, k) compares ``pred[t, k−1]`` with
     ``target[t+k−1]``). ``mask [T, K, B]`` (default: :func:`horizon_mask` without episode ends) is
     combined with the K(t) truncation. Returns the mean loss ``Σ ℓ / (B·T)`` (summed over k, not
-    averaged: the notes' form) and the per-(t, k) table.
+    averaged, as in docs/byol_explore.md, "The maths we implement") and the per-(t, k) table.
     """
     if pred.dim() != 4 or target.dim() != 3 or pred.shape[0] != target.shape[0] or pred.shape[2:] != target.shape[1:]:
         raise ValueError(

@@ -1,11 +1,11 @@
 """Geometric horizon models (GHMs), geometric switching policies, their composition, and GGPI.
 
 Thakoor, Rowland, Borsa, Dabney, Munos & Barreto, "Generalised Policy Improvement with Geometric
-Policy Composition", ICML 2022 (arXiv 2206.08736). Derivations: shared/papers/ghm_ggpi.md.
+Policy Composition", ICML 2022 (arXiv 2206.08736). Derivations: docs/ggpi.md.
 
 Conventions (used everywhere in this module):
 
-- A GHM starts at the *next* state (notes §2):
+- A GHM starts at the *next* state (docs/ggpi.md, "Definitions"):
   ``m^π_γ(s⁺ | s, a) = (1 − γ) Σ_{t≥0} γ^t Pr(S_{t+1} = s⁺ | S_0 = s, A_0 = a, π)``.
   Tabular: ``M_π = (1 − γ) P_π (I − γ P_π)⁻¹`` (state version), rows sum to 1.
 - Rewards are paid on arrival, ``r(s⁺)``, so ``Q(s, a) = (1 − γ)⁻¹ Σ_{s⁺} m(s⁺|s, a) r(s⁺)``. This equals
@@ -15,7 +15,7 @@ Conventions (used everywhere in this module):
   *continues* with probability ``α_i`` and otherwise switches to ``π_{k_{i+1}}``; the last policy is
   followed forever. It is composed from GHMs at discounts ``β_i = γ α_i`` (``β_L = γ``). The composition
   functions take ``betas`` directly, so the continue-vs-switch convention cannot be confused (the
-  paper's α may be the switch probability: notes §3.3).
+  paper's α may be the switch probability: docs/ggpi.md, "Geometric switching policies and their composition").
 
 Axis legend: A actions, S states (S⁺ predicted states), B batch, H model heads (one per (policy,
 discount) pair), K mixture components, D continuous state dimension, N switching policies, L length
@@ -74,7 +74,7 @@ def state_ghm(T: Tensor, gamma: float) -> Tensor:
 
 
 def ghm(mdp: FiniteMDP, pi: Tensor, gamma: float) -> Tensor:
-    """Exact state-action GHM ``m^π_γ`` - [S, A, S⁺], from the Bellman equation (notes §2):
+    """Exact state-action GHM ``m^π_γ`` - [S, A, S⁺], from the Bellman equation (docs/ggpi.md, "Definitions"):
 
     ``m(·|s, a) = Σ_{s'} P(s'|s, a) [(1 − γ) e_{s'} + γ M_π(s', ·)]`` with ``M_π`` the state GHM.
     ``gamma`` is the model's own discount (it need not be ``mdp.gamma``).
@@ -105,7 +105,7 @@ def sample_geometric_horizon(gamma: float, n: int, generator: torch.Generator | 
 def sample_ghm(
     mdp: FiniteMDP, pi: Tensor, gamma: float, s: int, a: int, n: int, generator: torch.Generator | None = None
 ) -> Tensor:
-    """``n`` draws ``s⁺ ~ m^π_γ(·|s, a)`` by rolling out ``H ~ Geometric(1 − γ)`` steps (notes §2).
+    """``n`` draws ``s⁺ ~ m^π_γ(·|s, a)`` by rolling out ``H ~ Geometric(1 − γ)`` steps (docs/ggpi.md, "Definitions").
 
     Independent of :func:`ghm` (no linear algebra), so tests can check the closed form against it.
     """
@@ -172,7 +172,8 @@ class SwitchingPolicy:
 
 
 def composition_weights(betas: Sequence[float], gamma: float) -> tuple[Tensor, Tensor]:
-    """``w_i = (1 − γ)/(1 − β_i)`` and ``c_i = (γ − β_i)/(1 − β_i)`` - each [L] (notes §3.2).
+    """``w_i = (1 − γ)/(1 − β_i)`` and ``c_i = (γ − β_i)/(1 − β_i)`` - each [L]
+    (docs/ggpi.md, "Geometric switching policies and their composition").
 
     ``w_i + c_i = 1``; the term of the expansion that ends in ``m_k`` has weight ``c_1 ⋯ c_{k−1} w_k``.
     """
@@ -197,7 +198,8 @@ def _check_chain(ghms: Sequence[Tensor], policies: Sequence[Tensor], betas: Sequ
 
 
 def compose_ghms(ghms: Sequence[Tensor], policies: Sequence[Tensor], betas: Sequence[float], gamma: float) -> Tensor:
-    """The occupancy ``μ_ν`` [S, A, S⁺] of a switching policy, by composing its base GHMs (notes §3.2).
+    """The occupancy ``μ_ν`` [S, A, S⁺] of a switching policy, by composing its base GHMs
+    (docs/ggpi.md, "Geometric switching policies and their composition").
 
     ``μ_ν = w_1 m_1 + c_1 m_1 ∘ [w_2 m_2 + c_2 m_2 ∘ [… m_L]]``, where ``m_i = ghms[i]`` [S, A, S⁺] is
     the GHM of ``policies[i]`` [S, A] at discount ``betas[i]``, and ``m ∘ X`` draws s' ~ m, then
@@ -305,7 +307,8 @@ def is_suffix_closed(policies: Sequence[SwitchingPolicy]) -> bool:
 
 def required_models(policies: Sequence[SwitchingPolicy], gamma: float) -> list[tuple[int, float]]:
     """The (base policy, discount) pairs whose GHMs the set needs, sorted. For one continue probability
-    α these are the "two horizons" γα and γ of each base policy (notes §3.3)."""
+    α these are the "two horizons" γα and γ of each base policy
+    (docs/ggpi.md, "Geometric switching policies and their composition")."""
     keys = {(k, round(b, 12)) for nu in policies for k, b in zip(nu.sequence, nu.betas(gamma))}
     return sorted(keys)
 
@@ -366,7 +369,7 @@ ggpi_policy = gpi_policy
 
 
 def ghm_td_target(m_next: Tensor, s_next: Tensor, gamma: float | Tensor) -> Tensor:
-    """The categorical TD target ``(1 − γ) e_{s'} + γ m̄(·|s', a')`` - [B, S⁺] (notes §2).
+    """The categorical TD target ``(1 − γ) e_{s'} + γ m̄(·|s', a')`` - [B, S⁺] (docs/ggpi.md, "Definitions").
 
     ``m_next`` [B, S⁺] is the (target) model at (s', a') - already averaged over a' ~ π(·|s') when the
     expected target is wanted; ``s_next`` [B] long; ``gamma`` a float or [B] tensor. No gradient flows
@@ -757,8 +760,8 @@ def switching_q_monte_carlo(
     expected_reward: Callable[[MixtureParams], Tensor] | None = None,
 ) -> Tensor:
     """Monte-Carlo ``Q̂^ν(s, a)`` [N, B, A] for every ν in ``policies`` and every action, from a learned
-    density GHM (notes §3.3): ``Q̂ = (1 − γ)⁻¹ Σ_k c_1 ⋯ c_{k−1} w_k r(S_k⁺)``, with S_1⁺ ~ m_1(·|s, a)
-    and S_k⁺ ~ m_k(·|S_{k−1}⁺, π_k(S_{k−1}⁺)) - unbiased for the composed occupancy.
+    density GHM (docs/ggpi.md, "Monte-Carlo composition"): ``Q̂ = (1 − γ)⁻¹ Σ_k c_1 ⋯ c_{k−1} w_k r(S_k⁺)``,
+    with S_1⁺ ~ m_1(·|s, a) and S_k⁺ ~ m_k(·|S_{k−1}⁺, π_k(S_{k−1}⁺)) - unbiased for the composed occupancy.
 
     ``head_of[(k, β)]`` is the head of base policy k at discount β; ``base_policy(k, x [M, D])`` returns
     that policy's (deterministic) actions [M]. Each first stage draws ``n`` samples per (s, a); later

@@ -2,8 +2,8 @@
 
 Paper: "Representations and Exploration for Deep Reinforcement Learning using Singular Value
 Decomposition", Chandak, Thakoor, Guo, Tang, Munos, Dabney, Borsa. ICML 2023 / arXiv 2305.00654.
-Derivations: shared/papers/svd_representations.md §3-§5 (the loss below is its §3 family; the
-paper's exact weighting could not be checked against the PDF).
+Derivations: docs/svd_representations.md ("The loss and its identity", "Pseudo-counts", "Partial
+observability"; the paper's exact weighting could not be checked against the PDF).
 
 Axis legend: B batch, M reference batch, k rank, S states (S' next states), T time, O observation
 features, A actions, L future length.
@@ -20,7 +20,7 @@ with the second term over *independent* draws x̃ ~ μ (the buffer's states, μ 
 
 so its minimiser is the best rank-k approximation of A (Eckart-Young), found from samples alone.
 
-Pseudo-counts (the notes' §4 caveat, resolved here by derivation, not from the paper's PDF): with
+Pseudo-counts (docs/svd_representations.md, "Pseudo-counts"; resolved by derivation, not from the paper's PDF): with
 μ = d the per-state minimiser ``f(x) = G_ρ⁻¹ E[g(y) | x]`` does not depend on d(x), so the "rare
 states get larger norms" reading is not a theorem. Two gauge-free estimators that do carry counts:
 
@@ -88,7 +88,8 @@ def svd_loss(f_x: Tensor, g_y: Tensor, *, f_ref: Tensor | None = None, g_ref: Te
 
     When both references are ``None`` the second term averages over the off-diagonal pairs b ≠ c
     only: ``f(x_b)`` and ``g(y_b)`` come from one transition and are dependent, and keeping the
-    diagonal would add an O(1/B) bias (notes §3). Pairs with an independent reference are all used.
+    diagonal would add an O(1/B) bias (docs/svd_representations.md, "The mini-batch estimator"). Pairs
+    with an independent reference are all used.
     """
     _check_features("f_x", f_x)
     k = f_x.shape[1]
@@ -311,7 +312,8 @@ def density_ratio(f_x: Tensor, g_mean: Tensor) -> Tensor:
 
     Gauge-free: under (F M, G M^-T) it is unchanged. At the optimum it is
     ``Σ_y (F Gᵀ)[x, y] √ρ(y) / √μ(x)``, the marginal of the rank-k approximation of the joint.
-    With μ = d it is ≈ 1 for every state and carries no count information (notes §4).
+    With μ = d it is ≈ 1 for every state and carries no count information (docs/svd_representations.md,
+    "Pseudo-counts").
     """
     _check_features("f_x", f_x)
     if g_mean.shape != (f_x.shape[1],):
@@ -329,7 +331,8 @@ def pseudo_counts(f_x: Tensor, g_mean: Tensor, total: float, mu_x: Tensor | floa
 
 
 def norm_counts(f_x: Tensor) -> Tensor:
-    """The notes' "shortcut" candidate ``1/‖f(x)‖²`` - [B] (reported for comparison; gauge-dependent)."""
+    """The "shortcut" candidate ``1/‖f(x)‖²`` - [B] (docs/svd_representations.md, "Pseudo-counts"; reported for
+    comparison; gauge-dependent)."""
     return 1.0 / f_x.pow(2).sum(-1).clamp_min(1e-12)
 
 
@@ -507,7 +510,8 @@ class SVDExplorer(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# partial observability: history encoder against a short future ("tests", notes §5)
+# partial observability: history encoder against a short future ("tests"; docs/svd_representations.md,
+# "Partial observability")
 # ------------------------------------------------------------------------------------------------
 def future_windows(obs: Tensor, actions: Tensor, length: int) -> Tensor:
     """The "test" after each step: ``(a_t, o_{t+1}, ..., a_{t+L-1}, o_{t+L})`` flattened.
@@ -653,7 +657,7 @@ def train_svd_representation(
 
 
 def history_svd_loss(f_h: Tensor, g_t: Tensor) -> SVDLoss:
-    """:func:`svd_loss` between histories and their futures (notes §5).
+    """:func:`svd_loss` between histories and their futures (docs/svd_representations.md, "Partial observability").
 
     ``f_h [B, T, k]``: f of the histories ending at o_0 … o_{T-1}; ``g_t [B, W, k]``, ``W <= T``: g of the
     tests that follow the first W of them (:func:`future_windows`). Histories without a full future are
