@@ -180,3 +180,14 @@ def test_prepare_text_data_caches_and_rebuilds_on_new_tokenizer(tmp_path, tokeni
     third = prepare_text_data(corpus, out, seq_len=16, tokenizer_path=tok_path)
     assert third.vocab_size == 300 and third.tokenizer_sha256 == tokenizer_sha256(tok_path)
     assert TokenFile.open(out / "tokens.bin").meta["tokenizer_sha256"] == third.tokenizer_sha256
+
+
+def test_tinyshakespeare_resolves_in_a_fresh_process():
+    """The spec lives in foresight.core.datasets; text_data must register it before it resolves."""
+    import subprocess
+    import sys
+
+    code = "from foresight.lm.text_data import pick_corpus; print(pick_corpus('auto')[0])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("tinyshakespeare", "builtin")

@@ -39,7 +39,6 @@ from typing import ClassVar
 import numpy as np
 
 from foresight.core.config import Config, check_scale
-from foresight.core.data import DataNotFoundError
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
 from foresight.core.run import Run
@@ -233,19 +232,9 @@ class _Data:
 
 def _load_data(cfg: Gemini15MoEConfig, run: Run) -> _Data:
     from foresight.lm.niah import CharVocab, NeedleTrainingData
-    from foresight.lm.text_data import PackedSequences, load_corpus
+    from foresight.lm.text_data import PackedSequences, load_corpus, pick_corpus
 
-    corpus, note = cfg.corpus, ""
-    if corpus == "auto":
-        from foresight.core.data import resolve
-        from foresight.core.datasets import TINYSHAKESPEARE
-
-        try:
-            resolve(TINYSHAKESPEARE.name, ["input.txt"], data_dir=run.data_dir)
-            corpus = "tinyshakespeare"
-        except DataNotFoundError:
-            corpus = "builtin"
-            note = "tinyshakespeare was not available, so the built-in stdlib docstrings were used. "
+    corpus, note = pick_corpus(cfg.corpus, run.data_dir)
     text = "\n".join(load_corpus(corpus, run.data_dir))
     vocab = CharVocab.for_corpus(text)
     cut = int(round(len(text) * (1.0 - cfg.val_fraction)))

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from foresight.core.config import Config, check_scale
-from foresight.core.data import DataNotFoundError
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_lines
 from foresight.core.run import Run, seed_everything
@@ -163,19 +162,9 @@ def _train_config(cfg: Gemma2DistillationConfig, tokens: int, lr: float, seed: i
 
 
 def _load_data(cfg: Gemma2DistillationConfig, run: Run):
-    from foresight.lm.text_data import PackedSequences, prepare_text_data
+    from foresight.lm.text_data import PackedSequences, pick_corpus, prepare_text_data
 
-    corpus, note = cfg.corpus, ""
-    if corpus == "auto":
-        from foresight.core.data import resolve
-        from foresight.core.datasets import TINYSHAKESPEARE
-
-        try:
-            resolve(TINYSHAKESPEARE.name, ["input.txt"], data_dir=run.data_dir)
-            corpus = "tinyshakespeare"
-        except DataNotFoundError:
-            corpus = "builtin"
-            note = "tinyshakespeare was not available, so the built-in stdlib docstrings were used. "
+    corpus, note = pick_corpus(cfg.corpus, run.data_dir)
     data = prepare_text_data(
         corpus,
         run.dir / "data",

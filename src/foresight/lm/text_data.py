@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from foresight.core.checkpoint import atomic_write_bytes, atomic_write_text
-from foresight.core.data import resolve
+from foresight.core.data import DataNotFoundError, resolve
+from foresight.core.datasets import TINYSHAKESPEARE
 
 # Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3), so Gemma2Config's defaults fit our tokenizers.
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
@@ -130,11 +131,23 @@ def _read_folder(folder: Path) -> list[str]:
     return docs
 
 
+def pick_corpus(corpus: str, data_dir: str | os.PathLike | None = None) -> tuple[str, str]:
+    """``(corpus, note)``: ``"auto"`` means tinyshakespeare where it resolves, else the built-in stdlib
+    docstrings (offline and without the shared data), with a note saying so for the report."""
+    if corpus != "auto":
+        return corpus, ""
+    try:
+        resolve(TINYSHAKESPEARE.name, ["input.txt"], data_dir=data_dir)
+        return "tinyshakespeare", ""
+    except DataNotFoundError:
+        return "builtin", "tinyshakespeare was not available, so the built-in stdlib docstrings were used. "
+
+
 def load_corpus(corpus: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> list[str]:
     """The documents of ``corpus``: "tinyshakespeare", "builtin", a text file or a folder of them."""
     name = str(corpus)
     if name == "tinyshakespeare":
-        folder = resolve("tinyshakespeare", ["input.txt"], data_dir=data_dir)
+        folder = resolve(TINYSHAKESPEARE.name, ["input.txt"], data_dir=data_dir)
         return [(folder / "input.txt").read_text(encoding="utf-8")]
     if name == "builtin":
         return builtin_corpus()
