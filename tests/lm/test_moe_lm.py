@@ -85,7 +85,7 @@ def test_causal_future_tokens_do_not_change_past_logits(moe, batch):
     # Dropless routing is per token, so causal for any batch. Capacity routing is causal only for one row
     # and top-1: tokens compete for capacity in flat (row-major) order, so row 0's future tokens can
     # displace row 1's past ones, and with k > 1 a later token's first choice outranks an earlier
-    # token's second choice (the known leak of capacity-based routing; notes §5).
+    # token's second choice (the known leak of capacity-based routing; docs/gemini15_moe.md, "Routing").
     model = _randomise(MoELM(MoELMConfig(base=Gemma2Config.tiny(), moe=MoEConfig(**{"top_k": 2, **moe}))))
     ids = torch.randint(0, 256, (batch, 12))
     other = ids.clone()

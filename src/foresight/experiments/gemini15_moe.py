@@ -2,7 +2,7 @@
 
 Gemini 1.5 Pro is "a sparse mixture-of-expert (MoE) Transformer-based model" that needs "significantly
 less training compute" than Gemini 1.0 Ultra, with "near-perfect retrieval (>99%)" of a needle in a
-haystack up to millions of tokens (notes: shared/papers/gemini15_moe_long_context.md §1, §7). The report
+haystack up to millions of tokens (docs/gemini15_moe.md). The report
 does not disclose its MoE recipe, so the Switch Transformer's comparison stands in for the compute claim.
 Claims checked at toy scale, char-level on tinyshakespeare:
 

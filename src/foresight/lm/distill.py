@@ -1,7 +1,7 @@
 """Knowledge distillation for Gemma 2 students: pure loss functions, a sparse top-k teacher cache, teachers.
 
 Gemma 2 trains its 2B and 9B models "with knowledge distillation (Hinton et al., 2015) instead of next
-token prediction" (shared/papers/gemma2.md §5): the one-hot target at every position is replaced by the
+token prediction" (docs/gemma2.md, "Distillation"): the one-hot target at every position is replaced by the
 teacher's next-token distribution. Per position t, with teacher logits z_t and student logits s_t
 (both taken AFTER the final soft-cap, as every reference does) and temperature τ::
 
@@ -13,7 +13,7 @@ teacher's next-token distribution. Per position t, with teacher logits z_t and s
 τ² convention (Hinton et al. 2015, §2): the KL term is multiplied by τ², so its gradient w.r.t. the
 student logits, τ · (q_t − p_t), keeps the same scale as τ changes, and α mixes two terms of comparable
 size. At τ = 1 the factor is 1 and ``kd`` is the plain KL, which differs from the soft-target
-cross-entropy −Σ p log q of the notes by the teacher entropy, a constant with zero gradient. α = 1 is
+cross-entropy −Σ p log q of the paper (docs/gemma2.md) by the teacher entropy, a constant with zero gradient. α = 1 is
 Gemma 2's "instead of next token prediction"; α = 0 is plain next-token prediction.
 
 Sparse teacher (top-k cache): storing V logits per token is too much, so the cache keeps the k largest

@@ -1,7 +1,7 @@
 """A sparse mixture-of-experts language model: the Gemma 2 decoder with routed expert FFNs.
 
 Gemini 1.5 Pro "is a sparse mixture-of-expert (MoE) Transformer-based model" (Gemini Team 2024, arXiv
-2403.05530; notes in shared/papers/gemini15_moe_long_context.md). The report discloses no MoE recipe, so
+2403.05530; docs: docs/gemini15_moe.md). The report discloses no MoE recipe, so
 this module puts the standard layer (`foresight.nn.moe.SparseMoE`: Switch / ST-MoE / Mixtral) into the
 Gemma 2 decoder (`foresight.lm.gemma2`). Only the delta is written here:
 
@@ -235,7 +235,7 @@ class MoELM(Gemma2):
 
 
 def router_stats(out: MoELMOutput) -> dict[str, torch.Tensor]:
-    """Per-step router diagnostics (notes §6.7), detached, for ``LMLoss.extra``: L_aux, L_z, the weighted
+    """Per-step router diagnostics (docs/gemini15_moe.md, "Router diagnostics"), detached, for ``LMLoss.extra``: L_aux, L_z, the weighted
     MoE loss, the smallest and largest per-expert share of token-slots over all MoE blocks, the dropped share."""
     frac = out.expert_fraction  # [L_moe, E]
     return {

@@ -1,6 +1,6 @@
 """Needle in a haystack (NIAH) at character level: probes, a training sampler and a recall-grid evaluator.
 
-Protocol (gkamradt/LLMTest_NeedleInAHaystack, adapted as in shared/papers/gemini15_moe_long_context.md §7.4):
+Protocol (gkamradt/LLMTest_NeedleInAHaystack, adapted as in docs/gemini15_moe.md, "Needle in a haystack"):
 
     probe of context length L (characters = tokens) =
         haystack[: cut] + NEEDLE + haystack[cut :]  +  QUESTION  +  ANSWER
