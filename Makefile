@@ -11,7 +11,7 @@ export FORESIGHT_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND := Agg
 
-.PHONY: setup test lint reproduce bench clean
+.PHONY: setup test test-slow lint reproduce bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,10 +27,14 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+# Tests over 20 s on a cold machine (torch.compile's first C++ kernels); CI runs them after `make test`.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 reproduce: setup
-	$(BIN)/foresight reproduce --scale quick
+	$(BIN)/foresight reproduce --scale quick --out runs/reproduce-quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

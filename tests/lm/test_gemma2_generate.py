@@ -33,6 +33,7 @@ PADDED_MASK = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
 PAST_WINDOW = SMALL.sliding_window + 3  # new tokens: every row decodes past the window
 
 
+@pytest.mark.slow  # 47 s with a cold inductor cache (its first compile builds ~36 C++ kernels), 6 s warm
 def test_compiled_decode_matches_eager_greedy():
     """The compiled static-cache decoder gives the eager tokens: past the window, batch 1 and a
     left-padded batch of 2."""

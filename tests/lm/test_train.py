@@ -268,7 +268,6 @@ def _losses(out):
     return [(x["step"], x["loss"]) for x in lines if "loss" in x]
 
 
-@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_ends_like_an_uninterrupted_run(corpus, tmp_path):
     steps = 40
     common = ["--steps", str(steps), "--checkpoint-every", "3"]
