@@ -295,3 +295,27 @@ def test_the_lock_names_the_holder_and_is_released(tmp_path):
         fs.claim(out, "x", resume=True)
     lock.release()
     fs.claim(out, "x", resume=True).release()
+
+
+def test_os_errors_are_one_line_naming_the_path(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli.main(["run", "test-loop", "--out", str(blocker / "sub"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Not a directory" in err and str(blocker / "sub") in err
+    if os.geteuid() != 0:  # root ignores permissions
+        locked = tmp_path / "ro"
+        locked.mkdir(mode=0o500)
+        assert cli.main(["run", "test-loop", "--out", str(locked / "r"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Permission denied" in err
+
+
+def test_a_bad_model_size_is_one_line(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world. " * 200)
+    argv = ["train-lm", "--corpus", str(corpus), "--out", str(tmp_path / "lm"), "--model-set", "num_attention_heads=0"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "num_attention_heads" in err and err.startswith("foresight: error: ")
+    assert not (tmp_path / "lm").exists()
