@@ -250,16 +250,14 @@ def _prepare(args: argparse.Namespace, tokenizer_path):
 
 
 def _setup(args: argparse.Namespace, command: str):
-    """Threads, device, process group and the run folder (owned: see foresight.core.fs). Returns (run, device).
+    """Device, process group and the run folder (owned: see foresight.core.fs). Returns (run, device).
 
     A new run needs a missing or empty ``--out``. ``--resume`` continues this command's run there: its
     config may differ only in bookkeeping fields and ``steps`` (a larger ``steps`` extends a finished run).
     """
-    from foresight.core.run import Run, check_threads, select_device
+    from foresight.core.run import Run, select_device
     from foresight.lm.train import RESUME_MAY_CHANGE, TrainConfig, init_distributed
 
-    if args.threads is not None:
-        torch.set_num_threads(check_threads(args.threads))
     device = select_device(args.device)
     rank = 0
     if args.distributed != "none":
@@ -398,11 +396,14 @@ def _train(
 
 def run_train(args: argparse.Namespace) -> int:
     """``foresight train-lm``: next-token pretraining; see :func:`add_train_arguments` for the flags."""
-    run, device = _setup(args, "train-lm")
-    try:
-        _train(args, run, device, _prepare(args, args.tokenizer))
-    finally:
-        run.close()
+    from foresight.core.run import torch_threads
+
+    with torch_threads(args.threads):
+        run, device = _setup(args, "train-lm")
+        try:
+            _train(args, run, device, _prepare(args, args.tokenizer))
+        finally:
+            run.close()
     return 0
 
 
@@ -414,11 +415,14 @@ def run_distill(args: argparse.Namespace) -> int:
 
     if args.topk < 0:
         raise ValueError(f"--topk must be >= 0, got {args.topk}")
-    run, device = _setup(args, "distill")
-    try:
-        _distill(args, run, device)
-    finally:
-        run.close()
+    from foresight.core.run import torch_threads
+
+    with torch_threads(args.threads):
+        run, device = _setup(args, "distill")
+        try:
+            _distill(args, run, device)
+        finally:
+            run.close()
     return 0
 
 
