@@ -110,6 +110,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX (Linux /proc/cpuinfo flags): the CPU multiplies bf16 natively, so bf16
+    weights decode at bf16 speed rather than through a conversion fallback."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
 def _key(weight: torch.Tensor, rows: int) -> str:
     out_features, in_features = weight.shape
     dtype = str(weight.dtype).removeprefix("torch.")
@@ -266,6 +278,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 __all__ = [
     "RowProductLinear",
     "cache_file",
+    "cpu_has_native_bf16",
     "disable_row_products",
     "enable_row_products",
     "row_product_linear",

@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from foresight.core.checkpoint import atomic_write_bytes
+from foresight.lm.cpu_decode import cpu_has_native_bf16
 from foresight.lm.gemma2 import Gemma2, Gemma2Config
 
 CONFIG_NAME = "config.json"
@@ -365,19 +366,73 @@ class _open_safetensors:
         return self.handle.__exit__(*exc)
 
 
+# ---------------------------------------------------------------------------------------------
+# Dtypes
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype from its name ("float32", "bfloat16", "float16"); None or "auto" -> None (decide later)."""
+    if name is None or name == "auto":
+        return None
+    if isinstance(name, torch.dtype) and name in _DTYPES.values():
+        return name
+    if isinstance(name, str) and name in _DTYPES:
+        return _DTYPES[name]
+    raise ValueError(f"unsupported dtype {name!r}; expected auto or one of {list(_DTYPES)}")
+
+
+def checkpoint_dtype(path: str | os.PathLike) -> torch.dtype:
+    """The dtype a checkpoint is stored in: config.json's `dtype`/`torch_dtype`, else that of its
+    embedding tensor (read from the safetensors header; what transformers' dtype="auto" falls back
+    to), else float32."""
+    path = Path(path)
+    _, dtype = load_config(path)
+    return dtype or _stored_dtype(_read_headers(path, _weight_files(path)))
+
+
+def _stored_dtype(headers: dict[str, tuple[str, str, tuple]]) -> torch.dtype:
+    # The embedding is the biggest tensor, so its dtype is the one that sets the bytes read.
+    stored = headers.get("model.embed_tokens.weight", (None, "F32", None))[1]
+    return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(stored, torch.float32)
+
+
+def auto_dtype(stored: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype to run a checkpoint stored in `stored` on `device` (what `--dtype auto` picks).
+
+    CUDA: bfloat16 where the GPU has it (half the bytes of fp32; fp16 is fragile for Gemma 2, R9).
+    CPU: bfloat16 only if the checkpoint already is bf16 and the CPU multiplies bf16 natively
+    (AVX512-BF16 / AMX): decoding is bound by the bytes of weights read per token, and bf16 halves
+    them. Otherwise float32: without native bf16, PyTorch's bf16 products take a conversion
+    fallback that is not reliably faster than fp32, and an fp32 checkpoint is never rounded down.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu" and stored == torch.bfloat16 and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
 def load_pretrained(
     path: str | os.PathLike,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: torch.device | str = "cpu",
     attn_backend: str = "eager",
 ) -> Gemma2:
-    """Build a `Gemma2` from an HF-layout directory. dtype None = the checkpoint's (else float32)."""
+    """Build a `Gemma2` from an HF-layout directory.
+
+    dtype None or "auto" keeps the checkpoint's dtype (`checkpoint_dtype`: config.json's, else the
+    stored tensors'), as transformers' dtype="auto" does: a bf16 checkpoint is not upcast to fp32.
+    A dtype or its name converts on load. `auto_dtype` is the device-aware choice of the CLI.
+    """
     path = Path(path)
     config, ckpt_dtype = load_config(path)
-    dtype = dtype or ckpt_dtype or torch.float32
+    dtype = parse_dtype(dtype)
+    headers = _read_headers(path, _weight_files(path))
+    dtype = dtype or ckpt_dtype or _stored_dtype(headers)
     if dtype == torch.float16:  # R9 in docs/gemma2.md: the 27B is erratic in fp16
         warnings.warn("Gemma 2 in float16 is numerically fragile (27B erratic); prefer bfloat16", stacklevel=2)
-    headers = _read_headers(path, _weight_files(path))
 
     # Shapes only (the meta device holds no data): the expected shape of every parameter.
     with torch.device("meta"):
@@ -516,12 +571,15 @@ __all__ = [
     "CONFIG_NAME",
     "INDEX_NAME",
     "WEIGHTS_NAME",
+    "auto_dtype",
     "check_tokenizer_compatible",
+    "checkpoint_dtype",
     "config_from_hf_dict",
     "config_to_hf_dict",
     "hf_key_map",
     "hf_state_dict",
     "load_config",
     "load_pretrained",
+    "parse_dtype",
     "save_pretrained",
 ]
