@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from foresight.core.run import select_device
 from foresight.lm.cpu_decode import disable_row_products, enable_row_products
-from foresight.lm.hf_io import check_tokenizer_compatible, load_pretrained
+from foresight.lm.hf_io import auto_dtype, check_tokenizer_compatible, checkpoint_dtype, load_pretrained, parse_dtype
 from foresight.lm.tokenizer import Gemma2Tokenizer
 
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": None}
@@ -256,12 +257,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.add_argument("--chat", action="store_true", help="interactive chat on stdin (one line per turn)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     parser.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: float32 on CPU (bf16 matmuls are slow there), bfloat16 on CUDA",
+        help="auto: bfloat16 on CUDA; on CPU bfloat16 for a bf16 checkpoint if the CPU has native bf16, else float32",
     )
     parser.add_argument(
         "--compile",
@@ -277,14 +278,16 @@ def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     if args.prompt is None and not args.chat:
         print("error: --prompt is required unless --chat is given", file=sys.stderr)
         return 2
-    device = torch.device(args.device)
-    if args.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, args.dtype)
+    try:  # a one-line error, not the traceback of the first tensor moved to a missing GPU
+        device = select_device(args.device)
+        dtype = parse_dtype(args.dtype)  # None: auto
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if dtype == torch.float16:
         print("warning: Gemma 2 is unstable in float16 (27B erratic); prefer bfloat16", file=sys.stderr)
     try:
+        dtype = dtype or auto_dtype(checkpoint_dtype(args.model), device)
         model = load_pretrained(args.model, dtype=dtype, device=device)
         tokenizer = Gemma2Tokenizer.from_pretrained(args.model)
         check_tokenizer_compatible(tokenizer, model.config)
