@@ -33,6 +33,7 @@ _LM_COMMANDS = {
     "generate": "generate text with a Gemma 2 checkpoint (HF layout)",
     "train-lm": "pretrain a Gemma 2 LM by next-token prediction (resumable; torchrun)",
     "distill": "train a student LM by distillation from a Gemma 2 teacher",
+    "serve": "serve a Gemma 2 checkpoint over an OpenAI-compatible HTTP API (FastAPI + uvicorn)",
 }
 
 
@@ -315,6 +316,12 @@ def _add_lm_command(name: str, sp: argparse.ArgumentParser) -> None:
         lm_generate = importlib.import_module("foresight.lm.generate")
         lm_generate.add_generate_arguments(sp)
         sp.set_defaults(fn=lm_generate.run_generate)
+        return
+    if name == "serve":
+        from foresight.lm import serve
+
+        serve.add_serve_arguments(sp)
+        sp.set_defaults(fn=serve.run_serve)
         return
     from foresight.lm import train_cli
 
