@@ -617,7 +617,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: float32 on CPU, bfloat16 on CUDA",
+        help="auto: bfloat16 on CUDA; on CPU bfloat16 for a bf16 checkpoint if the CPU has native bf16, else float32",
     )
     parser.add_argument("--max-batch-size", type=int, default=32, help="rows one decode step may carry")
     return parser
@@ -625,17 +625,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def load_engine(model_dir, device: str | None = None, dtype: str = "auto", max_batch_size: int = 32) -> Engine:
     """Model + tokenizer from an HF-layout folder, in an Engine (not started)."""
-    import torch
-
     from foresight.core.run import select_device
-    from foresight.lm.hf_io import check_tokenizer_compatible, load_pretrained
+    from foresight.lm.hf_io import (
+        auto_dtype,
+        check_tokenizer_compatible,
+        checkpoint_dtype,
+        load_pretrained,
+        parse_dtype,
+    )
     from foresight.lm.tokenizer import Gemma2Tokenizer
 
     device = select_device(device)
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
+    torch_dtype = parse_dtype(dtype) or auto_dtype(checkpoint_dtype(model_dir), device)  # as `foresight generate`
     model = load_pretrained(model_dir, dtype=torch_dtype, device=device)
     tokenizer = Gemma2Tokenizer.from_pretrained(model_dir)
     check_tokenizer_compatible(tokenizer, model.config)
