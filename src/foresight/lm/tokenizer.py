@@ -2,26 +2,47 @@
 
 Both files describe the same 256000-token SentencePiece BPE vocabulary in Gemma checkpoints; the
 JSON one is preferred because `tokenizers` needs no extra dependency. Special tokens (Gemma 2 ids):
-<pad> 0, <eos> 1, <bos> 2, <start_of_turn> 106, <end_of_turn> 107. Ids are looked up by token
-string, never assumed, so tiny test vocabularies work the same way.
+<pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4, <start_of_turn> 106, <end_of_turn> 107. Ids are looked
+up by token string, never assumed, so tiny test vocabularies and the BPE tokenizers `foresight train-lm`
+trains work the same way.
 
-Chat format (HF chat template of the instruction-tuned checkpoints):
+Parity with `transformers.AutoTokenizer` on the real Gemma 2 tokenizer.json (tests/lm/test_tokenizer_parity.py):
+`encode` adds <bos> as HF does by default; `decode(skip_special_tokens=True)` drops the same ids as HF
+(the special tokens of tokenizer.json plus the named ones: bos, eos, pad, unk, mask); `encode_batch`
+pads like `tokenizer(texts, padding=True, return_tensors="pt")`.
+
+Chat format: GEMMA_CHAT_TEMPLATE below is the instruction-tuned checkpoints' Jinja template. We
+implement its logic in plain Python (no jinja2 dependency), checked against transformers rendering
+that template, including its errors: a leading system message raises "System role not supported",
+and message i must be a user turn exactly when i is even.
     <bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model\\n{reply}<end_of_turn>\\n ...
-Gemma 2 has no system role: the template rejects it, and so do we.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
 
+# The Gemma (1 and 2) instruction-tuned chat template, byte for byte as in the checkpoints'
+# tokenizer_config.json (and chat_template.jinja of the gemma2-tokenizer dataset).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
+)
+DATASET = "gemma2-tokenizer"  # the real tokenizer's files, registered in foresight.core.datasets
+
 
 class Gemma2Tokenizer:
-    """Encode/decode text and format chats. Build with `from_pretrained(dir)` or `from_file(file)`."""
+    """Encode/decode text and format chats. Build with `from_pretrained(dir)`, `from_file(file)` or `from_dataset()`."""
 
     def __init__(
         self,
@@ -30,25 +51,36 @@ class Gemma2Tokenizer:
         bos_token: str = "<bos>",
         eos_token: str = "<eos>",
         pad_token: str = "<pad>",
+        unk_token: str = "<unk>",
+        mask_token: str = "<mask>",
+        special_tokens: Iterable[str] = (),
+        chat_template: str | None = None,
     ):
+        """`special_tokens`: further strings a tokenizer_config names special; `chat_template`: the
+        template that came with the tokenizer (None: none did, Gemma 2's is assumed)."""
         self._backend = backend
         self._is_spm = type(backend).__module__.startswith("sentencepiece")
+        self.bos_token = bos_token
         self.bos_id = self.token_to_id(bos_token)
         self.eos_id = self.token_to_id(eos_token)
         self.pad_id = self.token_to_id(pad_token)
         self.start_of_turn_id = self.token_to_id(START_OF_TURN)
         self.end_of_turn_id = self.token_to_id(END_OF_TURN)
-        self.special_ids = frozenset(
-            i
-            for i in (self.bos_id, self.eos_id, self.pad_id, self.start_of_turn_id, self.end_of_turn_id)
-            if i is not None
-        )
+        self.chat_template = chat_template
+        named = (bos_token, eos_token, pad_token, unk_token, mask_token, START_OF_TURN, END_OF_TURN, *special_tokens)
+        ids = {self.token_to_id(t) for t in named}
+        if not self._is_spm:  # tokens tokenizer.json marks special, which HF's decode skips too
+            ids |= {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        self.special_ids = frozenset(i for i in ids if i is not None)
 
     # --- construction --------------------------------------------------------------------------
 
     @classmethod
     def from_file(cls, file: str | os.PathLike, **special_tokens) -> Gemma2Tokenizer:
+        """Load tokenizer.json or tokenizer.model (a folder goes through `from_pretrained`)."""
         file = Path(file)
+        if file.is_dir():
+            return cls.from_pretrained(file)
         if not file.is_file():
             raise FileNotFoundError(f"tokenizer file {file} does not exist")
         if file.suffix == ".json":
@@ -74,14 +106,24 @@ class Gemma2Tokenizer:
     def from_pretrained(cls, path: str | os.PathLike) -> Gemma2Tokenizer:
         """Load from a checkpoint directory: tokenizer.json, else tokenizer.model.
 
-        Special token strings come from tokenizer_config.json / special_tokens_map.json when present.
+        Special token strings and the chat template come from tokenizer_config.json /
+        special_tokens_map.json / chat_template.jinja when present (as transformers reads them).
         """
         path = Path(path)
-        special = _special_tokens(path)
+        kwargs = _tokenizer_config(path)
         for name in ("tokenizer.json", "tokenizer.model"):
             if (path / name).is_file():
-                return cls.from_file(path / name, **special)
+                return cls.from_file(path / name, **kwargs)
         raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {path}")
+
+    @classmethod
+    def from_dataset(cls, data_dir: str | os.PathLike | None = None) -> Gemma2Tokenizer:
+        """The real Gemma 2 tokenizer, resolved like every dataset (--data-dir, $FORESIGHT_DATA, user cache,
+        then a pinned download); offline, a DataNotFoundError says which files to put where."""
+        import foresight.core.datasets  # noqa: F401  (registers the dataset)
+        from foresight.core.data import resolve
+
+        return cls.from_pretrained(resolve(DATASET, data_dir=data_dir))
 
     # --- vocabulary ----------------------------------------------------------------------------
 
@@ -109,11 +151,40 @@ class Gemma2Tokenizer:
             ids = list(self._backend.EncodeAsIds(text))
         else:
             ids = self._backend.encode(text, add_special_tokens=False).ids
-        if add_bos:
-            if self.bos_id is None:
-                raise ValueError("add_bos=True but the tokenizer has no <bos> token")
-            ids = [self.bos_id, *ids]
-        return ids
+        return self._with_bos(ids) if add_bos else ids
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        if self.bos_id is None:
+            raise ValueError("add_bos=True but the tokenizer has no <bos> token")
+        return [self.bos_id, *ids]
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = True, padding_side: str = "left") -> dict:
+        """{"input_ids", "attention_mask"}: [B, T] int64 tensors, each row padded with <pad> to the longest.
+
+        Left padding (the default, as HF's Gemma tokenizer) keeps every prompt's last token in the last
+        column, which is what batched generation wants; the mask is 1 on real tokens, 0 on padding.
+        """
+        import torch
+
+        if isinstance(texts, str) or not texts:
+            raise ValueError(f"encode_batch takes a non-empty list of strings, got {texts!r:.80}")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if self.pad_id is None:
+            raise ValueError("the tokenizer has no <pad> token, so it cannot pad a batch")
+        if self._is_spm:
+            rows = [self.encode(t, add_bos) for t in texts]
+        else:
+            rows = [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+            rows = [self._with_bos(r) for r in rows] if add_bos else rows
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for b, r in enumerate(rows):
+            cols = slice(T - len(r), T) if padding_side == "left" else slice(0, len(r))
+            ids[b, cols] = torch.tensor(r, dtype=torch.long)
+            mask[b, cols] = 1
+        return {"input_ids": ids, "attention_mask": mask}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         ids = [int(i) for i in ids]
@@ -133,26 +204,51 @@ class Gemma2Tokenizer:
         parts.append(self._backend.DecodeIds(run))
         return "".join(parts)
 
+    def decode_batch(self, rows, skip_special_tokens: bool = True) -> list[str]:
+        """`decode` of each row of a [B, T] tensor or list of id lists (padding is a special token)."""
+        return [self.decode(r, skip_special_tokens) for r in (rows.tolist() if hasattr(rows, "tolist") else rows)]
+
     # --- chat ----------------------------------------------------------------------------------
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Gemma chat text (without <bos>) for messages [{"role": "user"|"assistant"|"model", "content": str}]."""
-        parts = []
+    def apply_chat_template(
+        self, messages: Sequence[Mapping], add_generation_prompt: bool = True, *, add_bos: bool = False
+    ) -> str:
+        """Gemma chat text for messages [{"role": "user"|"assistant"|..., "content": str}].
+
+        The text of GEMMA_CHAT_TEMPLATE without its leading <bos> (which `encode` adds as an id), or
+        with it when `add_bos`: then it equals transformers' `apply_chat_template(..., tokenize=False)`.
+        """
+        if self.chat_template is not None and "".join(self.chat_template.split()) != _SQUASHED_TEMPLATE:
+            raise ValueError(
+                "this tokenizer came with a chat template that is not Gemma 2's; foresight renders only "
+                "Gemma 2's (render others with transformers' apply_chat_template)"
+            )
+        if not messages:
+            raise ValueError("Cannot apply chat template to an empty conversation: give at least one message")
         for i, m in enumerate(messages):
-            role = {"assistant": "model"}.get(m["role"], m["role"])
-            if role not in ("user", "model"):
+            if not (isinstance(m, Mapping) and all(isinstance(m.get(k), str) for k in ("role", "content"))):
+                raise ValueError(f"message {i} must be a dict with str 'role' and 'content', got {m!r:.80}")
+        if messages[0]["role"] == "system":
+            raise ValueError(
+                "System role not supported: message 0 has role 'system'; Gemma 2 supports only user/assistant "
+                "turns (put system instructions into the first user turn)"
+            )
+        parts = [self.bos_token] if add_bos else []
+        for i, m in enumerate(messages):
+            # As the template: even turns are the user's and no odd one is; other odd roles render as given.
+            if (m["role"] == "user") != (i % 2 == 0):
                 raise ValueError(
-                    f"message {i} has role {m['role']!r}; Gemma 2 supports only user/assistant turns "
-                    "(put system instructions into the first user turn)"
+                    "Conversation roles must alternate user/assistant/user/assistant/...: "
+                    f"message {i} has role {m['role']!r}"
                 )
-            if (role == "user") != (i % 2 == 0):
-                raise ValueError(f"message {i} has role {m['role']!r}: roles must alternate user/assistant")
-            parts.append(f"{START_OF_TURN}{role}\n{m['content'].strip()}{END_OF_TURN}\n")
+            role = "model" if m["role"] == "assistant" else m["role"]
+            parts.append(f"{START_OF_TURN}{role}\n{m['content'].strip()}{END_OF_TURN}\n")  # jinja's trim = strip
         if add_generation_prompt:
             parts.append(f"{START_OF_TURN}model\n")
         return "".join(parts)
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> list[int]:
+        """Ids of the chat: <bos> then the template's text, as HF's `apply_chat_template(tokenize=True)`."""
         for token, i in ((START_OF_TURN, self.start_of_turn_id), (END_OF_TURN, self.end_of_turn_id)):
             if i is None:
                 raise ValueError(f"the tokenizer has no {token} token, so it cannot encode Gemma chats")
@@ -166,9 +262,13 @@ class Gemma2Tokenizer:
         )
 
 
-def _special_tokens(path: Path) -> dict[str, str]:
-    """bos/eos/pad token strings from tokenizer_config.json or special_tokens_map.json, if present."""
-    found: dict[str, str] = {}
+_SQUASHED_TEMPLATE = "".join(GEMMA_CHAT_TEMPLATE.split())  # templates compare without their whitespace
+
+
+def _tokenizer_config(path: Path) -> dict:
+    """Constructor arguments from tokenizer_config.json / special_tokens_map.json / chat_template.jinja."""
+    found: dict = {}
+    extra: list[str] = []
     for name in ("special_tokens_map.json", "tokenizer_config.json"):  # later file wins
         file = path / name
         if not file.is_file():
@@ -177,10 +277,32 @@ def _special_tokens(path: Path) -> dict[str, str]:
             d = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{file} is not valid JSON: {e}") from None
-        for key in ("bos_token", "eos_token", "pad_token"):
-            value = d.get(key)
-            if isinstance(value, dict):  # {"content": "<bos>", "lstrip": false, ...}
-                value = value.get("content")
-            if isinstance(value, str):
+        if not isinstance(d, dict):
+            raise ValueError(f"{file} must hold a JSON object, got {type(d).__name__}")
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token"):
+            value = _token_string(d.get(key))
+            if value is not None:
                 found[key] = value
+        # v4 spells the rest additional_special_tokens (a list); v5 extra_special_tokens (a list or a dict).
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            value = d.get(key)
+            values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+            extra += [s for s in map(_token_string, values) if s is not None]
+        template = d.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            template = next(
+                (t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None
+            )
+        if isinstance(template, str):
+            found["chat_template"] = template
+    if (path / "chat_template.jinja").is_file():  # transformers >= 4.52 writes it; it wins over the config's
+        found["chat_template"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    if extra:
+        found["special_tokens"] = tuple(extra)
     return found
+
+
+def _token_string(value) -> str | None:
+    if isinstance(value, dict):  # {"content": "<bos>", "lstrip": false, ...}
+        value = value.get("content")
+    return value if isinstance(value, str) else None
