@@ -4,6 +4,7 @@ Pipeline (each step is cached on disk and reused when its inputs have not change
 
     load_corpus("tinyshakespeare" | "builtin" | path)   -> list of documents (str)
     train_tokenizer(docs, vocab_size, path)             -> byte-level BPE, saved as tokenizer.json
+    save_hf_tokenizer(tokenizer_path, folder)           -> the same tokenizer as a transformers.AutoTokenizer folder
     write_token_file(docs, tokenizer, path)             -> tokens.bin (np.memmap uint16/uint32) + tokens.json
     split_train_val(tokens, val_fraction)               -> contiguous cut: the last val_fraction is validation
     PackedSequences(tokens, seq_len)                    -> window i = tokens[i*T : i*T + T + 1]
@@ -51,6 +52,9 @@ from foresight.core.datasets import TINYSHAKESPEARE
 # Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3), so Gemma2Config's defaults fit our tokenizers.
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = range(4)
+# Gemma's chat-turn markers, reserved next (ids 4, 5) so a trained model can be chatted with (`generate --chat`).
+CHAT_TOKENS = ("<start_of_turn>", "<end_of_turn>")
+START_OF_TURN_ID, END_OF_TURN_ID = 4, 5
 
 # Folders of the stdlib that are tests, demos or third-party code rather than documented modules.
 _STDLIB_SKIP = {
@@ -201,20 +205,21 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int, path: str | os.PathLik
     """Train a byte-level BPE tokenizer (HF ``tokenizers``) and save it as ``path`` (tokenizer.json).
 
     Byte-level: any text encodes (no <unk> in practice) and decoding is exact. The four Gemma
-    special tokens take ids 0-3. Training is deterministic for a given corpus and vocab size.
+    special tokens take ids 0-3 and Gemma's chat tokens <start_of_turn>/<end_of_turn> ids 4-5, so the
+    model `foresight train-lm` writes can be chatted with. Training is deterministic for a given corpus
+    and vocab size.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if not isinstance(vocab_size, int) or vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(
-            f"vocab_size must be an int >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size!r}"
-        )
+    specials = [*SPECIAL_TOKENS, *CHAT_TOKENS]
+    if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
+        raise ValueError(f"vocab_size must be an int >= {256 + len(specials)} (bytes + specials), got {vocab_size!r}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -238,7 +243,12 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def tokenizer_sha256(path_or_tokenizer) -> str:
-    """sha256 of a tokenizer's canonical JSON (key-sorted, so formatting differences do not count)."""
+    """sha256 of a tokenizer's canonical JSON (key-sorted, so formatting differences do not count).
+
+    The post-processor (what ``encode(add_special_tokens=True)`` adds, e.g. <bos>) is left out: token
+    files and teacher caches are written without it, so it changes no stored id, and the copy that
+    :func:`save_hf_tokenizer` gives a <bos> post-processor hashes like the tokenizer it was made from.
+    """
     if isinstance(path_or_tokenizer, str | os.PathLike):
         path = Path(path_or_tokenizer)
         if path.is_dir():
@@ -246,8 +256,52 @@ def tokenizer_sha256(path_or_tokenizer) -> str:
         text = path.read_text(encoding="utf-8")
     else:
         text = path_or_tokenizer.to_str()
-    canon = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    d = json.loads(text)
+    d["post_processor"] = None  # what tokenizers writes when there is none
+    canon = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def save_hf_tokenizer(tokenizer_path: str | os.PathLike, folder: str | os.PathLike, model_max_length: int) -> None:
+    """Write ``folder``/tokenizer.json and tokenizer_config.json for ``transformers.AutoTokenizer``.
+
+    The folder loads with the ids :class:`foresight.lm.tokenizer.Gemma2Tokenizer` gives, <bos> first:
+      * tokenizer_config.json names the generic fast-tokenizer class. Without it, config.json's
+        model_type gemma2 makes transformers rebuild the vocabulary as a SentencePiece GemmaTokenizer,
+        whose normalizer turns our byte-level spaces into <unk>.
+      * tokenizer.json gains a post-processor that prepends <bos> (as Gemma's own tokenizer.json has):
+        transformers 5 ignores tokenizer_config's add_bos_token when a tokenizer.json is present.
+        An existing post-processor is kept.
+      * with both chat tokens in the vocabulary, the Gemma chat template goes into tokenizer_config.json,
+        so transformers' ``apply_chat_template`` formats chats as ``Gemma2Tokenizer.apply_chat_template``.
+    """
+    from tokenizers import processors
+
+    from foresight.lm.tokenizer import GEMMA_CHAT_TEMPLATE
+
+    folder = Path(folder)
+    tok = load_tokenizer(tokenizer_path)
+    present = {t: tok.token_to_id(t) for t in (*SPECIAL_TOKENS, *CHAT_TOKENS) if tok.token_to_id(t) is not None}
+    if tok.post_processor is None and "<bos>" in present:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos>:0 $A:0", pair="<bos>:0 $A:0 <bos>:1 $B:1", special_tokens=[("<bos>", present["<bos>"])]
+        )
+    config: dict = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    for key, token in (("bos_token", "<bos>"), ("eos_token", "<eos>"), ("pad_token", "<pad>"), ("unk_token", "<unk>")):
+        if token in present:
+            config[key] = token
+    config.update(
+        add_bos_token="<bos>" in present,  # documents the post-processor for readers of transformers 4
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,  # transformers 4 would otherwise glue " ." to "." when decoding
+        model_max_length=model_max_length,
+        padding_side="left",  # batched generation wants every prompt's last token in the last column
+    )
+    if all(t in present for t in CHAT_TOKENS):
+        config["chat_template"] = GEMMA_CHAT_TEMPLATE
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "tokenizer.json", tok.to_str(pretty=True))
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ Output folder (both commands)::
     tokenizer.json, tokens.bin, tokens.bin.json     the tokenizer and the tokenised corpus (reused)
     metrics.jsonl                                    training and validation lines
     checkpoints/last.safetensors                     the resumable state (--resume continues from it)
-    model/                                           final weights in the HF layout + tokenizer.json
-                                                     (loads in foresight and transformers' Gemma2ForCausalLM)
+    model/                                           final weights in the HF layout + tokenizer.json and
+                                                     tokenizer_config.json (loads in foresight and in
+                                                     transformers' AutoModelForCausalLM / AutoTokenizer)
     results.json                                     final loss, validation NLL/perplexity, tokens, tokens/s
     teacher_topk/                                    (distill --topk K) the sparse teacher cache
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import typing
 from pathlib import Path
@@ -146,8 +146,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       --data-dir DIR                          where datasets live (before $FORESIGHT_DATA)
     Model:
       --preset tiny|gemma2_2b|gemma2_9b|gemma2_27b   Gemma2Config preset (tiny); vocab from the tokenizer;
-                                              tiny also takes max_position_embeddings = seq-len and
-                                              sliding_window = seq-len / 2
+                                              tiny also takes sliding_window = seq-len / 2 and
+                                              max_position_embeddings = max(seq-len, 8192)
       --model-set KEY=VALUE                   override any Gemma2Config field (repeatable)
       --init DIR                              start from HF-layout weights
     Training (TrainConfig fields):
@@ -213,8 +213,13 @@ def _model_config(args: argparse.Namespace, vocab_size: int):
     cfg = getattr(Gemma2Config, args.preset)()
     hints = typing.get_type_hints(Gemma2Config)
     changes: dict = {"vocab_size": vocab_size}
-    if args.preset == "tiny":  # the test preset's 8-token window and 512 positions follow --seq-len here
-        changes.update(max_position_embeddings=args.seq_len, sliding_window=max(2, args.seq_len // 2))
+    if args.preset == "tiny":  # the test preset's 8-token window follows --seq-len here
+        # Positions only bound prompt + generated length (RoPE has no table), so training is the same for
+        # any value >= seq-len; Gemma 2's 8192 lets the trained model generate past its training windows.
+        changes.update(
+            max_position_embeddings=max(args.seq_len, Gemma2Config().max_position_embeddings),
+            sliding_window=max(2, args.seq_len // 2),
+        )
     for item in args.model_set:
         if "=" not in item:
             raise ValueError(f"--model-set {item!r} is not of the form KEY=VALUE")
@@ -318,9 +323,13 @@ def _build_model(args, model_cfg, device):
 
 
 def _finish(args, run, trainer, result, data, extra: dict) -> dict:
-    """Write model/ (HF layout + tokenizer.json) and results.json from rank 0; mark the run finished."""
+    """Write model/ (HF layout + tokenizer) and results.json from rank 0; mark the run finished.
+
+    model/ loads as it is in transformers (AutoModelForCausalLM, AutoTokenizer) and in foresight.
+    """
     from foresight.core.fs import atomic_write_text
     from foresight.lm.hf_io import save_pretrained
+    from foresight.lm.text_data import save_hf_tokenizer
 
     summary = {
         "steps": result.steps,
@@ -344,7 +353,7 @@ def _finish(args, run, trainer, result, data, extra: dict) -> dict:
     if trainer.rank == 0:
         out = Path(args.out)
         save_pretrained(model, out / "model")
-        shutil.copyfile(data.tokenizer_path, out / "model" / "tokenizer.json")
+        save_hf_tokenizer(data.tokenizer_path, out / "model", model_max_length=model.config.max_position_embeddings)
         atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
         print(json.dumps(summary))
     run.finish()
