@@ -339,7 +339,7 @@ def test_an_engine_failure_is_a_500_and_the_next_request_is_served(server, clien
 
 
 def test_a_client_leaving_mid_stream_frees_its_row(server, client, monkeypatch):
-    engine, _ = server
+    engine, base = server
     monkeypatch.setattr(engine, "model", SlowModel(engine.model, 0.005))
     tokens_before = engine.stats.tokens
     stream = client.completions.create(model="tiny", prompt="the", max_tokens=CONTEXT - 8, temperature=0, stream=True)
@@ -352,6 +352,21 @@ def test_a_client_leaving_mid_stream_frees_its_row(server, client, monkeypatch):
         time.sleep(0.01)
     assert engine.stats.running == 0
     assert engine.stats.tokens - tokens_before < CONTEXT // 2  # it stopped long before max_tokens
+
+    # The same for a request without streaming: its handler polls the connection while it waits.
+    tokens_before = engine.stats.tokens
+    body = json.dumps({"model": "tiny", "prompt": "the", "max_tokens": CONTEXT - 8}).encode()
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        s.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        while not engine.stats.running:
+            time.sleep(0.005)
+    deadline = time.time() + 5
+    while engine.stats.running and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.stats.running == 0
+    assert engine.stats.tokens - tokens_before < CONTEXT // 2
     assert client.completions.create(model="tiny", prompt="next", max_tokens=4).choices[0].finish_reason
 
 

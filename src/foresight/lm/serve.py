@@ -31,7 +31,8 @@ Request fields and what they map to (anything else is a 400 "unrecognized reques
 
 Errors are OpenAI-shaped, `{"error": {"message", "type", "param", "code"}}`: 400 for a malformed
 body (invalid JSON, wrong types, missing fields, values out of range, a prompt that does not fit the
-context), 404 for an unknown model or path, 500 if the engine fails (the server keeps serving). A
+context), 404 for an unknown model or path, 500 if the engine fails (the server keeps serving), 503
+while it shuts down. A
 client that disconnects cancels its request: the engine drops its row at the next step.
 """
 
@@ -51,7 +52,7 @@ from foresight.lm.engine import Engine, Output, Request, SamplingParams
 
 MAX_CHOICES = 64  # prompts x n of one request
 MAX_STOPS = 16
-DISCONNECT_POLL_S = 0.5  # how often a non-streamed request checks that its client is still there
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
 
 COMMON_FIELDS = {
     "model",
@@ -523,22 +524,24 @@ def create_app(engine: Engine, model_name: str):
             )
         choices = [Choice() for _ in requests]
         try:
-            pending = len(requests)
+            pending, checked = len(requests), time.monotonic()
             while pending:
                 try:
                     index, out = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+                    choices[index].add(out)
+                    pending -= out.finish_reason is not None
                 except TimeoutError:
+                    pass
+                if time.monotonic() - checked > DISCONNECT_POLL_S:  # events may never pause long enough to time out
                     if await request.is_disconnected():
                         return None
-                    continue
-                choices[index].add(out)
-                pending -= out.finish_reason is not None
+                    checked = time.monotonic()
         finally:
             for r in requests:  # no-op for finished ones; frees the rows of a client that left
                 r.cancel()
-        failed = [c.error for c in choices if c.finish_reason == "error"]
-        if failed:
-            raise APIError(500, failed[0])
+        for c in choices:
+            if c.finish_reason in ("error", "abort"):
+                raise failure(c.finish_reason, c.error)
         body = {**meta, "object": "chat.completion" if chat else "text_completion", "choices": []}
         for i, c in enumerate(choices):
             lp = None
@@ -551,6 +554,12 @@ def create_app(engine: Engine, model_name: str):
             body["choices"].append({**item, "logprobs": lp, "finish_reason": c.finish_reason})
         body["usage"] = _usage(choices, parsed.n)
         return body
+
+    def failure(reason: str, error: str | None) -> APIError:
+        """The engine failed ("error") or dropped the request while shutting down ("abort")."""
+        if reason == "abort":
+            return APIError(503, "the server is shutting down", code="unavailable")
+        return APIError(500, error or "engine error")
 
     async def stream(requests, events, parsed: Parsed, meta: dict, chat: bool):
         """Server-sent events: one chunk per step and choice with new text, then [DONE]. If the
@@ -574,8 +583,8 @@ def create_app(engine: Engine, model_name: str):
             while pending:
                 i, out = await events.get()
                 choices[i].add(out)
-                if out.finish_reason == "error":
-                    yield f"data: {json.dumps(APIError(500, out.error).body)}\n\n"
+                if out.finish_reason in ("error", "abort"):
+                    yield f"data: {json.dumps(failure(out.finish_reason, out.error).body)}\n\n"
                     return
                 pending -= out.finish_reason is not None
                 if not out.text and out.finish_reason is None and not out.logprobs:
