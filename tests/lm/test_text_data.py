@@ -99,7 +99,7 @@ def test_tokenizer_hash_ignores_formatting_but_not_content(tokenizer, tmp_path):
 
 
 def test_train_tokenizer_rejects_tiny_vocab():
-    with pytest.raises(ValueError, match="vocab_size must be an int >= 260"):
+    with pytest.raises(ValueError, match="vocab_size must be an int >= 262"):
         train_tokenizer([TEXT], 100)
 
 
