@@ -188,6 +188,37 @@ def test_engine_stop_string_across_tokens_and_seeded_sampling(engine):
     assert together.tokens == alone.tokens
 
 
+def test_engine_penalties_and_logprobs_match_a_plain_loop(engine):
+    """OpenAI's presence/frequency penalties (over generated tokens) and the raw-logit logprobs,
+    against a loop that recomputes the whole sequence each step."""
+    ids = engine.tokenizer.encode("the quick brown fox")
+    params = SamplingParams(max_tokens=10, temperature=0, presence_penalty=0.5, frequency_penalty=1.5, logprobs=3)
+    got = Collector()
+    engine.submit([Request(ids, params, got)])
+    assert got.done.wait(10)
+    seq, counts, expected, expected_lp = list(ids), {}, [], []
+    with torch.no_grad():
+        for _ in range(10):
+            logits = engine.model(torch.tensor([seq])).logits[0, -1].float()
+            lp = logits.log_softmax(-1)
+            for t, n in counts.items():
+                logits[t] -= 1.5 * n + 0.5
+            t = int(logits.argmax())
+            expected.append(t)
+            expected_lp.append((float(lp[t]), lp.topk(3).indices.tolist()))
+            if t in engine.stop_token_ids:
+                break
+            counts[t] = counts.get(t, 0) + 1
+            seq.append(t)
+    assert got.tokens == expected
+    assert got.tokens != reference(engine, ids, 10)  # the penalties changed the greedy reply
+    lps = [lp for o in got.outputs for lp in o.logprobs or []]
+    assert len(lps) == len([t for t in expected if t not in engine.stop_token_ids])
+    for lp, (logprob, top) in zip(lps, expected_lp):
+        assert lp.logprob == pytest.approx(logprob, abs=1e-4)
+        assert [i for i, _ in lp.top] == top
+
+
 def test_engine_refuses_what_does_not_fit():
     with pytest.raises(ValueError, match="max_tokens must be an int >= 1"):
         SamplingParams(max_tokens=0)
