@@ -17,15 +17,20 @@ Example (random weights; `load_pretrained(dir)` reads an HF checkpoint instead):
 """
 
 from foresight.lm.cache import Gemma2Cache
+from foresight.lm.completion import Completion
 from foresight.lm.gemma2 import Gemma2, Gemma2Config, Gemma2Output, alternating_layer_types
-from foresight.lm.generate import generate, generate_stream
+from foresight.lm.generate import complete, generate, generate_stream
 from foresight.lm.hf_io import load_pretrained, save_pretrained
 from foresight.lm.moe_lm import MoELM, MoELMConfig, MoELMOutput, MoENextTokenObjective
 from foresight.lm.multimodal import MultimodalConfig, MultimodalDecoder, MultimodalOutput
 from foresight.lm.niah import CharVocab, NeedleTrainingData, NIAHResult, evaluate_niah
+from foresight.lm.sampling import GenerationConfig
+from foresight.lm.speculative import Drafter
 from foresight.lm.tokenizer import Gemma2Tokenizer
 
 __all__ = [
+    "Completion",
+    "Drafter",
     "Gemma2",
     "Gemma2Cache",
     "Gemma2Config",
@@ -43,6 +48,8 @@ __all__ = [
     "NIAHResult",
     "evaluate_niah",
     "alternating_layer_types",
+    "GenerationConfig",
+    "complete",
     "generate",
     "generate_stream",
     "load_pretrained",
