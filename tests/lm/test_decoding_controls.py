@@ -229,6 +229,15 @@ def test_real_gemma_tokenizer_stop_string_across_tokens():
     reply = Reply(tok, ("o w",))
     feed(reply, ids)
     assert reply.completion().text == "Hell" and reply.completion().token_ids == ()
+    # Incremental decoding through byte-fallback tokens (emoji, rare CJK) gives the full decode, and
+    # never shows half a character.
+    text = "naïve café 🤗 𓀀𐍈 北京欢迎你 x = f(y)\n\tdone  "  # 𓀀 and 𐍈 are 4 byte tokens each
+    reply = Reply(tok)
+    for i in tok.encode(text, add_bos=False):
+        reply.add(i)
+        assert "\ufffd" not in reply.stable_text()
+    reply.finish("length")
+    assert reply.completion().text == text == tok.decode(tok.encode(text))
 
 
 def test_stop_string_split_across_tokens_end_to_end(bpe):

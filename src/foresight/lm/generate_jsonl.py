@@ -68,10 +68,6 @@ def read_prompts(path, tokenizer, base: GenerationConfig) -> list[PromptLine]:
             if messages is not None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
                 raise ValueError("'messages' must be a list of {'role': ..., 'content': ...} objects")
             ids = tokenizer.encode(prompt) if prompt is not None else tokenizer.encode_chat(messages)
-            if "stop" in d and isinstance(d["stop"], list):
-                d["stop"] = tuple(d["stop"])
-            if "stop_token_ids" in d and isinstance(d["stop_token_ids"], list):
-                d["stop_token_ids"] = tuple(d["stop_token_ids"])
             config = GenerationConfig.from_options(d, base)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from None
