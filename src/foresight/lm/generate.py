@@ -122,8 +122,8 @@ def generate_steps(
     pad = cfg.pad_token_id if pad_token_id is None else pad_token_id
     shared = config is None or isinstance(config, GenerationConfig)
     sampler = Sampler(configs, device=input_ids.device, generator=generator, shared_generator=shared)
-    rows = _Rows(configs, input_ids, attention_mask, cfg.vocab_size, 0 if pad is None else pad, tokenizer)
-    rows.needs_seen(sampler.needs_seen)
+    pad = 0 if pad is None else pad
+    rows = _Rows(configs, input_ids, attention_mask, cfg.vocab_size, pad, tokenizer, track_seen=sampler.needs_seen)
     if draft is not None:
         blocks = speculative_blocks(model, draft, input_ids, attention_mask, sampler, rows, N)
     else:
@@ -167,13 +167,13 @@ def _plain_blocks(model, input_ids, attention_mask, sampler, rows, max_new_token
 class _Rows:
     """Per-row state of the loop: finished rows, seen tokens, stop conditions, replies."""
 
-    def __init__(self, configs, input_ids, attention_mask, vocab_size: int, pad: int, tokenizer):
+    def __init__(self, configs, input_ids, attention_mask, vocab_size: int, pad: int, tokenizer, track_seen: bool):
         B, device = len(configs), input_ids.device
-        self.configs, self.pad, self.vocab_size = configs, pad, vocab_size
-        self.input_ids, self.attention_mask = input_ids, attention_mask
+        self.configs, self.pad = configs, pad
         self.finished = torch.zeros(B, dtype=torch.bool, device=device)
         self.last_tokens: torch.Tensor | None = None
-        self.seen: torch.Tensor | None = None  # [B, V] bool, only with a repetition penalty
+        # [B, V] bool: tokens of the prompt and the reply so far, kept only for a repetition penalty.
+        self.seen = seen_mask(input_ids, vocab_size, attention_mask) if track_seen else None
         self.steps, self.done = 0, False
         self.stop_mask = None  # [B, V] bool: each row's stop token ids
         if any(c.stop_token_ids for c in configs):
@@ -196,10 +196,6 @@ class _Rows:
                 self.finished[b] = True
                 if self.replies is not None:
                     self.replies[b].finish(LENGTH)
-
-    def needs_seen(self, needed: bool) -> None:
-        if needed:
-            self.seen = seen_mask(self.input_ids, self.vocab_size, self.attention_mask)
 
     def emit(self, token: torch.Tensor, processed: torch.Tensor, elapsed: float) -> Step:
         """Record one generated position; decide which rows finish with it."""
