@@ -125,10 +125,12 @@ def test_row_product_on_bf16_weights_matches_linear():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_native_bf16_check_agrees_with_the_trainers():
-    from foresight.lm.train import _cpu_has_native_bf16
+def test_the_trainer_uses_the_same_native_bf16_check(monkeypatch):
+    from foresight.lm import train
 
-    assert cd.cpu_has_native_bf16() == _cpu_has_native_bf16()
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(train, "cpu_has_native_bf16", lambda native=native: native)
+        assert train.autocast_dtype("auto", torch.device("cpu")) == expected
 
 
 def test_auto_dtype_picks_bf16_on_cpu_only_for_bf16_checkpoints_on_native_cpus(monkeypatch):

@@ -43,6 +43,7 @@ from torch import nn
 
 from foresight.core.config import Config
 from foresight.core.run import Run
+from foresight.lm.cpu_decode import cpu_has_native_bf16
 from foresight.lm.distill import LMLoss, next_token_loss
 from foresight.lm.text_data import PackedSequences, ShuffledOrder
 
@@ -168,20 +169,10 @@ def init_distributed(device: torch.device | None = None) -> tuple[int, int, torc
     return _rank(), _world(), device
 
 
-def _cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run natively (about 4x the fp32 rate on the dev box's CPU)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
 def _is_bf16_device(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and _cpu_has_native_bf16()
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
