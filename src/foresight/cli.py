@@ -1,4 +1,4 @@
-"""The ``foresight`` command line: list, run, reproduce, report, data, generate, train-lm, distill.
+"""The ``foresight`` command line: list, run, reproduce, report, data, generate, serve, train-lm, distill.
 
     foresight list
     foresight run halfhop-heterophily --scale quick --seed 0 --out runs/hh --set epochs=50
