@@ -17,6 +17,8 @@ from foresight.lm.completion import Reply
 from foresight.lm.generate import complete, generate_steps
 from foresight.lm.sampling import (
     GenerationConfig,
+    History,
+    apply_presence_frequency_penalties,
     apply_repetition_penalty,
     apply_temperature,
     min_p_filter,
@@ -25,6 +27,7 @@ from foresight.lm.sampling import (
     top_k_filter,
     top_p_filter,
 )
+from foresight.lm.speculative import Drafter
 from foresight.lm.tokenizer import Gemma2Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -334,3 +337,66 @@ def test_per_row_configs_equal_each_row_alone(model):
         assert torch.equal(got, alone[0, T:]), b
         assert batch[config.max_new_tokens - 1].finish_reasons[b] == "length"
         assert all(int(s.tokens[b]) == 0 for s in batch[config.max_new_tokens :])  # then padding
+
+
+# ---------------------------------------------------------------------------------------------
+# Presence / frequency penalties (OpenAI's; the server's engine decodes with the same code)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_presence_frequency_penalties_are_openais_formula():
+    """mu[j] - c[j] * frequency - (c[j] > 0) * presence, c[j] the times token j was generated (the
+    reply only: prompt tokens do not count); applied after the repetition penalty, before the warpers."""
+    logits = random_logits()
+    prompts = [[1, 2, 3, 5]] * 6
+    replies = [[5, 5, 7], [], [299, 0, 0, 0], [10], [20, 21], [1] * 5]  # 10: a tie; 20: the -inf entry
+    configs = [GenerationConfig(presence_penalty=0.5, frequency_penalty=-0.75, repetition_penalty=1.2)] * 6
+    history = History(configs, prompts, 300, torch.device("cpu"), replies)
+    for b, r in enumerate(replies):
+        assert history.counts[b].tolist() == [float(r.count(j)) for j in range(300)]
+        assert history.seen[b].nonzero()[:, 0].tolist() == sorted(set(prompts[b] + r))
+    expected = logits.clone()
+    for b, r in enumerate(replies):
+        for j in set(r):
+            expected[b, j] = logits[b, j] - r.count(j) * -0.75 - 0.5
+    got = apply_presence_frequency_penalties(logits, history.counts, 0.5, -0.75)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert torch.equal(got[1], logits[1])  # nothing generated yet: unchanged
+    sampled = GenerationConfig(do_sample=True, temperature=0.7, top_k=40, min_p=0.05).replace(
+        presence_penalty=0.5, frequency_penalty=-0.75, repetition_penalty=1.2
+    )
+    chain = apply_repetition_penalty(logits, history.seen, 1.2)
+    chain = apply_presence_frequency_penalties(chain, history.counts, 0.5, -0.75)
+    chain = min_p_filter(top_k_filter(apply_temperature(chain, 0.7), 40), 0.05)
+    assert torch.equal(process_logits(logits, sampled, history.seen, history.counts), chain)
+    with pytest.raises(ValueError, match=r"presence_penalty must be a number in \[-2, 2\] \(0 = off\), got 2.5"):
+        GenerationConfig(presence_penalty=2.5)
+    with pytest.raises(ValueError, match="need the reply's token counts"):
+        process_logits(logits, GenerationConfig(frequency_penalty=1.0))
+
+
+def test_generate_presence_frequency_penalties_match_a_plain_loop(model):
+    """Greedy `generate` with the penalties, in a batch with an unpenalised row, against a loop that
+    recomputes the whole sequence each step; logprobs are the penalised distribution's."""
+    presence, frequency, N = 0.6, 1.2, 16
+    configs = [
+        GenerationConfig(max_new_tokens=N, presence_penalty=presence, frequency_penalty=frequency, logprobs=3),
+        GenerationConfig(max_new_tokens=N, logprobs=3),
+    ]
+    steps = list(generate_steps(model, PROMPT.repeat(2, 1), config=configs))
+    seq, counts = PROMPT[0].tolist(), {}
+    with torch.inference_mode():
+        for s in steps:
+            logits = model(torch.tensor([seq])).logits[0, -1].float()
+            for t, n in counts.items():
+                logits[t] -= frequency * n + presence
+            t = int(logits.argmax())
+            assert int(s.tokens[0]) == t
+            torch.testing.assert_close(s.logprobs[0], logits.log_softmax(-1)[t], rtol=1e-4, atol=1e-4)
+            counts[t] = counts.get(t, 0) + 1
+            seq.append(t)
+    plain = generate(model, PROMPT, max_new_tokens=N)[0, PROMPT.shape[1] :]
+    assert torch.equal(torch.stack([s.tokens[1] for s in steps]), plain)  # the other row: untouched
+    assert not torch.equal(torch.stack([s.tokens[0] for s in steps]), plain)  # the penalties changed row 0
+    with pytest.raises(ValueError, match="do not combine with draft"):
+        generate(model, PROMPT, max_new_tokens=4, presence_penalty=0.5, draft=Drafter(model, 2))

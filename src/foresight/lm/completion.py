@@ -29,6 +29,13 @@ class TokenLogprob:
     logprob: float
     top: tuple[tuple[int, float], ...]  # ((token id, logprob), ...) best first, -inf ones left out
 
+    @classmethod
+    def ranked(cls, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float], n: int):
+        """The entry of one token from its row of `sampling.top_logprobs`: its n best alternatives,
+        without the ones filtered to -inf (they were never candidates)."""
+        top = tuple((i, v) for i, v in zip(top_ids[:n], top_logprobs[:n], strict=True) if v > float("-inf"))
+        return cls(token_id, logprob, top)
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -120,10 +127,15 @@ class Reply:
 
     def kept_tokens(self) -> int:
         """How many token ids belong to the returned text (all of them unless a stop string was cut)."""
-        if self.stop_at is None:
-            return len(self.token_ids)
+        return len(self.token_ids) if self.stop_at is None else self._tokens_within(self.stop_at)
+
+    def stable_tokens(self) -> int:
+        """How many tokens lie wholly in `stable_text()`: a stream sends their logprobs with that text."""
+        return self._tokens_within(len(self.stable_text()))
+
+    def _tokens_within(self, end: int) -> int:
         n = 0
-        while n < len(self._ends) and self._ends[n] is not None and self._ends[n] <= self.stop_at:
+        while n < len(self._ends) and self._ends[n] is not None and self._ends[n] <= end:
             n += 1
         return n
 

@@ -34,10 +34,11 @@ from foresight.lm.cpu_decode import disable_row_products, enable_row_products
 from foresight.lm.hf_io import auto_dtype, check_tokenizer_compatible, checkpoint_dtype, load_pretrained, parse_dtype
 from foresight.lm.sampling import (
     GenerationConfig,
+    History,
     Sampler,
     row_configs,
-    seen_mask,
-    select_next_token,  # noqa: F401  (its home was here: the engine and tests import it from here)
+    row_generators,
+    select_next_token,  # noqa: F401  (its home was here: tests import it from here)
     top_logprobs,
 )
 from foresight.lm.speculative import Drafter, speculative_blocks
@@ -106,24 +107,21 @@ def generate_steps(
     B, T = input_ids.shape
     configs = row_configs(config, B, **options)
     N = max(c.max_new_tokens for c in configs)
-    if T > cfg.max_position_embeddings:
-        raise ValueError(f"prompt of {T} tokens is longer than max_position_embeddings={cfg.max_position_embeddings}")
-    if T + N > cfg.max_position_embeddings:
-        raise ValueError(
-            f"prompt ({T}) + max_new_tokens ({N}) exceeds max_position_embeddings="
-            f"{cfg.max_position_embeddings}; lower max_new_tokens"
-        )
+    check_context(T, N, cfg.max_position_embeddings)
     if draft is not None and not isinstance(draft, Drafter):
         draft = Drafter(draft)
     if draft is not None and compile:
         raise ValueError("compile=True does not combine with draft=...: verifying drafts needs multi-token steps")
+    if draft is not None and any(c.penalised[1] for c in configs):
+        raise ValueError("presence_penalty / frequency_penalty do not combine with draft=... (drafts would count)")
     if N == 0:
         return
     pad = cfg.pad_token_id if pad_token_id is None else pad_token_id
     shared = config is None or isinstance(config, GenerationConfig)
-    sampler = Sampler(configs, device=input_ids.device, generator=generator, shared_generator=shared)
+    device = input_ids.device
+    sampler = Sampler(configs, row_generators(configs, device, generator, shared), device=device)
     pad = 0 if pad is None else pad
-    rows = _Rows(configs, input_ids, attention_mask, cfg.vocab_size, pad, tokenizer, track_seen=sampler.needs_seen)
+    rows = _Rows(configs, input_ids, attention_mask, cfg.vocab_size, pad, tokenizer)
     if draft is not None:
         blocks = speculative_blocks(model, draft, input_ids, attention_mask, sampler, rows, N)
     else:
@@ -133,6 +131,17 @@ def generate_steps(
             yield rows.emit(tokens[:, j], processed[:, j], _clock() - start)
             if rows.done:
                 return
+
+
+def check_context(prompt_len: int, max_new_tokens: int, max_positions: int) -> None:
+    """Raise ValueError unless a prompt of this length and max_new_tokens fit max_position_embeddings."""
+    if prompt_len > max_positions:
+        raise ValueError(f"prompt of {prompt_len} tokens is longer than max_position_embeddings={max_positions}")
+    if prompt_len + max_new_tokens > max_positions:
+        raise ValueError(
+            f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds max_position_embeddings="
+            f"{max_positions}; lower max_new_tokens"
+        )
 
 
 def _plain_blocks(model, input_ids, attention_mask, sampler, rows, max_new_tokens, compile, row_products):
@@ -155,7 +164,7 @@ def _plain_blocks(model, input_ids, attention_mask, sampler, rows, max_new_token
         cache.freeze()
     while True:
         # Consumed before the next step: a CUDA graph's output logits are overwritten by its next replay.
-        processed = sampler.process(logits, rows.seen)
+        processed = sampler.process(logits, rows.history.seen, rows.history.counts)
         yield sampler.choose(processed)[:, None], processed[:, None]
         token = rows.last_tokens[:, None]  # pad for finished rows, as the loop emitted it
         if compile:
@@ -165,15 +174,18 @@ def _plain_blocks(model, input_ids, attention_mask, sampler, rows, max_new_token
 
 
 class _Rows:
-    """Per-row state of the loop: finished rows, seen tokens, stop conditions, replies."""
+    """Per-row state of the loop: finished rows, penalty history, stop conditions, replies."""
 
-    def __init__(self, configs, input_ids, attention_mask, vocab_size: int, pad: int, tokenizer, track_seen: bool):
+    def __init__(self, configs, input_ids, attention_mask, vocab_size: int, pad: int, tokenizer):
         B, device = len(configs), input_ids.device
         self.configs, self.pad = configs, pad
         self.finished = torch.zeros(B, dtype=torch.bool, device=device)
         self.last_tokens: torch.Tensor | None = None
-        # [B, V] bool: tokens of the prompt and the reply so far, kept only for a repetition penalty.
-        self.seen = seen_mask(input_ids, vocab_size, attention_mask) if track_seen else None
+        prompts = [[]] * B  # the real prompt tokens: the repetition penalty's history, read only if needed
+        if any(c.penalised[0] for c in configs):
+            mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            prompts = [row[m].tolist() for row, m in zip(input_ids, mask, strict=True)]
+        self.history = History(configs, prompts, vocab_size, device)
         self.steps, self.done = 0, False
         self.stop_mask = None  # [B, V] bool: each row's stop token ids
         if any(c.stop_token_ids for c in configs):
@@ -197,13 +209,16 @@ class _Rows:
                 if self.replies is not None:
                     self.replies[b].finish(LENGTH)
 
+    @property
+    def seen(self) -> torch.Tensor | None:  # [B, V] bool; speculative decoding reads it
+        return self.history.seen
+
     def emit(self, token: torch.Tensor, processed: torch.Tensor, elapsed: float) -> Step:
         """Record one generated position; decide which rows finish with it."""
         active = ~self.finished
         token = token.masked_fill(self.finished, self.pad)
         self.last_tokens = token
-        if self.seen is not None:
-            self.seen[active.nonzero()[:, 0], token[active]] = True
+        self.history.add(token, active)
         step = Step(tokens=token, active=active, finish_reasons=[None] * len(self.configs), replies=self.replies)
         if self.n_logprobs is not None:
             step.logprobs, step.top_ids, step.top_logprobs = top_logprobs(processed, token, self.n_logprobs)
@@ -222,12 +237,7 @@ class _Rows:
             if self.replies is not None:
                 entry = None
                 if c.logprobs is not None:
-                    top = tuple(
-                        (i, v)
-                        for i, v in zip(top_ids[b][: c.logprobs], top_lp[b][: c.logprobs], strict=True)
-                        if v > float("-inf")
-                    )
-                    entry = TokenLogprob(ids[b], lp[b], top)
+                    entry = TokenLogprob.ranked(ids[b], lp[b], top_ids[b], top_lp[b], c.logprobs)
                 if self.replies[b].add(ids[b], entry):
                     reason = STOP
             if stop_hit is not None and stop_hit[b]:
@@ -347,11 +357,14 @@ def complete(
     return [r.completion() for r in replies]
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id rows -> (input_ids [B, T], attention_mask [B, T]), padded on the left to the longest row."""
+def left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device=None, length: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows -> (input_ids [B, T], attention_mask [B, T]), padded on the left to the longest
+    row, or to `length` if that is longer (the server's rows joining a batch at its stream length)."""
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("every prompt must hold at least one token (e.g. <bos>)")
-    T = max(len(r) for r in rows)
+    T = max(length, *(len(r) for r in rows))
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.long)
     for b, r in enumerate(rows):
@@ -430,18 +443,23 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     parser.add_argument("--chat", action="store_true", help="interactive chat on stdin (one line per turn)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: bfloat16 on CUDA; on CPU bfloat16 for a bf16 checkpoint if the CPU has native bf16, else float32",
-    )
+    add_dtype_argument(parser)
     parser.add_argument(
         "--compile",
         action="store_true",
         help="decode with a static cache and a torch.compile'd step (CUDA graphs on GPU); the first reply compiles",
     )
     return parser
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """--dtype, as `foresight generate` and `foresight serve` take it (`hf_io.parse_dtype`, `auto_dtype`)."""
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on CUDA; on CPU bfloat16 for a bf16 checkpoint if the CPU has native bf16, else float32",
+    )
 
 
 def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:

@@ -11,13 +11,19 @@ arithmetic) of its transformers twin, checked on identical logits in tests/lm/te
     top_p_filter               TopPLogitsWarper                  keep the smallest set holding mass >= p
     min_p_filter               MinPLogitsWarper                  keep tokens with prob >= p * max prob
 
-`process_logits` chains them in HF `generate`'s order: repetition penalty, then (only when sampling)
-temperature -> top-k -> top-p -> min-p. Greedy decoding is the argmax of the penalised logits.
-One difference from HF: the penalty's "seen" tokens are the real prompt tokens and the generated ones;
-HF also counts the left padding of a batch (its input_ids hold the pad ids).
+and OpenAI's presence/frequency penalties (no transformers twin; vLLM's arithmetic):
 
-`Sampler` applies one config per row of a batch (rows of a JSONL file or concurrent server requests
-can differ) and draws with per-row generators where rows carry their own seeds.
+    apply_presence_frequency_penalties   logit - frequency * count - presence * (count > 0)
+
+`process_logits` chains them in HF `generate`'s order: repetition penalty, presence/frequency
+penalties (where vLLM puts them: with the other penalties, before the warpers), then (only when
+sampling) temperature -> top-k -> top-p -> min-p. Greedy decoding is the argmax of the penalised logits.
+One difference from HF: the repetition penalty's "seen" tokens are the real prompt tokens and the
+generated ones; HF also counts the left padding of a batch (its input_ids hold the pad ids).
+
+`History` keeps what the penalties read, per row. `Sampler` applies one config per row of a batch
+(rows of a JSONL file or concurrent server requests can differ) and draws each sampled row from the
+generator it is given: `generate` and the server's engine pick next tokens with the same code.
 """
 
 from __future__ import annotations
@@ -37,12 +43,17 @@ import torch
 class GenerationConfig:
     """Per-request decoding controls (one per prompt; `generate`'s keyword arguments override fields).
 
-    Logprobs: `logprobs=n` reports, per generated token, its log-probability and the n most likely
-    alternatives under the distribution the token was actually drawn from: the logits after the
-    repetition penalty and, when sampling, after temperature, top-k, top-p and min-p (filtered tokens
-    are -inf there, so fewer than n alternatives may be listed). Greedy decoding uses no temperature,
-    so its logprobs are the penalised model distribution. (OpenAI reports logprobs that do not move
-    with temperature; vLLM by default the raw logits' ones.)
+    Logprobs (one definition for `generate`, `complete`, JSONL output and `foresight serve`):
+    `logprobs=n` reports, per generated token, its log-probability and the n most likely alternatives
+    under the distribution the token was actually chosen from, `process_logits`' output: the logits
+    after the penalties and, when sampling, after temperature, top-k, top-p and min-p (filtered
+    tokens are -inf there, so fewer than n alternatives may be listed). Why this one rather than the
+    raw model distribution (vLLM's default; OpenAI's do not seem to move with temperature): only
+    under it do a reply's logprobs add up to the log-probability of having produced that reply
+    (what importance weights and RL on sampled replies need), and a token is never reported with a
+    logprob other than the one it was drawn with. Where nothing reshapes the distribution (greedy,
+    or temperature 1 with no filters and no penalties: OpenAI's defaults) it is the model's own, so
+    scoring text with greedy or default requests reads the model as it is.
     """
 
     max_new_tokens: int = 32  # tokens to generate at most (finish_reason "length")
@@ -52,6 +63,8 @@ class GenerationConfig:
     top_p: float | None = None  # nucleus mass in (0, 1] (sampling only); None = off
     min_p: float | None = None  # drop tokens below min_p * (top token's prob), in [0, 1] (sampling only)
     repetition_penalty: float = 1.0  # > 0; 1 = off; > 1 discourages tokens already in prompt or reply
+    presence_penalty: float = 0.0  # in [-2, 2] (OpenAI): subtracted once from each token already generated
+    frequency_penalty: float = 0.0  # in [-2, 2] (OpenAI): subtracted per time a token was already generated
     stop: tuple[str, ...] = ()  # stop strings (need a tokenizer); excluded from the returned text
     stop_token_ids: tuple[int, ...] = ()  # token ids that end a row (kept as its last token)
     max_time: float | None = None  # seconds since generation began; then finish_reason "time"
@@ -79,6 +92,10 @@ class GenerationConfig:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
         if not _is_number(self.repetition_penalty) or not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not -2 <= value <= 2:
+                raise ValueError(f"{name} must be a number in [-2, 2] (0 = off), got {value!r}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must hold non-empty strings, got {self.stop!r}")
         if not all(_is_int(i) and i >= 0 for i in self.stop_token_ids):
@@ -121,7 +138,13 @@ class GenerationConfig:
     @property
     def sampling_key(self) -> tuple:
         """The fields that shape the next-token distribution: rows with equal keys are processed together."""
-        return (self.do_sample, self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        penalties = (self.repetition_penalty, self.presence_penalty, self.frequency_penalty)
+        return (self.do_sample, self.temperature, self.top_k, self.top_p, self.min_p, *penalties)
+
+    @property
+    def penalised(self) -> tuple[bool, bool]:
+        """(needs the seen tokens, needs the reply's token counts): what `History` must keep for this row."""
+        return self.repetition_penalty != 1.0, bool(self.presence_penalty or self.frequency_penalty)
 
 
 FIELDS = frozenset(f.name for f in fields(GenerationConfig))
@@ -161,6 +184,14 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalized, logits)
 
 
+def apply_presence_frequency_penalties(
+    logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
+    """OpenAI's penalties: logit[j] - frequency * c[j] - presence * (c[j] > 0), c[j] the times token j
+    was generated so far (the reply only, not the prompt). counts: [B, V] fp32."""
+    return logits - frequency * counts - presence * (counts > 0).float()
+
+
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits / temperature
 
@@ -191,14 +222,24 @@ def min_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def process_logits(logits: torch.Tensor, config: GenerationConfig, seen: torch.Tensor | None = None) -> torch.Tensor:
+def process_logits(
+    logits: torch.Tensor,
+    config: GenerationConfig,
+    seen: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The distribution `config` decodes from, as logits [B, V] (fp32): argmax it (greedy) or sample
-    its softmax. `seen` [B, V] bool is needed only with a repetition penalty != 1."""
+    its softmax. `seen` [B, V] bool is needed only with a repetition penalty != 1, `counts` [B, V]
+    (times generated) only with a presence or frequency penalty (see `History`)."""
     logits = logits.float()
     if config.repetition_penalty != 1.0:
         if seen is None:
             raise ValueError("repetition_penalty != 1 needs the seen-token mask [B, V]")
         logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    if config.presence_penalty or config.frequency_penalty:
+        if counts is None:
+            raise ValueError("presence_penalty / frequency_penalty need the reply's token counts [B, V]")
+        logits = apply_presence_frequency_penalties(logits, counts, config.presence_penalty, config.frequency_penalty)
     if not config.do_sample:
         return logits
     # HF's conditions: a warper that cannot change the distribution is not applied at all.
@@ -220,6 +261,64 @@ def seen_mask(input_ids: torch.Tensor, vocab_size: int, valid: torch.Tensor | No
     # One extra column catches the padding (HF's trick), then is cut off.
     seen = torch.zeros(B, vocab_size + 1, dtype=torch.bool, device=input_ids.device)
     return seen.scatter_(1, ids, True)[:, :vocab_size]
+
+
+class History:
+    """What the penalties read, per row of a batch: `seen` [B, V] bool, the tokens of the prompt and of
+    the reply so far (repetition penalty), and `counts` [B, V] fp32, the times each token was generated
+    (presence/frequency penalties: OpenAI counts the reply only). Each is None unless some row needs it.
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[GenerationConfig],
+        prompts: Sequence[Sequence[int]],  # each row's real prompt tokens (no padding)
+        vocab_size: int,
+        device: torch.device,
+        replies: Sequence[Sequence[int]] | None = None,  # tokens generated so far (a batch rebuilt mid-way)
+    ):
+        B = len(configs)
+        replies = replies or [()] * B
+        need_seen = any(c.penalised[0] for c in configs)
+        need_counts = any(c.penalised[1] for c in configs)
+        self.seen = self.counts = None
+        if need_seen:
+            rows, ids = _flat([list(p) + list(r) for p, r in zip(prompts, replies, strict=True)], vocab_size, device)
+            self.seen = torch.zeros(B, vocab_size, dtype=torch.bool, device=device)
+            self.seen[rows, ids] = True
+        if need_counts:
+            rows, ids = _flat(replies, vocab_size, device)
+            self.counts = torch.zeros(B, vocab_size, device=device)
+            self.counts.index_put_((rows, ids), torch.ones(len(ids), device=device), accumulate=True)
+
+    def add(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """Record one generated token per row: tokens [B] long, active [B] bool (None: every row)."""
+        if self.seen is None and self.counts is None:
+            return
+        rows = torch.arange(len(tokens), device=tokens.device) if active is None else active.nonzero()[:, 0]
+        tokens = tokens[rows]
+        if self.seen is not None:
+            self.seen[rows, tokens] = True
+        if self.counts is not None:
+            self.counts[rows, tokens] += 1
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the rows `index` (rows leaving a running batch)."""
+        if self.seen is not None:
+            self.seen = self.seen.index_select(0, index)
+        if self.counts is not None:
+            self.counts = self.counts.index_select(0, index)
+
+
+def _flat(rows: Sequence[Sequence[int]], vocab_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row index, token id) of every token of every row, as two flat long tensors."""
+    ids = [int(i) for r in rows for i in r]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    row = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
+    return row, torch.tensor(ids, dtype=torch.long, device=device)
 
 
 def select_next_token(
@@ -245,25 +344,23 @@ def select_next_token(
 
 
 class Sampler:
-    """The decoding controls of one batch: per-row configs, and the random generators to draw with.
-
-    shared_generator=True (one config for the whole batch): rows draw together from `generator`, or
-    from one seeded by `configs[0].seed`, or from torch's global RNG. False (configs given per row): a
-    row with a seed draws from its own generator, so its sample does not depend on the batch it is in.
+    """The decoding controls of one batch: per-row configs, and the random generator each sampled row
+    draws from (None: torch's global RNG; see `row_generators`). Rows that share a generator draw
+    together, in row order, so one generator for a whole batch draws as HF `generate` does.
     """
 
     def __init__(
         self,
         configs: Sequence[GenerationConfig],
+        generators: Sequence[torch.Generator | None],
         *,
         device: torch.device,
-        generator: torch.Generator | None = None,
-        shared_generator: bool = True,
     ):
         self.configs = list(configs)
         B = len(self.configs)
+        if len(generators) != B:
+            raise ValueError(f"need one generator (or None) per row: {B} rows, {len(generators)} generators")
         self.greedy = torch.tensor([not c.do_sample for c in self.configs], device=device)  # [B] bool
-        self.needs_seen = any(c.repetition_penalty != 1.0 for c in self.configs)
         groups: dict[tuple, list[int]] = {}
         for b, c in enumerate(self.configs):
             groups.setdefault(c.sampling_key, []).append(b)
@@ -274,26 +371,21 @@ class Sampler:
         ]
         # Sampled rows grouped by the generator they draw from: [(row index or None, generator)].
         gens: dict[int, tuple[list[int], torch.Generator | None]] = {}
-        seeded = {}
-        for b, c in enumerate(self.configs):
-            if not c.do_sample:
-                continue
-            g = generator
-            if g is None and c.seed is not None:
-                key = "shared" if shared_generator else b
-                if key not in seeded:
-                    seeded[key] = torch.Generator(device=device).manual_seed(c.seed)
-                g = seeded[key]
-            gens.setdefault(id(g), ([], g))[0].append(b)
+        for b, (c, g) in enumerate(zip(self.configs, generators, strict=True)):
+            if c.do_sample:
+                gens.setdefault(id(g), ([], g))[0].append(b)
         self._draws = [(None if len(rows) == B else torch.tensor(rows, device=device), g) for rows, g in gens.values()]
 
-    def process(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+    def process(
+        self, logits: torch.Tensor, seen: torch.Tensor | None = None, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Processed logits [B, V] fp32: each row through its own config (see `process_logits`)."""
         if len(self._groups) == 1:
-            return process_logits(logits, self._groups[0][1], seen)
+            return process_logits(logits, self._groups[0][1], seen, counts)
         out = torch.empty_like(logits, dtype=torch.float32)
         for rows, config in self._groups:
-            out[rows] = process_logits(logits[rows], config, None if seen is None else seen[rows])
+            part = [None if t is None else t[rows] for t in (seen, counts)]
+            out[rows] = process_logits(logits[rows], config, *part)
         return out
 
     def sample(self, probs: torch.Tensor) -> torch.Tensor:
@@ -320,6 +412,31 @@ class Sampler:
                 return torch.rand(B, n, generator=g, device=u.device)
             u[rows] = torch.rand(len(rows), n, generator=g, device=u.device)
         return u
+
+
+def row_generators(
+    configs: Sequence[GenerationConfig],
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    shared: bool = True,
+) -> list[torch.Generator | None]:
+    """The generator each row of a `generate` batch draws from. `generator` given: every row draws
+    from it. Else shared=True (one config for the whole batch): the rows draw together from one
+    generator seeded by the first seed, or from torch's global RNG (None). shared=False (configs
+    given per row): a row with a seed draws from its own generator, so its sample does not depend on
+    the batch it is in (the server's engine gives every sampled request its own generator)."""
+    if generator is not None:
+        return [generator] * len(configs)
+    out, seeded = [], {}
+    for b, c in enumerate(configs):
+        g = None
+        if c.do_sample and c.seed is not None:
+            key = "shared" if shared else b
+            if key not in seeded:
+                seeded[key] = torch.Generator(device=device).manual_seed(c.seed)
+            g = seeded[key]
+        out.append(g)
+    return out
 
 
 def top_logprobs(processed: torch.Tensor, tokens: torch.Tensor, n: int):
