@@ -20,8 +20,9 @@ import torch
 from gemma2_testing import make_json_tokenizer, random_gemma2
 
 from foresight import cli
-from foresight.lm import Gemma2Config, generate, save_pretrained
-from foresight.lm.engine import Engine, Request, SamplingParams
+from foresight.lm import Gemma2Config, GenerationConfig, generate, save_pretrained
+from foresight.lm.engine import Engine, Request
+from foresight.lm.generate import complete
 from foresight.lm.tokenizer import Gemma2Tokenizer
 
 fastapi = pytest.importorskip("fastapi")
@@ -85,15 +86,11 @@ def client(server):
     return openai.OpenAI(base_url=server[1] + "/v1", api_key="x", max_retries=0, timeout=20)
 
 
-def reference(engine: Engine, ids: list[int], max_tokens: int) -> list[int]:
-    """Greedy tokens of `generate` on the prompt alone, stopping where the engine stops."""
-    out = generate(
-        engine.model,
-        torch.tensor([ids]),
-        max_new_tokens=max_tokens,
-        stop_token_ids=engine.stop_token_ids,
-        row_products=False,
-    )[0, len(ids) :].tolist()
+def reference(engine: Engine, ids: list[int], max_tokens: int, config: GenerationConfig | None = None) -> list[int]:
+    """Tokens of `generate` on the prompt alone (greedy unless `config`), stopping where the engine stops.
+    A config goes in as a list: per-row seeding, the engine's (each request has its own generator)."""
+    config = (config or GenerationConfig()).replace(max_new_tokens=max_tokens, stop_token_ids=engine.stop_token_ids)
+    out = generate(engine.model, torch.tensor([ids]), config=[config], row_products=False)[0, len(ids) :].tolist()
     stop = [i for i, t in enumerate(out) if t in engine.stop_token_ids]
     return out[: stop[0] + 1] if stop else out
 
@@ -141,7 +138,7 @@ def test_engine_rows_joining_a_running_batch_decode_as_if_alone(engine):
     tok = engine.tokenizer
     prompts = [tok.encode(p) for p in ("what is the capital of France? Paris", "hello world", "the")]
     later = [Collector(), Collector()]
-    joiners = [Request(p, SamplingParams(max_tokens=12, temperature=0), c) for p, c in zip(prompts[1:], later)]
+    joiners = [Request(p, GenerationConfig(max_new_tokens=12), c) for p, c in zip(prompts[1:], later)]
 
     class First(Collector):  # submits the others from the engine thread at its 4th token: they must join
         def __call__(self, out):
@@ -150,7 +147,7 @@ def test_engine_rows_joining_a_running_batch_decode_as_if_alone(engine):
                 engine.submit(joiners)
 
     first = First()
-    engine.submit([Request(prompts[0], SamplingParams(max_tokens=24, temperature=0), first)])
+    engine.submit([Request(prompts[0], GenerationConfig(max_new_tokens=24), first)])
     for c in [first, *later]:
         assert c.done.wait(10)
     assert engine.stats.batches == 1 and engine.stats.joined == 2 and engine.stats.max_rows == 3
@@ -171,38 +168,38 @@ def test_engine_stop_string_across_tokens_and_seeded_sampling(engine):
     stop = pieces[i][-1] + pieces[i + 1][0]  # the last character of one token and the first of the next
     full = "".join(pieces)
     got = Collector()
-    engine.submit([Request(ids, SamplingParams(max_tokens=16, temperature=0, stop=(stop,)), got)])
+    engine.submit([Request(ids, GenerationConfig(max_new_tokens=16, stop=(stop,)), got)])
     assert got.done.wait(10)
     assert got.outputs[-1].finish_reason == "stop"
     assert got.text == full[: full.index(stop)]
 
     # A seeded sampled request gives the same tokens alone and in a batch with others.
-    params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    config = GenerationConfig(max_new_tokens=12, do_sample=True, top_p=0.9, seed=7)
     alone, together, other = Collector(), Collector(), Collector()
-    engine.submit([Request(ids, params, alone)])
+    engine.submit([Request(ids, config, alone)])
     assert alone.done.wait(10)
-    engine.submit(
-        [Request(tok.encode("hello"), SamplingParams(max_tokens=12, seed=1), other), Request(ids, params, together)]
-    )
+    unseeded = GenerationConfig(max_new_tokens=12, do_sample=True)
+    engine.submit([Request(tok.encode("hello"), unseeded, other), Request(ids, config, together)])
     assert together.done.wait(10) and other.done.wait(10)
     assert together.tokens == alone.tokens
 
 
 def test_engine_penalties_and_logprobs_match_a_plain_loop(engine):
-    """OpenAI's presence/frequency penalties (over generated tokens) and the raw-logit logprobs,
+    """OpenAI's presence/frequency penalties (over generated tokens) and the logprobs of the
+    distribution each token was chosen from (here the penalised logits: greedy has no temperature),
     against a loop that recomputes the whole sequence each step."""
     ids = engine.tokenizer.encode("the quick brown fox")
-    params = SamplingParams(max_tokens=10, temperature=0, presence_penalty=0.5, frequency_penalty=1.5, logprobs=3)
+    config = GenerationConfig(max_new_tokens=10, presence_penalty=0.5, frequency_penalty=1.5, logprobs=3)
     got = Collector()
-    engine.submit([Request(ids, params, got)])
+    engine.submit([Request(ids, config, got)])
     assert got.done.wait(10)
     seq, counts, expected, expected_lp = list(ids), {}, [], []
     with torch.no_grad():
         for _ in range(10):
             logits = engine.model(torch.tensor([seq])).logits[0, -1].float()
-            lp = logits.log_softmax(-1)
             for t, n in counts.items():
                 logits[t] -= 1.5 * n + 0.5
+            lp = logits.log_softmax(-1)
             t = int(logits.argmax())
             expected.append(t)
             expected_lp.append((float(lp[t]), lp.topk(3).indices.tolist()))
@@ -219,13 +216,42 @@ def test_engine_penalties_and_logprobs_match_a_plain_loop(engine):
         assert [i for i, _ in lp.top] == top
 
 
+def test_engine_decodes_as_generate_does(engine):
+    """Every control of a request's GenerationConfig, seeded sampling included, gives the tokens and
+    the logprobs `generate` / `complete` give the prompt alone: the engine picks tokens with the
+    library's code. The request shares its decode steps with another one."""
+    tok = engine.tokenizer
+    ids = tok.encode("the quick brown fox")
+    config = GenerationConfig(
+        max_new_tokens=14, do_sample=True, temperature=1.5, top_k=40, min_p=0.02, repetition_penalty=1.3, seed=11
+    )
+    config = config.replace(presence_penalty=0.4, frequency_penalty=0.3, logprobs=4)
+    got, other = Collector(), Collector()
+    engine.submit(
+        [Request(tok.encode("hello world"), GenerationConfig(max_new_tokens=9), other), Request(ids, config, got)]
+    )
+    assert got.done.wait(10) and other.done.wait(10)
+    assert got.tokens == reference(engine, ids, 14, config)
+    [c] = complete(engine.model, tok, [ids], [config.replace(stop_token_ids=engine.stop_token_ids)], row_products=False)
+    assert (got.text, got.outputs[-1].finish_reason) == (c.text, c.finish_reason)
+    assert got.tokens != reference(engine, ids, 14)  # sampled, not greedy
+    lps = [lp for o in got.outputs for lp in o.logprobs or []]
+    expected = [lp for lp in c.logprobs if lp.token_id not in engine.stop_token_ids]  # a stop token has no entry
+    assert [lp.token_id for lp in lps] == [lp.token_id for lp in expected]
+    for a, b in zip(lps, expected, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+        assert [i for i, _ in a.top] == [i for i, _ in b.top]
+
+
 def test_engine_refuses_what_does_not_fit():
-    with pytest.raises(ValueError, match="max_tokens must be an int >= 1"):
-        SamplingParams(max_tokens=0)
+    with pytest.raises(ValueError, match="max_new_tokens >= 1"):
+        Request([2, 5], GenerationConfig(max_new_tokens=0), print)
     with pytest.raises(ValueError, match="top_p must be in"):
-        SamplingParams(top_p=0.0)
+        GenerationConfig(top_p=0.0)
     with pytest.raises(ValueError, match="at least one token"):
-        Request([], SamplingParams(), print)
+        Request([], GenerationConfig(), print)
+    with pytest.raises(TypeError, match="config must be a GenerationConfig"):
+        Request([2], {"max_new_tokens": 4}, print)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +323,30 @@ def test_streaming_completion_and_chat(server, client):
     assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
 
 
+def test_sampling_fields_decode_as_the_library_does(server, client):
+    """A request's sampling fields become one GenerationConfig: a seeded sampled completion with
+    penalties and the vLLM-style extensions (top_k, min_p, repetition_penalty) is the text `complete`
+    samples with that config, and its streamed logprobs are the non-streamed ones, token for token."""
+    engine, _ = server
+    tok = engine.tokenizer
+    fields = dict(temperature=1.5, top_p=0.95, seed=5, presence_penalty=0.2, frequency_penalty=0.1)
+    extra = dict(top_k=40, min_p=0.02, repetition_penalty=1.3)
+    kw = dict(model="tiny", prompt="the quick brown", max_tokens=12, logprobs=2, extra_body=extra, **fields)
+    r = client.completions.create(**kw)
+    options = {"max_new_tokens": 12, "logprobs": 2, **fields, **extra}
+    config = GenerationConfig.from_options(options).replace(stop_token_ids=engine.stop_token_ids)
+    [c] = complete(engine.model, tok, [tok.encode("the quick brown")], [config], row_products=False)
+    assert (r.choices[0].text, r.choices[0].finish_reason) == (c.text, c.finish_reason)
+    assert r.usage.completion_tokens == len(c.token_ids)
+    lp = r.choices[0].logprobs
+    kept = [t for t in c.logprobs if t.token_id not in engine.stop_token_ids]
+    assert lp.token_logprobs == pytest.approx([t.logprob for t in kept], abs=1e-5)
+    chunks = [ch.choices[0] for ch in client.completions.create(stream=True, **kw) if ch.choices]
+    assert "".join(ch.text for ch in chunks) == r.choices[0].text
+    streamed = [t for ch in chunks if ch.logprobs for t in ch.logprobs.tokens]
+    assert streamed == lp.tokens and "".join(streamed) == r.choices[0].text  # the tokens spell the text
+
+
 def post(base: str, path: str, body: bytes) -> tuple[int, dict]:
     req = urllib.request.Request(base + path, data=body, headers={"Content-Type": "application/json"})
     try:
@@ -319,6 +369,8 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": True}, 400),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "top_p": 0}, 400),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 0}, 400),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "min_p": 1.5}, 400),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "repetition_penalty": 0}, 400),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": [1]}, 400),
     ("/v1/completions", {"model": "tiny", "prompt": [1, 10_000]}, 400),  # token id outside the vocab
     ("/v1/completions", {"model": "tiny", "prompt": "fox " * CONTEXT}, 400),  # longer than the context

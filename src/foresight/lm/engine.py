@@ -3,109 +3,66 @@
 Axis legend: B rows in the running batch, T tokens, V vocab.
 
     engine = Engine(model, tokenizer).start()
-    request = Request(prompt_ids, SamplingParams(max_tokens=32), emit=print)   # emit: called per step
+    config = GenerationConfig.from_options({"max_new_tokens": 32, "temperature": 0.7, "seed": 1})
+    request = Request(prompt_ids, config, emit=print)   # emit: called per step
     engine.submit([request])          # thread-safe; emit(Output(...)) runs on the engine thread
     request.cancel()                  # e.g. the client went away: the row leaves at the next step
+
+Decoding is `foresight.lm.generate`'s, row by row: each request carries its own `GenerationConfig`
+(every field is honoured; the model's eos ids always stop a row, `stop_token_ids` add to them), the
+next tokens come from one `sampling.Sampler` over the batch's configs (`process_logits`: penalties,
+temperature, top-k, top-p, min-p), and each row's text is a `completion.Reply` (incremental decoding,
+stop strings across tokens). A greedy request gets the tokens `generate` gives its prompt alone; a
+seeded sampled one draws from its own generator, as `generate(..., config=[config])` does, so it
+gets the same tokens in any batch. Logprobs are `GenerationConfig`'s (the distribution the token
+was chosen from).
 
 The loop (`Engine._loop`), one model forward per iteration:
 1. Idle: block until requests wait, then prefill all waiting requests that fit (left-padded to the
    longest prompt, one attention mask) into one `Gemma2Cache`.
-2. Running: pick every row's next token (greedy or sampled with its own generator), hand it to its
-   request (text, stop strings, max_tokens), and drop finished or cancelled rows from the batch and
-   the cache (their slot is free at once). Requests that arrived meanwhile join the running batch
-   when they fit: they are prefilled left-padded to the batch's stream length in a cache of the same
-   layout, which is then concatenated row-wise. Then one decode forward [B, 1] for all rows.
+2. Running: pick every row's next token, hand it to its request (text, stop strings, max_new_tokens,
+   max_time), and drop finished or cancelled rows from the batch and the cache (their slot is free
+   at once). Requests that arrived meanwhile join the running batch when they fit: they are
+   prefilled left-padded to the batch's stream length in a cache of the same layout, which is then
+   concatenated row-wise. Then one decode forward [B, 1] for all rows.
 
 Joining needs a prompt no longer than the batch's stream length (left padding cannot be added in
-front of rows already running) and room for its max_tokens before max_position_embeddings (padding
-counts: it occupies stream time). A request that does not fit waits, and so do the ones behind it
-(first come, first served); the batch then drains and the waiting request starts the next one.
+front of rows already running) and room for its max_new_tokens before max_position_embeddings
+(padding counts: it occupies stream time). A request that does not fit waits, and so do the ones
+behind it (first come, first served); the batch then drains and the waiting request starts the next one.
 
-Text: each row re-decodes its whole reply every step and hands out only text that is final: a
-trailing U+FFFD (a character whose bytes are not all there yet) and any tail that could begin a stop
-string are held back. A stop string ends the row and is not part of the text (OpenAI semantics).
+Streaming: a request receives only text that is final (`Reply.stable_text`: no half characters, no
+tail that could begin a stop string), with the logprobs of the tokens wholly inside it. A stop
+string ends the row and is not part of the text (OpenAI semantics); a stop token ends it too and
+counts as generated, but has no text and no logprobs entry (OpenAI's logprob tokens spell the text).
 """
 
 from __future__ import annotations
 
-import math
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from foresight.lm.cache import Gemma2Cache
-from foresight.lm.generate import select_next_token
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Decoding controls of one request (OpenAI names and meanings)."""
-
-    max_tokens: int = 16  # tokens to generate at most
-    temperature: float = 1.0  # 0 = greedy (argmax)
-    top_p: float = 1.0  # nucleus mass; 1 = off
-    top_k: int = 0  # sample among the k most likely tokens; 0 = off
-    seed: int | None = None  # seeds this request's own generator: same seed, same sample, whatever the batch
-    stop: tuple[str, ...] = ()  # stop strings (excluded from the text)
-    presence_penalty: float = 0.0  # subtracted once from the logit of every token already generated
-    frequency_penalty: float = 0.0  # subtracted per occurrence of a token already generated
-    logprobs: int | None = None  # None: no logprobs; n >= 0: the chosen token's and the n best alternatives'
-
-    def __post_init__(self) -> None:
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
-        if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
-        if not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"stop must hold non-empty strings, got {self.stop!r}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if not _is_number(value) or not -2 <= value <= 2:
-                raise ValueError(f"{name} must be a number in [-2, 2], got {value!r}")
-        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= 20):
-            raise ValueError(f"logprobs must be None or an int in [0, 20], got {self.logprobs!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-@dataclass
-class TokenLogprob:
-    """The chosen token's log-probability under the model (raw logits: before temperature and
-    penalties, as vLLM reports them by default) and the `top` most likely alternatives."""
-
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]  # [(token id, logprob)] best first
+from foresight.lm.completion import LENGTH, STOP, TIME, Reply, TokenLogprob
+from foresight.lm.generate import check_context, default_stop_token_ids, left_pad
+from foresight.lm.sampling import GenerationConfig, History, Sampler, top_logprobs
 
 
 @dataclass
 class Output:
-    """What a request receives after a step: new final text, the tokens behind it, and at the end a
-    finish_reason ("stop": stop token or string, "length": max_tokens, "abort": cancelled,
-    "error": the engine failed; `error` holds the message)."""
+    """What a request receives after a step: new final text, the token generated this step, the
+    logprobs of the tokens whose text became final with it, and at the end a finish_reason ("stop":
+    stop token or string, "length": max_new_tokens, "time": max_time, "abort": cancelled, "error":
+    the engine failed; `error` holds the message)."""
 
     text: str
-    token_ids: list[int]
+    token_ids: list[int]  # generated this step (a stop token included); [] for a final abort/error
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
     prompt_tokens: int = 0
@@ -114,14 +71,19 @@ class Output:
 
 
 class Request:
-    """One prompt to complete. `emit(Output)` is called on the engine thread, so it must be quick and
-    thread-safe (the server posts to its event loop with `call_soon_threadsafe`)."""
+    """One prompt to complete with one `GenerationConfig`. `emit(Output)` is called on the engine
+    thread, so it must be quick and thread-safe (the server posts to its event loop with
+    `call_soon_threadsafe`)."""
 
-    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, emit: Callable[[Output], None]):
+    def __init__(self, prompt_ids: Sequence[int], config: GenerationConfig, emit: Callable[[Output], None]):
         if len(prompt_ids) == 0:
             raise ValueError("the prompt must hold at least one token (e.g. <bos>)")
+        if not isinstance(config, GenerationConfig):
+            raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        if config.max_new_tokens < 1:
+            raise ValueError(f"a request must ask for max_new_tokens >= 1, got {config.max_new_tokens}")
         self.prompt_ids = [int(i) for i in prompt_ids]
-        self.params = params
+        self.config = config
         self.emit = emit
         self.cancelled = False  # set from any thread; read by the engine at every step
 
@@ -149,14 +111,13 @@ class Engine:
     """Owns the model on one thread; see the module docstring for the loop."""
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 32):
-        if not _is_int(max_batch_size) or max_batch_size < 1:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = max_batch_size
         cfg = model.config
         self.max_positions = cfg.max_position_embeddings
-        stop = set(cfg.eos_token_ids) | {i for i in (tokenizer.eos_id, tokenizer.end_of_turn_id) if i is not None}
-        self.stop_token_ids = frozenset(stop)
+        self.stop_token_ids = frozenset(default_stop_token_ids(model, tokenizer))
         self.pad_id = next(i for i in (tokenizer.pad_id, cfg.pad_token_id, 0) if i is not None)
         # Ids the tokenizer cannot decode (a model vocabulary padded past the tokenizer's) are never picked.
         self.vocab_limit = min(cfg.vocab_size, tokenizer.vocab_size)
@@ -185,18 +146,10 @@ class Engine:
             self._thread.join(timeout)
             self._thread = None
 
-    def check(self, prompt_len: int, max_tokens: int) -> None:
-        """Raise ValueError unless a prompt of this length plus max_tokens fits the context."""
-        if prompt_len + max_tokens > self.max_positions:
-            raise ValueError(
-                f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the context of "
-                f"{self.max_positions} tokens (max_position_embeddings)"
-            )
-
     def submit(self, requests: Sequence[Request]) -> None:
         """Queue requests (together: they join the same batch when they fit)."""
         for r in requests:
-            self.check(len(r.prompt_ids), r.params.max_tokens)
+            check_context(len(r.prompt_ids), r.config.max_new_tokens, self.max_positions)
             bad = [i for i in r.prompt_ids if not 0 <= i < self.model.config.vocab_size]
             if bad:
                 raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.model.config.vocab_size})")
@@ -258,7 +211,7 @@ class Engine:
                 self._waiting.popleft()
                 _Row(r, self).finish("abort")
                 continue
-            T, N = len(r.prompt_ids), r.params.max_tokens
+            T, N = len(r.prompt_ids), r.config.max_new_tokens
             if batch is None:
                 fits = max(length, T) + max(need, N) <= self.max_positions
             else:  # joining: left-padded to the batch's stream length, which only grows
@@ -274,30 +227,25 @@ class Engine:
     def _prefill(self, requests: list[Request], length: int = 0, like: Gemma2Cache | None = None) -> _Batch:
         """One forward over the left-padded prompts (padded to `length` if longer). With `like`,
         the cache gets its capacity, so that its layout matches for concatenation."""
-        T = max(length, *(len(r.prompt_ids) for r in requests))
-        ids = torch.full((len(requests), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(requests), T, dtype=torch.long)
-        for b, r in enumerate(requests):
-            n = len(r.prompt_ids)
-            ids[b, T - n :] = torch.tensor(r.prompt_ids)
-            mask[b, T - n :] = 1
-        capacity = like.capacity if like is not None else T + max(r.params.max_tokens for r in requests)
+        ids, mask = left_pad([r.prompt_ids for r in requests], self.pad_id, device=self.device, length=length)
+        T = ids.shape[1]
+        capacity = like.capacity if like is not None else T + max(r.config.max_new_tokens for r in requests)
         cache = self.model.make_cache(len(requests), capacity)
-        ids, mask = ids.to(self.device), mask.to(self.device)
         logits = self.model(ids, mask, cache=cache, logits_to_keep=1).logits[:, -1]  # [B, V]
         self.stats.forwards += 1
-        return _Batch([_Row(r, self) for r in requests], cache, logits)
+        return _Batch([_Row(r, self) for r in requests], cache, logits, self)
 
     @torch.inference_mode()
     def _step(self, batch: _Batch) -> _Batch | None:
         """Pick and hand out every row's next token, drop finished rows, run one decode forward."""
-        tokens = self._select(batch)  # [B] on the CPU
+        tokens, entries = self._select(batch)  # [B] on the CPU, a logprobs entry (or None) per row
+        batch.history.add(tokens.to(self.device))
         keep = []
         for b, row in enumerate(batch.rows):
             if row.request.cancelled:
                 row.finish("abort")
             else:
-                row.push(int(tokens[b]), batch.logprobs[b] if batch.logprobs is not None else None)
+                row.push(int(tokens[b]), entries[b])
                 self.stats.tokens += 1
             if not row.done:
                 keep.append(b)
@@ -312,54 +260,55 @@ class Engine:
         self.stats.decode_steps += 1
         return batch
 
-    def _select(self, batch: _Batch) -> torch.Tensor:
-        """Next token of every row [B] (CPU): penalties, then greedy rows by one argmax and sampled
-        rows each with its own generator (so a seeded request samples the same in any batch)."""
+    def _select(self, batch: _Batch) -> tuple[torch.Tensor, list[TokenLogprob | None]]:
+        """Every row's next token [B] (CPU) and logprobs entry, as `generate` picks them."""
         logits = batch.logits.float()  # [B, V]
         if self.vocab_limit < logits.shape[-1]:
             logits[:, self.vocab_limit :] = float("-inf")
-        batch.logprobs = None
-        if any(row.params.logprobs is not None for row in batch.rows):
-            lp = logits.log_softmax(-1).cpu()  # [B, V]
-            batch.logprobs = [lp[b] if row.params.logprobs is not None else None for b, row in enumerate(batch.rows)]
-        for b, row in enumerate(batch.rows):
-            p = row.params
-            if row.counts and (p.presence_penalty or p.frequency_penalty):
-                ids = torch.tensor(list(row.counts), device=logits.device)
-                n = torch.tensor(list(row.counts.values()), dtype=logits.dtype, device=logits.device)
-                logits[b, ids] -= p.frequency_penalty * n + p.presence_penalty
-        tokens = logits.argmax(-1).cpu()  # [B]: right for every greedy row
-        for b, row in enumerate(batch.rows):
-            p = row.params
-            if not p.greedy:
-                tokens[b] = select_next_token(
-                    logits[b : b + 1],
-                    do_sample=True,
-                    temperature=p.temperature,
-                    top_k=p.top_k or None,
-                    top_p=p.top_p if p.top_p < 1 else None,
-                    generator=row.generator,
-                )[0].cpu()
-        return tokens
+        processed = batch.sampler.process(logits, batch.history.seen, batch.history.counts)
+        tokens = batch.sampler.choose(processed)
+        entries: list[TokenLogprob | None] = [None] * len(batch.rows)
+        wanted = [row.config.logprobs for row in batch.rows if row.config.logprobs is not None]
+        if wanted:
+            chosen, top_ids, top_lp = (t.tolist() for t in top_logprobs(processed, tokens, max(wanted)))
+            for b, row in enumerate(batch.rows):
+                if (n := row.config.logprobs) is not None:
+                    entries[b] = TokenLogprob.ranked(int(tokens[b]), chosen[b], top_ids[b], top_lp[b], n)
+        return tokens.cpu(), entries
 
 
-@dataclass
 class _Batch:
-    rows: list[_Row]
-    cache: Gemma2Cache
-    logits: torch.Tensor  # [B, V] of the last forward: the next token is picked from it
-    logprobs: list | None = field(default=None)
+    """The running rows, their cache, the logits of the last forward, and what picks their next token
+    (a `Sampler` over the rows' configs and generators, and the penalties' `History`): both are
+    rebuilt when rows join or leave."""
+
+    def __init__(self, rows: list[_Row], cache: Gemma2Cache, logits: torch.Tensor, engine: Engine):
+        self.rows, self.cache, self.logits, self.engine = rows, cache, logits, engine
+        self._rebuild()
+
+    def _rebuild(self, history: History | None = None) -> None:
+        e = self.engine
+        configs = [row.config for row in self.rows]
+        self.sampler = Sampler(configs, [row.generator for row in self.rows], device=e.device)
+        if history is None:  # from the rows' tokens (a joined batch): only where a row needs it
+            prompts = [row.request.prompt_ids for row in self.rows]
+            history = History(configs, prompts, e.model.config.vocab_size, e.device, [row.ids for row in self.rows])
+        self.history = history
 
     def keep(self, index: list[int]) -> None:
         """Drop the rows not in `index` from the batch and the cache."""
         self.rows = [self.rows[i] for i in index]
-        take_rows(self.cache, torch.tensor(index, device=self.cache.device))
+        index = torch.tensor(index, device=self.cache.device)
+        take_rows(self.cache, index)
+        self.history.select(index)
+        self._rebuild(self.history)
 
     def join(self, other: _Batch) -> None:
         """Append `other`'s rows (prefilled to the same stream length in a same-capacity cache)."""
         merge_rows(self.cache, other.cache)
         self.rows += other.rows
         self.logits = torch.cat([self.logits, other.logits])
+        self._rebuild()
 
 
 def take_rows(cache: Gemma2Cache, index: torch.Tensor) -> None:
@@ -393,53 +342,46 @@ def merge_rows(cache: Gemma2Cache, other: Gemma2Cache) -> None:
 
 
 class _Row:
-    """A request's decoding state in the batch: its tokens, text handed out, generator, counts."""
+    """A request's decoding state in the batch: its tokens, its `Reply`, what it has been sent, its generator."""
 
     def __init__(self, request: Request, engine: Engine):
-        self.request, self.params, self.engine = request, request.params, engine
+        self.request, self.config, self.engine = request, request.config, engine
         self.ids: list[int] = []  # generated tokens, stop token included
-        self.text_ids: list[int] = []  # generated tokens that become text (no stop token)
-        self.sent = 0  # characters of the decoded reply handed out so far
-        self.counts: dict[int, int] = {}  # token -> times generated (presence/frequency penalties)
+        self.reply = Reply(engine.tokenizer, self.config.stop, len(request.prompt_ids))
+        self.stop_ids = engine.stop_token_ids | set(self.config.stop_token_ids)
+        self.sent_text = self.sent_tokens = 0  # characters / tokens (with their logprobs) handed out
+        self.started = time.monotonic()  # max_time counts from the prefill, as generate's from its call
         self.done = False
-        self.generator = None
-        if not self.params.greedy:
+        self.generator = None  # every sampled row has its own: seeded, or fresh entropy
+        if self.config.do_sample:
             self.generator = torch.Generator(device=engine.device)
-            if self.params.seed is not None:
-                self.generator.manual_seed(self.params.seed)
+            if self.config.seed is not None:
+                self.generator.manual_seed(self.config.seed)
             else:
-                self.generator.seed()  # fresh entropy
+                self.generator.seed()
 
     @property
     def remaining(self) -> int:
-        return self.params.max_tokens - len(self.ids)
+        return self.config.max_new_tokens - len(self.ids)
 
-    def push(self, token: int, logprobs: torch.Tensor | None) -> None:
+    def push(self, token: int, logprob: TokenLogprob | None) -> None:
         self.ids.append(token)
-        self.counts[token] = self.counts.get(token, 0) + 1
-        lp = None
-        if logprobs is not None:
-            n = self.params.logprobs
-            top = logprobs.topk(n) if n else None
-            alternatives = [] if top is None else list(zip(top.indices.tolist(), top.values.tolist()))
-            lp = [TokenLogprob(token, float(logprobs[token]), alternatives)]
-        if token in self.engine.stop_token_ids:  # no text, so no logprobs entry either
-            self._out(self._text()[self.sent :], [token], None, "stop")
-            return
-        self.text_ids.append(token)
-        text = self._text()
-        hit = _find_stop(text, self.params.stop, start=self.sent)
-        if hit is not None:
-            self._out(text[self.sent : max(hit, self.sent)], [token], lp, "stop")
+        reason = None
+        if token in self.stop_ids:  # no text: not part of the reply, no logprobs entry
+            reason = STOP
+            self.reply.finish(STOP, token)
+        elif self.reply.add(token, logprob):
+            reason = STOP
         elif self.remaining == 0:
-            self._out(text[self.sent :], [token], lp, "length")
-        else:
-            end = len(text) - _held_back(text, self.params.stop)
-            self._out(text[self.sent : max(end, self.sent)], [token], lp, None)
-            self.sent = max(end, self.sent)
-
-    def _text(self) -> str:
-        return self.engine.tokenizer.decode(self.text_ids)
+            reason = LENGTH
+        elif self.config.max_time is not None and time.monotonic() - self.started > self.config.max_time:
+            reason = TIME
+        if reason is not None:
+            self.reply.finish(reason)  # no-op after a stop token
+        text, n = self.reply.stable_text(), self.reply.stable_tokens()
+        lps = self.reply.logprobs[self.sent_tokens : n] if self.config.logprobs is not None else None
+        self._out(text[self.sent_text :], [token], lps, reason)
+        self.sent_text, self.sent_tokens = len(text), max(n, self.sent_tokens)
 
     def _out(self, text: str, token_ids: list[int], lp, finish_reason: str | None, error: str | None = None) -> None:
         if finish_reason is not None:
@@ -466,21 +408,3 @@ class _Row:
     def fail(self, message: str) -> None:
         if not self.done:
             self._out("", [], None, "error", message)
-
-
-def _find_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
-    """Index of the earliest stop string in text that ends after `start` (the text handed out), or None."""
-    hits = [i for s in stops if (i := text.find(s, max(0, start - len(s) + 1))) >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """Characters at the end of text that are not final yet: an incomplete character (U+FFFD) or
-    the longest tail that could be the start of a stop string."""
-    n = len(text) - len(text.rstrip("\ufffd"))
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                n = max(n, k)
-                break
-    return n

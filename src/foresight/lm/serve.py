@@ -5,7 +5,8 @@
                print(c.completions.create(model='model', prompt='Once', max_tokens=8).choices[0].text)"
 
 FastAPI + uvicorn in front of one `foresight.lm.engine.Engine` (a thread that owns the model and
-batches concurrent requests into shared decode steps). Endpoints:
+batches concurrent requests into shared decode steps; each request becomes one
+`foresight.lm.GenerationConfig` and decodes as `foresight generate` would decode it). Endpoints:
 
     GET  /v1/models, /v1/models/{id}   the one model, named after its folder
     POST /v1/completions               prompt: a string, a list of strings, token ids or lists of them
@@ -18,14 +19,18 @@ Both POST endpoints stream with "stream": true: server-sent events `data: {chunk
 Request fields and what they map to (anything else is a 400 "unrecognized request argument"):
 
     max_tokens (chat: also max_completion_tokens)   default 16 for completions, the rest of the context for chat
-    temperature 0..2 (0 = greedy), top_p (0, 1], top_k >= 0 (an extension, as vLLM's; 0 = off)
-    seed          the request's own generator: the same seed samples the same text in any batch
-                  (with n > 1, choice j uses seed + j)
+    temperature 0..2 (0 = greedy), top_p (0, 1]
+    top_k >= 0 (0 or -1 = off), min_p [0, 1], repetition_penalty > 0 (1 = off)   extensions, as vLLM's
+    seed          the request's own generator: the same seed samples the same text in any batch, and
+                  the text `foresight generate` samples with that seed (with n > 1, choice j uses seed + j)
     stop          a string or up to 16 strings; the text ends before the first one
     n             choices per prompt, 1..16
     presence_penalty, frequency_penalty   in [-2, 2], OpenAI's definition (over generated tokens)
     logprobs      completions: an int 0..5; chat: true with top_logprobs 0..20. Log-probabilities of
-                  the raw model distribution (before temperature and penalties, vLLM's default)
+                  the distribution each token was chosen from, after penalties and (when sampling)
+                  temperature/top-k/top-p/min-p: the library's definition (see GenerationConfig).
+                  With temperature 0 or 1 and no penalties or filters, the model's own distribution.
+                  Filtered alternatives are left out; a stop token has no entry
     stream, stream_options, user          as OpenAI
     logit_bias, echo, suffix, best_of > 1, tools, response_format, ...   400 "not supported"
 
@@ -45,10 +50,12 @@ import math
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from foresight.lm.engine import Engine, Output, Request, SamplingParams
+from foresight.lm.engine import Engine, Output, Request
+from foresight.lm.generate import add_dtype_argument
+from foresight.lm.sampling import GenerationConfig
 
 MAX_CHOICES = 64  # prompts x n of one request
 MAX_STOPS = 16
@@ -60,6 +67,8 @@ COMMON_FIELDS = {
     "temperature",
     "top_p",
     "top_k",
+    "min_p",
+    "repetition_penalty",
     "seed",
     "stop",
     "n",
@@ -108,7 +117,7 @@ def _invalid(param: str, message: str, code: str = "invalid_value") -> APIError:
 
 
 # ---------------------------------------------------------------------------------------------
-# Request parsing: JSON body -> prompts (token ids) and SamplingParams
+# Request parsing: JSON body -> prompts (token ids) and GenerationConfigs
 # ---------------------------------------------------------------------------------------------
 
 _KINDS = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
@@ -168,14 +177,16 @@ class Parsed:
     """A validated request: one entry per choice (prompt x n), in choice order."""
 
     prompts: list[list[int]]  # one per distinct prompt
-    params: list[SamplingParams]  # one per choice: choice i completes prompts[i // n]
+    configs: list[GenerationConfig]  # one per choice: choice i completes prompts[i // n]
     n: int
     stream: bool
     include_usage: bool
 
 
-def parse_sampling(body: dict, max_tokens: int | None, prompt_len: int, context: int, logprobs: int | None):
-    """SamplingParams of one choice from the shared fields (max_tokens None: the rest of the context)."""
+def parse_sampling(
+    body: dict, max_tokens: int | None, prompt_len: int, context: int, logprobs: int | None
+) -> GenerationConfig:
+    """The GenerationConfig of one choice from the shared fields (max_tokens None: the rest of the context)."""
     temperature = _get(body, "temperature", float, 1.0)
     _in_range("temperature", temperature, 0, 2)
     top_p = _get(body, "top_p", float, 1.0)
@@ -186,6 +197,14 @@ def parse_sampling(body: dict, max_tokens: int | None, prompt_len: int, context:
         top_k = 0
     if top_k < 0:
         raise _invalid("top_k", f"invalid 'top_k': expected an integer >= 0 (0 or -1 = off), but got {top_k}")
+    min_p = _get(body, "min_p", float, 0.0)
+    _in_range("min_p", min_p, 0, 1)
+    repetition_penalty = _get(body, "repetition_penalty", float, 1.0)
+    if not repetition_penalty > 0:
+        raise _invalid(
+            "repetition_penalty",
+            f"invalid 'repetition_penalty': expected a value > 0 (1 = off), but got {repetition_penalty}",
+        )
     stop = body.get("stop")
     if stop is None:
         stop = ()
@@ -206,16 +225,19 @@ def parse_sampling(body: dict, max_tokens: int | None, prompt_len: int, context:
         max_tokens = remaining
     if max_tokens < 1 or prompt_len + max_tokens > context:
         raise _context_error(prompt_len, max_tokens, context)
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=float(temperature),
+    options = dict(
+        max_new_tokens=max_tokens,
+        temperature=float(temperature),  # 0 = greedy, as in GenerationConfig.from_options
         top_p=float(top_p),
-        top_k=top_k,
+        top_k=top_k or None,
+        min_p=float(min_p) or None,
+        repetition_penalty=float(repetition_penalty),
         seed=_get(body, "seed", int),
         stop=stop,
         logprobs=logprobs,
         **{k: float(v) for k, v in penalties.items()},
     )
+    return GenerationConfig.from_options(options)
 
 
 def _context_error(prompt_len: int, max_tokens: int, context: int) -> APIError:
@@ -253,12 +275,11 @@ def _choices(body: dict, prompts: list[list[int]], max_tokens, context: int, log
     if options and not stream:
         raise _invalid("stream_options", "'stream_options' is only allowed with \"stream\": true")
     include_usage = _get(options, "include_usage", bool, False)
-    params = []
+    configs = []
     for ids in prompts:
-        p = parse_sampling(body, max_tokens, len(ids), context, logprobs)
-        for j in range(n):
-            params.append(replace(p, seed=None if p.seed is None else p.seed + j))
-    return Parsed(prompts, params, n, stream, include_usage)
+        c = parse_sampling(body, max_tokens, len(ids), context, logprobs)
+        configs += [c if c.seed is None else c.replace(seed=c.seed + j) for j in range(n)]
+    return Parsed(prompts, configs, n, stream, include_usage)
 
 
 def parse_completion(body: dict, tokenizer, vocab_size: int, context: int) -> Parsed:
@@ -506,7 +527,7 @@ def create_app(engine: Engine, model_name: str):
         def emitter(index: int):
             return lambda out: loop.call_soon_threadsafe(events.put_nowait, (index, out))
 
-        requests = [Request(parsed.prompts[i // parsed.n], p, emitter(i)) for i, p in enumerate(parsed.params)]
+        requests = [Request(parsed.prompts[i // parsed.n], c, emitter(i)) for i, c in enumerate(parsed.configs)]
         try:
             engine.submit(requests)
         except RuntimeError as e:  # shutting down
@@ -545,7 +566,7 @@ def create_app(engine: Engine, model_name: str):
         body = {**meta, "object": "chat.completion" if chat else "text_completion", "choices": []}
         for i, c in enumerate(choices):
             lp = None
-            if parsed.params[i].logprobs is not None:
+            if parsed.configs[i].logprobs is not None:
                 lp = chat_logprobs(tokenizer, c.logprobs) if chat else completion_logprobs(tokenizer, c.logprobs)
             if chat:
                 item = {"index": i, "message": {"role": "assistant", "content": c.text}}
@@ -590,7 +611,7 @@ def create_app(engine: Engine, model_name: str):
                 if not out.text and out.finish_reason is None and not out.logprobs:
                     continue  # text held back (a partial character or a possible stop string)
                 lp = None
-                if parsed.params[i].logprobs is not None:
+                if parsed.configs[i].logprobs is not None:
                     if chat:
                         lp = chat_logprobs(tokenizer, out.logprobs or [])
                     else:
@@ -622,12 +643,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: bfloat16 on CUDA; on CPU bfloat16 for a bf16 checkpoint if the CPU has native bf16, else float32",
-    )
+    add_dtype_argument(parser)
     parser.add_argument("--max-batch-size", type=int, default=32, help="rows one decode step may carry")
     return parser
 
