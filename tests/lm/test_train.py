@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from foresight.core.run import Run
 from foresight.lm import train_cli
 from foresight.lm.gemma2 import Gemma2, Gemma2Config
 from foresight.lm.text_data import PackedSequences, train_tokenizer
-from foresight.core.run import Run
 from foresight.lm.train import RESUME_MAY_CHANGE, TrainConfig, Trainer, WarmupCosine
 
 V, T = 64, 8
