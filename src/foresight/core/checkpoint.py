@@ -132,7 +132,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its recorded sha256")
     for key, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"checkpoint {path} holds non-finite values in {key.lstrip('/')!r}; refusing to resume from it")
+            raise CheckpointError(
+                f"checkpoint {path} holds non-finite values in {key.lstrip('/')!r}; refusing to resume from it"
+            )
     try:
         skeleton = json.loads(metadata[_META_KEY])
     except json.JSONDecodeError as e:
