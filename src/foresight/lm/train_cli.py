@@ -282,6 +282,7 @@ def _setup(args: argparse.Namespace, command: str):
             experiment=command,
             device=str(device),
             main=rank == 0,
+            progress=not args.no_progress,
             config=cfg,
             may_change=RESUME_MAY_CHANGE,
             allow_finished=True,
@@ -295,7 +296,15 @@ def _setup(args: argparse.Namespace, command: str):
             )
     else:
         run = Run.create(
-            command, cfg, scale="custom", seed=args.seed, out=args.out, device=str(device), main=rank == 0, extra=extra
+            command,
+            cfg,
+            scale="custom",
+            seed=args.seed,
+            out=args.out,
+            device=str(device),
+            main=rank == 0,
+            progress=not args.no_progress,
+            extra=extra,
         )
     return run, device
 
@@ -376,13 +385,6 @@ def _train(
             if _jsonable(saved.get(key)) != _jsonable(value):
                 raise ValueError(f"cannot resume {args.out}: its checkpoint has another {key} than these flags give")
     model = _build_model(args, model_cfg, device)
-    progress = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        def progress(it, **kw):
-            return tqdm(it, leave=False, **kw)
-
     trainer = Trainer(
         model,
         cfg,
@@ -396,7 +398,7 @@ def _train(
             "model_config": dataclasses.asdict(model_cfg),
             "tokenizer_sha256": data.tokenizer_sha256,
         },
-        progress=progress,
+        progress=run.progress,
         desc=Path(args.out).name,
     )
     result = trainer.fit()
