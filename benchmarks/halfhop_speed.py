@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in children (0: default)")
     ap.add_argument("--impls", default="ours,pyg", help="subset of: ours,pyg")
     ap.add_argument("--mem-fraction", type=float, default=0.9, help="skip if est. peak > this * available")
-    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out-dir", default="benchmarks/results", help="relative to the repository root unless absolute")
     ap.add_argument("--tag", default="", help="optional suffix of the result file name")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             f"p={args.p}, E/N={args.edges_per_node:g}, repeats={args.repeats}; ratio = PyG / ours"
         )
         print_table(rows)
-        out_dir = Path(args.out_dir)
+        out_dir = Path(args.out_dir) if Path(args.out_dir).is_absolute() else ROOT / args.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         suffix = f"-{args.tag}" if args.tag else ""
         path = out_dir / f"halfhop_speed-{started:%Y%m%d}-{device}{suffix}.json"
