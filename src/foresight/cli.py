@@ -90,7 +90,7 @@ def execute(
         write_run_report(run.dir)
         run.finish()
     finally:
-        if not counted and run._lock is not None:  # interrupted or failed: keep its time for the total
+        if not counted and run.holds_folder:  # interrupted or failed: keep its time for the total
             fs.add_seconds(run.dir, time.time() - t0)
         run.close()
     return run.dir
@@ -191,7 +191,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                 failed.append(name)
                 tb = traceback.format_exc()
                 print(tb, file=sys.stderr)
-                if fs.read_marker(run_dir) if run_dir.is_dir() else None:  # ours (unfinished): rerun resumes it
+                if run_dir.is_dir() and fs.read_marker(run_dir) is not None:  # ours, unfinished: a rerun resumes it
                     error = {
                         "experiment": name,
                         "system": exp.system,

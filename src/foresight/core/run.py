@@ -119,8 +119,9 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default, indent=2, sort_keys=False)
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
+def _diff(old: dict[str, Any], new: dict[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """``"key: old -> new"`` for every key whose value differs, except those in ``ignore``."""
+    keys = sorted((set(old) | set(new)) - set(ignore))
     return [
         f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}" for k in keys if old.get(k) != new.get(k)
     ]
@@ -259,7 +260,7 @@ class Run:
                         f"({'; '.join(changed)}); restore it or start a new run"
                     )
             if config is not None:
-                changed = [k for k in _diff(saved.to_dict(), config.to_dict()) if k.split(":")[0] not in may_change]
+                changed = _diff(saved.to_dict(), config.to_dict(), ignore=may_change)
                 if changed:
                     raise ValueError(f"cannot resume {folder} with a different config ({'; '.join(changed)})")
             run = cls(
@@ -299,7 +300,7 @@ class Run:
             "config": self.config.to_dict(),
             "torch": torch.__version__,
         }
-        if getattr(self, "extra", None):
+        if self.extra:
             record["extra"] = self.extra
         return record
 
@@ -309,6 +310,11 @@ class Run:
             self._apply_trim()
             fs.set_state(self.dir, "finished")
         self.close()
+
+    @property
+    def holds_folder(self) -> bool:
+        """True while this process holds the folder's lock (between create/resume and finish/close)."""
+        return self._lock is not None
 
     def close(self) -> None:
         if self._lock is not None:
@@ -393,15 +399,16 @@ class Run:
         for key in ("state", "rng", "metrics_lines", "done", "config"):
             if key not in full:
                 raise CheckpointError(f"checkpoint {path} lacks {key!r}; it was not written by this version")
-        mine = {k: v for k, v in self.config.to_dict().items() if k not in self.may_change}
-        theirs = {k: v for k, v in full["config"].items() if k not in self.may_change}
-        changed = _diff(theirs, mine)
+        changed = _diff(full["config"], self.config.to_dict(), ignore=self.may_change)
         if changed:
             raise CheckpointError(
                 f"checkpoint {path} was written with another config ({'; '.join(changed)}); "
                 "resume with the config it was written with"
             )
         return full
+
+    def has_checkpoint(self, name: str) -> bool:
+        return self._checkpoint_path(name).exists()
 
     def peek_checkpoint(self, name: str) -> dict[str, Any] | None:
         """The saved state of ``name`` without side effects (no RNG restore, no trimming), or None."""

@@ -10,7 +10,7 @@ Example (random weights; `load_pretrained(dir)` reads an HF checkpoint instead):
     prompt = torch.tensor([[2, 17, 99]])                          # [B, T] token ids, <bos> first
     logits = model(prompt).logits                                 # [1, 3, 256], soft-capped fp32
     tokens = generate(model, prompt, max_new_tokens=8)            # [1, 11], greedy
-    save_pretrained(model, "/tmp/gemma2-tiny")                    # loads in transformers too
+    save_pretrained(model, "runs/gemma2-tiny")                    # loads in transformers too
 
     tok = Gemma2Tokenizer.from_dataset()                          # the real Gemma 2 tokenizer
     batch = tok.encode_batch(["Hello", "a longer prompt"])        # input_ids + attention_mask, left-padded

@@ -587,7 +587,7 @@ def train_phase(
     if done is not None:
         model.load_state_dict(done["model"])
         return model, done["history"]
-    if run.peek_checkpoint(name) is None:
+    if not run.has_checkpoint(name):
         run.start_phase()
     model_config = model.config if model_config is None else model_config
     trainer = Trainer(

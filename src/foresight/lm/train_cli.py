@@ -288,12 +288,6 @@ def _setup(args: argparse.Namespace, command: str):
             allow_finished=True,
             extra=extra,
         )
-        state = run.peek_checkpoint("last")
-        if state is not None and state["step"] >= cfg.steps:
-            run.close()
-            raise ValueError(
-                f"{args.out} is already trained to step {state['step']}; pass --steps larger than that to extend it"
-            )
     else:
         run = Run.create(
             command,
@@ -376,7 +370,11 @@ def _train(
 
     cfg = run.config
     model_cfg = _model_config(args, data.vocab_size)
-    saved = run.peek_checkpoint("last")
+    saved = run.peek_checkpoint("last")  # what a resumed run continues from (None for a new run)
+    if saved is not None and saved["step"] >= cfg.steps:
+        raise ValueError(
+            f"{args.out} is already trained to step {saved['step']}; pass --steps larger than that to extend it"
+        )
     if saved is not None:
         for key, value in (
             ("model_config", dataclasses.asdict(model_cfg)),
