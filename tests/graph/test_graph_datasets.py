@@ -5,6 +5,7 @@ repository's sibling ``../shared/data``); without them they are skipped with the
 """
 
 import collections
+import json
 import os
 import pickle
 import shutil
@@ -16,16 +17,24 @@ import pytest
 import scipy.sparse
 import torch
 
-from foresight.core.data import get_dataset
+from foresight.core.data import DataNotFoundError, get_dataset, locate
 from foresight.graph.datasets import (
     GEOM_GCN_COMMIT,
+    GNN_BENCHMARK_COMMIT,
+    GNN_BENCHMARK_FILES,
     HETEROPHILIC,
     PLANETOID_COMMIT,
     YANDEX_COMMIT,
+    git_blob_sha1,
     load_dataset,
     load_geom_gcn,
+    load_gnn_benchmark,
     load_planetoid,
+    load_wikics,
+    random_splits,
+    read_gnn_benchmark_npz,
     read_planetoid_pickle,
+    read_wikics_json,
 )
 from graph_data import ROOT, needs_data
 
@@ -292,3 +301,161 @@ def test_a_graph_with_non_int_or_negative_ids_is_refused(tmp_path, graph):
     raw = pickle.dumps(collections.defaultdict(list, graph), protocol=2)
     with pytest.raises(ValueError, match="adjacency entry .* must be a non-negative int -> list of such ints"):
         read_planetoid_pickle(_write(tmp_path, raw, "ind.evil.graph"))
+
+
+# -- Amazon / Coauthor (gnn-benchmark) and WikiCS ------------------------------------------------------------
+def _gnn_benchmark_root():
+    spec = get_dataset("gnn-benchmark")
+    paths = [f.path for f in spec.files]
+    sibling = ROOT if ROOT is not None else None
+    found = locate(spec, paths) or (locate(spec, paths, sibling) if sibling else None)
+    return None if found is None else found.parent
+
+
+GNN_ROOT = _gnn_benchmark_root()
+needs_gnn_benchmark = pytest.mark.skipif(
+    GNN_ROOT is None, reason="gnn-benchmark npz files not found: set FORESIGHT_DATA to a folder holding gnn-benchmark/"
+)
+WIKICS_ROOT = next(
+    (r for r in (GNN_ROOT, ROOT) if r is not None and (r / "wiki-cs" / "data.json").is_file()),
+    None,
+)
+
+# ../shared/data/gnn-benchmark/SOURCE.md (= torch_geometric.io.read_npz(to_undirected=True)):
+# nodes / undirected edges / features / classes
+PUBLISHED = {
+    "amazon-computers": (13752, 245861, 767, 10),
+    "amazon-photos": (7650, 119081, 745, 8),
+    "coauthor-cs": (18333, 81894, 6805, 15),
+    "coauthor-physics": (34493, 247962, 8415, 5),
+}
+
+
+@needs_gnn_benchmark
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_gnn_benchmark_counts_match_the_published_statistics(name):
+    data, meta = load_gnn_benchmark(name, GNN_ROOT, num_splits=3)
+    n, und_edges, f, c = PUBLISHED[name]
+    assert data.x.shape == (n, f) and data.x.dtype == torch.float32
+    assert data.y.shape == (n,) and int(data.y.max()) + 1 == c and meta.num_classes == c
+    ei = data.edge_index
+    assert ei.size(1) == 2 * und_edges and not (ei[0] == ei[1]).any()
+    pairs = set(map(tuple, ei.t().tolist()))
+    assert len(pairs) == ei.size(1) and all((v, u) in pairs for u, v in pairs)
+    assert meta.undirected and not meta.self_loops and meta.num_splits == 3
+    assert meta.files == (
+        (
+            "gnn-benchmark",
+            GNN_BENCHMARK_FILES[name],
+            get_dataset("gnn-benchmark").file(GNN_BENCHMARK_FILES[name]).sha256,
+        ),
+    )
+    assert tuple(int(data[k][:, 0].sum()) for k in ("train_mask", "val_mask", "test_mask")) == (
+        n // 10,
+        n // 10,
+        n - 2 * (n // 10),
+    )
+
+
+def test_random_splits_partition_the_nodes_and_depend_only_on_the_seed():
+    a = random_splits(101, 4, seed=7)
+    b = random_splits(101, 4, seed=7)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    total = a["train_mask"].int() + a["val_mask"].int() + a["test_mask"].int()
+    assert (
+        total.eq(1).all() and a["train_mask"].sum(0).tolist() == [10] * 4 and a["val_mask"].sum(0).tolist() == [10] * 4
+    )
+    assert not torch.equal(a["train_mask"][:, 0], a["train_mask"][:, 1])  # one permutation per split
+    assert torch.equal(random_splits(101, 1, seed=9)["train_mask"][:, 0], a["train_mask"][:, 2])  # split s = seed + s
+    with pytest.raises(ValueError, match="train=0.6, val=0.5"):
+        random_splits(10, 1, train=0.6, val=0.5)
+
+
+def _npz(path, **over):
+    adj = scipy.sparse.csr_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 0, 0]], dtype=np.float32))
+    attr = scipy.sparse.csr_matrix(np.array([[1, 0], [0, 2], [3, 0]], dtype=np.float32))
+    arrays = {
+        "adj_data": adj.data,
+        "adj_indices": adj.indices,
+        "adj_indptr": adj.indptr,
+        "adj_shape": np.array(adj.shape),
+        "attr_data": attr.data,
+        "attr_indices": attr.indices,
+        "attr_indptr": attr.indptr,
+        "attr_shape": np.array(attr.shape),
+        "labels": np.array([0, 1, 1]),
+        "node_names": np.array(["a", "b", "c"], dtype=object),  # never read (would need pickle)
+    }
+    arrays.update(over)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_gnn_benchmark_npz_is_validated_before_use(tmp_path):
+    adj, attr, labels = read_gnn_benchmark_npz(_npz(tmp_path / "ok.npz"))
+    assert adj.shape == (3, 3) and attr.toarray().tolist() == [[1, 0], [0, 2], [3, 0]] and labels.tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match=r"\[adj\]: csr_matrix column index out of range \[0, 3\)"):
+        read_gnn_benchmark_npz(_npz(tmp_path / "a.npz", adj_indices=np.array([1, 0, 5], dtype=np.int32)))
+    with pytest.raises(ValueError, match=r"\[attr\]: csr_matrix indptr must rise from 0"):
+        read_gnn_benchmark_npz(_npz(tmp_path / "b.npz", attr_indptr=np.array([0, 2, 1, 3], dtype=np.int32)))
+    with pytest.raises(ValueError, match="labels .* disagree"):
+        read_gnn_benchmark_npz(_npz(tmp_path / "c.npz", labels=np.array([0, 1])))
+
+
+def test_gnn_benchmark_and_wikics_specs_are_pinned():
+    spec = get_dataset("gnn-benchmark")
+    assert {f.path for f in spec.files} == set(GNN_BENCHMARK_FILES.values())
+    for f in spec.files:
+        assert (
+            f.url == f"https://raw.githubusercontent.com/shchur/gnn-benchmark/{GNN_BENCHMARK_COMMIT}/data/npz/{f.path}"
+        )
+        assert len(f.sha256) == 64
+    (wiki,) = get_dataset("wiki-cs").files
+    assert wiki.url == "https://github.com/pmernyei/wiki-cs-dataset/raw/master/dataset/data.json"
+    with pytest.raises(ValueError, match="unknown dataset 'amazon-books'"):
+        load_gnn_benchmark("amazon-books")
+
+
+def _wikics(path, n=4):
+    obj = {
+        "features": [[float(i), 1.0] for i in range(n)],
+        "labels": [i % 2 for i in range(n)],
+        "links": [[1], [0, 2], [2], []],  # 2 -> 2 is a self-loop
+        "train_masks": [[int(i == s % n) for i in range(n)] for s in range(20)],
+        "val_masks": [[int(i == (s + 1) % n) for i in range(n)] for s in range(20)],
+        "stopping_masks": [[0] * n for _ in range(20)],
+        "test_mask": [0, 0, 1, 1],
+    }
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_wikics_json_gives_20_splits_and_undirected_edges(tmp_path):
+    data, links = read_wikics_json(_wikics(tmp_path / "data.json"))
+    assert links == 4 and data.edge_index.t().tolist() == [[0, 1], [1, 0], [1, 2], [2, 1]]
+    assert data.train_mask.shape == (4, 20) and data.train_mask[:, 5].tolist() == [False, True, False, False]
+    assert data.test_mask.shape == (4, 20) and data.test_mask[:, 19].tolist() == [False, False, True, True]
+    bad = json.loads((tmp_path / "data.json").read_text())
+    bad["train_masks"] = bad["train_masks"][:3]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"train_masks has shape \(3, 4\), expected \(20, 4\)"):
+        read_wikics_json(tmp_path / "bad.json")
+
+
+def test_wikics_offline_says_what_to_put_where_and_checks_the_blob(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORESIGHT_OFFLINE", "1")
+    monkeypatch.setenv("FORESIGHT_DATA", str(tmp_path / "none"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(DataNotFoundError, match=r"(?s)wiki-cs.*data.json  <- https://github.com/pmernyei"):
+        load_wikics(tmp_path / "empty")
+    _wikics((tmp_path / "wiki-cs").mkdir() or tmp_path / "wiki-cs" / "data.json")
+    blob = git_blob_sha1(tmp_path / "wiki-cs" / "data.json")
+    with pytest.raises(ValueError, match=f"git blob id {blob}, expected f1b74311"):
+        load_wikics(tmp_path)
+
+
+@pytest.mark.skipif(WIKICS_ROOT is None, reason="wiki-cs/data.json not found (not available offline; see SOURCE.md)")
+def test_wikics_counts():
+    data, meta = load_wikics(WIKICS_ROOT)
+    assert meta.num_nodes == 11701 and meta.num_classes == 10 and data.train_mask.shape == (11701, 20)
+    assert data.x.size(1) == 300

@@ -201,6 +201,44 @@ PLANETOID = register_dataset(
     )
 )
 
+# Amazon Computers/Photo and Coauthor CS/Physics (Shchur et al. 2018), the four offline graphs of the BGRL
+# protocol. PyG's Amazon/Coauthor download https://github.com/shchur/gnn-benchmark/raw/master/data/npz/<file>
+# (no hash); these are the same files at the commit whose git blob ids they were checked against.
+GNN_BENCHMARK_COMMIT = "1e72912a0810cdf27ae54fd589a3b43358a2b161"
+_GNN_BENCHMARK_URL = f"https://raw.githubusercontent.com/shchur/gnn-benchmark/{GNN_BENCHMARK_COMMIT}/data/npz"
+_GNN_BENCHMARK_SHA256: dict[str, str] = {
+    "amazon_electronics_computers.npz": "736ba1d9fd85eac2da83a5ad25c463f04b0031a6ca01563f90a7099d9e8ffb2c",
+    "amazon_electronics_photo.npz": "bdb1feb8e6ff42ee44024b04479145029c563fd42fc31bff80af20887ba0439a",
+    "ms_academic_cs.npz": "933c745734e78908c7eb77172a673fee0503f30e26e5a99b36814d88534c42e3",
+    "ms_academic_phy.npz": "e4d68468eba5fb8f6b280ffd406bd53e6e4295ba1dd2967d6fe99b978e4b3375",
+}
+GNN_BENCHMARK = register_dataset(
+    _spec(
+        "gnn-benchmark",
+        _GNN_BENCHMARK_URL,
+        _GNN_BENCHMARK_SHA256,
+        source=f"github.com/shchur/gnn-benchmark @ {GNN_BENCHMARK_COMMIT} (data/npz/; the files PyG's Amazon and "
+        "Coauthor download)",
+        license="MIT (c) 2018 Oleksandr Shchur; cite Shchur et al., Pitfalls of GNN Evaluation, 2018",
+    )
+)
+
+# WikiCS (Mernyei & Cangea 2020): PyG's WikiCS downloads this URL (a branch, not a commit). No sha256 of the
+# file is known here, only its git blob id (checked by foresight.graph.datasets.load_wikics); the spec's
+# sha256 is therefore empty, so a download can never be verified and `resolve` fails with the usual
+# what-to-put-where message: put data.json into <data root>/wiki-cs/ by hand.
+WIKICS_BLOB = "f1b743119df1a7a3bca449039c54034ae623a756"
+WIKICS = register_dataset(
+    DatasetSpec(
+        name="wiki-cs",
+        files=(
+            RemoteFile("data.json", "https://github.com/pmernyei/wiki-cs-dataset/raw/master/dataset/data.json", ""),
+        ),
+        source=f"github.com/pmernyei/wiki-cs-dataset dataset/data.json (git blob {WIKICS_BLOB}; no sha256 known)",
+        license="MIT (c) 2020 Peter Mernyei; cite Mernyei & Cangea, Wiki-CS, 2020",
+    )
+)
+
 
 # -- text (Gemma 2, Gemini LMs) ----------------------------------------------------------------------------
 

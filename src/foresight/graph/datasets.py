@@ -1,4 +1,5 @@
-"""Graph datasets for the Half-Hop experiments: six heterophilic sets and Cora/CiteSeer.
+"""Graph datasets for the Half-Hop experiments: six heterophilic sets, Cora/CiteSeer, and the SSL benchmarks
+(Amazon Computers/Photos, Coauthor CS/Physics from shchur/gnn-benchmark; WikiCS when its file is present).
 
 Every loader returns a :class:`LoadedGraph` ``(data, meta)``:
 
@@ -21,7 +22,13 @@ squirrel    Yandex ``squirrel.npz`` (Geom-GCN's file is not here)     Geom-GCN (
 cornell     Yandex ``cornell.npz`` (see the Cornell caveat)           Yandex ``cornell.npz``
 cora        Planetoid ``ind.cora.*`` (Kipf & Welling ordering)        Planetoid ``graph``
 citeseer    Planetoid ``ind.citeseer.*`` (+15 zero rows)              Planetoid ``graph``
+amazon-*    gnn-benchmark ``amazon_electronics_*.npz`` (PyG's files)  same npz, symmetrised
+coauthor-*  gnn-benchmark ``ms_academic_*.npz``                       same npz
+wiki-cs     ``dataset/data.json`` (git blob pinned; not offline)       same file, symmetrised
 ==========  =======================================================  =================================
+
+Amazon/Coauthor have no official splits: :func:`random_splits` draws 10/10/80 ones (BGRL's protocol).
+WikiCS comes with 20 splits.
 
 Why these sources:
 
@@ -68,6 +75,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
@@ -82,11 +90,39 @@ from foresight.core.data import (
     resolve,
     sha256_file,
 )
-from foresight.core.datasets import GEOM_GCN, GEOM_GCN_COMMIT, PLANETOID, PLANETOID_COMMIT, YANDEX, YANDEX_COMMIT
+from foresight.core.datasets import (
+    GEOM_GCN,
+    GEOM_GCN_COMMIT,
+    GNN_BENCHMARK,
+    GNN_BENCHMARK_COMMIT,
+    PLANETOID,
+    PLANETOID_COMMIT,
+    WIKICS,
+    WIKICS_BLOB,
+    YANDEX,
+    YANDEX_COMMIT,
+)
 
 HETEROPHILIC = ("texas", "wisconsin", "cornell", "film", "chameleon", "squirrel")
 PLANETOID_NAMES = ("cora", "citeseer")
-_ALIASES = {"actor": "film"}
+# name -> npz file in gnn-benchmark (Shchur et al.); the BGRL protocol's names
+GNN_BENCHMARK_FILES = {
+    "amazon-computers": "amazon_electronics_computers.npz",
+    "amazon-photos": "amazon_electronics_photo.npz",
+    "coauthor-cs": "ms_academic_cs.npz",
+    "coauthor-physics": "ms_academic_phy.npz",
+}
+HOMOPHILIC = (*GNN_BENCHMARK_FILES, "wiki-cs")
+NUM_WIKICS_SPLITS = 20
+_ALIASES = {
+    "actor": "film",
+    "computers": "amazon-computers",
+    "photo": "amazon-photos",
+    "photos": "amazon-photos",
+    "cs": "coauthor-cs",
+    "physics": "coauthor-physics",
+    "wikics": "wiki-cs",
+}
 NUM_GEOM_GCN_SPLITS = 10
 
 GEOM_GCN_SPLIT_NOTE = (
@@ -159,7 +195,7 @@ class _Files:
 def _canonical(name: str, allowed: tuple[str, ...]) -> str:
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in allowed:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {list(allowed)} (or 'actor' for 'film')")
+        raise ValueError(f"unknown dataset {name!r}; expected one of {list(allowed)} (aliases: {_ALIASES})")
     return key
 
 
@@ -357,8 +393,6 @@ def _numeric(a: np.ndarray, path: str, what: str) -> np.ndarray:
 
 def _csr_from_state(state: Any, path: str) -> Any:
     """Validate a pickled csr_matrix's arrays, THEN build it: a bad index would crash ``toarray`` (no check)."""
-    import scipy.sparse
-
     if type(state) is not dict:
         raise ValueError(f"{path}: csr_matrix state must be a dict, got {type(state).__name__}")
     if state.get("format", "csr") != "csr":
@@ -366,14 +400,27 @@ def _csr_from_state(state: Any, path: str) -> Any:
     shape = state.get("_shape", state.get("shape"))
     if type(shape) is not tuple or len(shape) != 2 or not all(type(n) is int and n >= 0 for n in shape):
         raise ValueError(f"{path}: csr_matrix shape must be two non-negative ints, got {shape!r:.80}")
-    rows, cols = shape
     try:
         arrays = {k: decode_array(state[k]) for k in ("data", "indices", "indptr")}
     except KeyError as e:
         raise ValueError(f"{path}: csr_matrix state has no {e.args[0]!r} array") from None
     except ValueError as e:
         raise ValueError(f"{path}: csr_matrix: {e}") from None
-    data, indices, indptr = (_numeric(arrays[k], path, f"csr_matrix {k}") for k in ("data", "indices", "indptr"))
+    return checked_csr(arrays["data"], arrays["indices"], arrays["indptr"], shape, path)
+
+
+def checked_csr(data: Any, indices: Any, indptr: Any, shape: tuple[int, int], path: str) -> Any:
+    """Validate the three arrays of a CSR matrix of ``shape``, THEN build the ``scipy.sparse.csr_matrix``.
+
+    Shared by the Planetoid pickles and the gnn-benchmark npz files: a bad index would crash (or silently
+    read out of bounds in) ``toarray``, which checks nothing. Raises a one-line ValueError naming ``path``.
+    """
+    import scipy.sparse
+
+    rows, cols = shape
+    data, indices, indptr = (
+        _numeric(a, path, f"csr_matrix {k}") for k, a in (("data", data), ("indices", indices), ("indptr", indptr))
+    )
     if data.ndim != 1 or indices.ndim != 1 or indptr.ndim != 1:
         raise ValueError(f"{path}: csr_matrix data/indices/indptr must be 1-D, got {data.shape}/{indices.shape}")
     if indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
@@ -543,9 +590,168 @@ def load_planetoid(name: str, data_dir: str | Path | None = None, split: str = "
     return LoadedGraph(data, _meta(name, data, source, files.used, split_note, True, notes))
 
 
+# -- homophilic SSL benchmarks (Amazon, Coauthor, WikiCS) -------------------------------------------
+RANDOM_SPLIT_NOTE = "random {train:.0%}/{val:.0%}/{test:.0%} train/val/test, {num} splits drawn with seed {seed}"
+
+
+def random_splits(
+    num_nodes: int, num_splits: int, *, train: float = 0.1, val: float = 0.1, seed: int = 0
+) -> dict[str, Tensor]:
+    """``num_splits`` random train/val/test partitions of the nodes as [N, S] bool masks (BGRL's protocol).
+
+    Split ``s`` is a permutation from ``torch.Generator().manual_seed(seed + s)``: its first
+    ``floor(train N)`` nodes train, the next ``floor(val N)`` validate, the rest test (not stratified,
+    as in nerdslab/bgrl's ``create_masks``; with 10/10 the test set is the remaining ~80%).
+    """
+    if num_splits < 1 or num_nodes < 1:
+        raise ValueError(f"need num_nodes >= 1 and num_splits >= 1, got {num_nodes}, {num_splits}")
+    if not (0 < train and 0 < val and train + val < 1):
+        raise ValueError(f"need 0 < train, 0 < val and train + val < 1, got train={train!r}, val={val!r}")
+    n_train, n_val = int(train * num_nodes), int(val * num_nodes)
+    masks = {k: torch.zeros(num_nodes, num_splits, dtype=torch.bool) for k in ("train_mask", "val_mask", "test_mask")}
+    for s in range(num_splits):
+        perm = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(seed + s))
+        masks["train_mask"][perm[:n_train], s] = True
+        masks["val_mask"][perm[n_train : n_train + n_val], s] = True
+        masks["test_mask"][perm[n_train + n_val :], s] = True
+    return masks
+
+
+def read_gnn_benchmark_npz(path: str | Path) -> tuple[Any, Any, np.ndarray]:
+    """One gnn-benchmark npz -> (adjacency csr [N, N], attributes csr [N, F], labels [N] int64), validated.
+
+    Only the numeric keys are read (``np.load(allow_pickle=False)``; Coauthor's name arrays are object
+    arrays and are never touched). Both CSR matrices go through :func:`checked_csr`; the adjacency must be
+    square and agree with the attribute rows and the labels.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        mats = []
+        for what in ("adj", "attr"):
+            shape = z[f"{what}_shape"]
+            if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+                raise ValueError(f"{path}: {what}_shape must be two non-negative ints, got {shape!r:.80}")
+            rows, cols = int(shape[0]), int(shape[1])
+            arrays = (z[f"{what}_data"], z[f"{what}_indices"], z[f"{what}_indptr"])
+            mats.append(checked_csr(*arrays, (rows, cols), f"{path} [{what}]"))
+        labels = _numeric(z["labels"], str(path), "labels")
+    adj, attr = mats
+    n = adj.shape[0]
+    if adj.shape != (n, n) or attr.shape[0] != n or labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"{path}: adjacency {adj.shape}, attributes {attr.shape} and labels {labels.shape} {labels.dtype} "
+            "disagree; expected [N, N], [N, F] and [N] integers"
+        )
+    if n and (int(labels.min()) < 0):
+        raise ValueError(f"{path}: labels must be >= 0, got {int(labels.min())}")
+    return adj, attr, labels.astype(np.int64)
+
+
+def load_gnn_benchmark(
+    name: str, data_dir: str | Path | None = None, *, num_splits: int = 20, split_seed: int = 0
+) -> LoadedGraph:
+    """Amazon Computers/Photos or Coauthor CS/Physics, as ``torch_geometric.io.read_npz(to_undirected=True)``.
+
+    Args:
+        name: ``amazon-computers``, ``amazon-photos``, ``coauthor-cs`` or ``coauthor-physics`` (aliases
+            ``computers``, ``photo``, ``cs``, ``physics``).
+        data_dir: a folder holding ``gnn-benchmark/`` (see ``foresight.core.data`` for the search order).
+        num_splits, split_seed: these sets have no official splits; masks are :func:`random_splits`
+            10/10/80 (BGRL's protocol), [N, num_splits]. An experiment may draw its own instead.
+
+    Edges: the stored adjacency's non-zeros (binary), self-loops removed, symmetrised and deduplicated (the
+    Amazon adjacency is stored asymmetric). Features: the dense attribute matrix, float32, not normalised
+    (Coauthor's are counts). Counts (nodes / undirected edges / features / classes) match the published ones:
+    Computers 13752/245861/767/10, Photos 7650/119081/745/8, CS 18333/81894/6805/15, Physics 34493/247962/8415/5.
+    """
+    name = _canonical(name, tuple(GNN_BENCHMARK_FILES))
+    rel = GNN_BENCHMARK_FILES[name]
+    files = _Files(GNN_BENCHMARK, [rel], data_dir)
+    adj, attr, labels = read_gnn_benchmark_npz(files.path(rel))
+    coo = adj.tocoo()
+    edge_index = torch.from_numpy(np.stack([coo.row, coo.col]).astype(np.int64))
+    n = adj.shape[0]
+    x = torch.from_numpy(np.asarray(attr.toarray(), dtype=np.float32))
+    masks = random_splits(n, num_splits, seed=split_seed)
+    data = Data(x=x, edge_index=_finish_edges(edge_index, n, True), y=torch.from_numpy(labels), **masks)
+    source = f"shchur/gnn-benchmark@{GNN_BENCHMARK_COMMIT[:7]} data/npz/{rel}"
+    split = RANDOM_SPLIT_NOTE.format(train=0.1, val=0.1, test=0.8, num=num_splits, seed=split_seed)
+    notes = "no official splits (BGRL protocol: random 10/10/80 per seed); features not normalised"
+    return LoadedGraph(data, _meta(name, data, source, files.used, split, True, notes))
+
+
+def git_blob_sha1(path: str | Path) -> str:
+    """``git hash-object`` of a file: sha1 over ``b"blob <size>\\0"`` + its bytes."""
+    raw = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest()
+
+
+def read_wikics_json(path: str | Path) -> tuple[Data, int]:
+    """WikiCS ``data.json`` -> (``Data`` with [N, 20] masks, number of directed links), as PyG's ``WikiCS``.
+
+    Keys: ``features`` [N][F], ``labels`` [N], ``links`` (node i's out-neighbours), ``train_masks``,
+    ``val_masks``, ``stopping_masks`` (20 lists of N 0/1 each) and ``test_mask`` (one list of N, shared by
+    the 20 splits; repeated to [N, 20] here). Edges are symmetrised and deduplicated (PyG's default
+    ``is_undirected=True``; BGRL makes WikiCS undirected too), self-loops dropped.
+    """
+    import json
+
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a WikiCS data.json ({e})") from None
+    keys = ("features", "labels", "links", "train_masks", "val_masks", "stopping_masks", "test_mask")
+    if not isinstance(obj, dict) or any(k not in obj for k in keys):
+        raise ValueError(f"{path}: expected a JSON object with keys {list(keys)}")
+    x = torch.tensor(obj["features"], dtype=torch.float32)
+    y = torch.tensor(obj["labels"], dtype=torch.int64)
+    n = y.numel()
+    if x.dim() != 2 or x.size(0) != n or len(obj["links"]) != n:
+        raise ValueError(f"{path}: features {tuple(x.shape)}, {n} labels and {len(obj['links'])} link lists disagree")
+    src = [i for i, nbrs in enumerate(obj["links"]) for _ in nbrs]
+    dst = [int(j) for nbrs in obj["links"] for j in nbrs]
+    edge_index = torch.tensor([src, dst], dtype=torch.int64).view(2, -1)
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
+        raise ValueError(f"{path}: links refer to nodes outside [0, {n})")
+    masks = {}
+    for key, out in (("train_masks", "train_mask"), ("val_masks", "val_mask"), ("stopping_masks", "stopping_mask")):
+        m = torch.tensor(obj[key], dtype=torch.bool)
+        if m.shape != (NUM_WIKICS_SPLITS, n):
+            raise ValueError(f"{path}: {key} has shape {tuple(m.shape)}, expected ({NUM_WIKICS_SPLITS}, {n})")
+        masks[out] = m.t().contiguous()  # [N, 20]
+    test = torch.tensor(obj["test_mask"], dtype=torch.bool)
+    if test.shape != (n,):
+        raise ValueError(f"{path}: test_mask has shape {tuple(test.shape)}, expected ({n},)")
+    masks["test_mask"] = test[:, None].expand(n, NUM_WIKICS_SPLITS).contiguous()
+    data = Data(x=x, edge_index=_finish_edges(edge_index, n, True), y=y, **masks)
+    return data, int(edge_index.size(1))
+
+
+def load_wikics(data_dir: str | Path | None = None) -> LoadedGraph:
+    """WikiCS with its 20 official splits (train/val/stopping masks [N, 20], the one test mask repeated).
+
+    ``data.json`` is pinned by its git blob id (no sha256 is known, see ``foresight.core.datasets.WIKICS``):
+    put it into ``<data root>/wiki-cs/``; without it, resolution fails naming the folders searched.
+    """
+    folder = resolve(WIKICS.name, ["data.json"], data_dir=data_dir)
+    path = folder / "data.json"
+    got = git_blob_sha1(path)
+    if got != WIKICS_BLOB:
+        raise ValueError(f"{path} has git blob id {got}, expected {WIKICS_BLOB} ({WIKICS.source})")
+    data, _ = read_wikics_json(path)
+    used = [(WIKICS.name, "data.json", sha256_file(path))]
+    source = f"pmernyei/wiki-cs-dataset dataset/data.json (git blob {WIKICS_BLOB[:7]})"
+    split = "20 official WikiCS splits (train/val/stopping masks; one shared test mask)"
+    return LoadedGraph(data, _meta("wiki-cs", data, source, used, split, True))
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, *, undirected: bool = True) -> LoadedGraph:
-    """Any of the eight sets above with its Geom-GCN splits (Planetoid sets are always undirected)."""
+    """Any set of this module: Geom-GCN splits for the heterophilic and Planetoid sets (Planetoid ones
+    always undirected), random 10/10/80 splits for Amazon/Coauthor, the official 20 for WikiCS."""
     key = _ALIASES.get(name.lower(), name.lower())
+    if key in HOMOPHILIC:
+        if not undirected:
+            raise ValueError(f"{name} is only provided undirected (undirected=True)")
+        return load_wikics(data_dir) if key == "wiki-cs" else load_gnn_benchmark(key, data_dir)
     if key in PLANETOID_NAMES:
         if not undirected:
             raise ValueError(f"{name} is only provided undirected (undirected=True)")
