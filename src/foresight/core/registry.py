@@ -29,6 +29,8 @@ class Result:
     rule: str  # the verdict rule in words, e.g. "HH - base > 0 on >= 4 of 6 datasets"
     metrics: dict[str, Any] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)  # rows for the report (same keys per row)
+    # more tables, each under its title (an experiment with several sub-claims, e.g. one per paper table)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)  # file names under the run's figures/
     protocol: str = ""  # what was run, in a few sentences (data, splits, seeds, budget)
     notes: str = ""  # deviations from the paper, surprises

@@ -58,6 +58,8 @@ def _section(res: dict[str, Any], figures_prefix: str, level: str = "##") -> str
         parts += [f"**Protocol.** {res['protocol']}", ""]
     if res.get("table"):
         parts += [markdown_table(res["table"]), ""]
+    for title, rows in res.get("tables", {}).items():
+        parts += [f"**{title}**", "", markdown_table(rows), ""]
     for fig in res.get("figures", []):
         parts += [f"![{fig}]({figures_prefix}figures/{fig})", ""]
     if res.get("notes"):

@@ -142,7 +142,7 @@ def _model_config(cfg: Gemma2DistillationConfig, hidden: int, layers: int, heads
     )
 
 
-def _train_config(cfg: Gemma2DistillationConfig, tokens: int, lr: float, seed: int, eval_points: int):
+def train_config(cfg: Gemma2DistillationConfig, tokens: int, lr: float, seed: int, eval_points: int):
     from foresight.lm.train import TrainConfig
 
     steps = max(1, tokens // (cfg.batch_size * cfg.seq_len))
@@ -161,7 +161,7 @@ def _train_config(cfg: Gemma2DistillationConfig, tokens: int, lr: float, seed: i
     )
 
 
-def _load_data(cfg: Gemma2DistillationConfig, run: Run):
+def load_data(cfg: Gemma2DistillationConfig, run: Run):
     from foresight.lm.text_data import PackedSequences, pick_corpus, prepare_text_data
 
     corpus, note = pick_corpus(cfg.corpus, run.data_dir)
@@ -207,12 +207,12 @@ def run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
     from foresight.lm.gemma2 import Gemma2
     from foresight.lm.train import autocast_dtype, train_phase
 
-    data, corpus, note = _load_data(cfg, run)
+    data, corpus, note = load_data(cfg, run)
     order_seed = run.seed_for("data-order")  # every model sees the windows in the same order
 
     teacher_cfg = _model_config(cfg, cfg.teacher_hidden, cfg.teacher_layers, cfg.teacher_heads)
     seed_everything(run.seed_for("teacher-init"))
-    teacher_tcfg = _train_config(cfg, cfg.teacher_tokens, cfg.teacher_lr, order_seed, eval_points=2)
+    teacher_tcfg = train_config(cfg, cfg.teacher_tokens, cfg.teacher_lr, order_seed, eval_points=2)
     teacher, teacher_hist = train_phase(run, "teacher", Gemma2(teacher_cfg), teacher_tcfg, data.train, data.val)
     teacher.eval().requires_grad_(False)
     if cfg.topk:  # sparse: run the teacher once over every training window, reuse for every student
@@ -238,7 +238,7 @@ def run(cfg: Gemma2DistillationConfig, run: Run) -> Result:
         for method, objective in (("ntp", None), ("kd", kd)):
             seed_everything(run.seed_for("student-init"))  # both methods (and all budgets) start from one init
             # ... and see the same windows in the same order under the same schedule
-            tcfg = _train_config(cfg, budget, cfg.student_lr, order_seed, cfg.eval_points)
+            tcfg = train_config(cfg, budget, cfg.student_lr, order_seed, cfg.eval_points)
             student = Gemma2(student_cfg)
             _, hist = train_phase(run, f"{method}-{budget}", student, tcfg, data.train, data.val, objective)
             curves[method][budget] = hist

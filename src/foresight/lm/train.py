@@ -494,14 +494,8 @@ class Trainer:
             n = min(n, self.cfg.eval_batches * self.cfg.batch_size)
         n -= n % self.world  # every rank runs the same number of forwards (FSDP needs it)
         mine = torch.arange(self.rank, n, self.world)
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of token NLL, tokens]
-        for j in range(0, len(mine), self.micro):
-            x, y = self.val_data.batch(mine[j : j + self.micro].numpy())
-            x, y = x.to(self.device), y.to(self.device)
-            with self._autocast():
-                logits = self.model(x).logits
-            total[0] += next_token_loss(logits.float(), y).double() * y.numel()
-            total[1] += y.numel()
+        with self._autocast():
+            total = nll_sum(self.model, self.val_data, mine, self.micro, self.device)
         if self.world > 1:
             dist.all_reduce(total)
         nll = (total[0] / total[1]).item()
@@ -561,6 +555,42 @@ class Trainer:
             train_seconds=t_train,
             tokens_per_second=tokens / t_train if t_train > 0 else 0.0,
         )
+
+
+@torch.no_grad()
+def nll_sum(
+    model: nn.Module, data: PackedSequences, ids: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """[sum of next-token NLL, tokens] (float64, on `device`) over windows `ids` of `data`, in batches."""
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for j in range(0, len(ids), batch_size):
+        x, y = data.batch(ids[j : j + batch_size].numpy())
+        x, y = x.to(device), y.to(device)
+        logits = model(x).logits
+        total[0] += next_token_loss(logits.float(), y).double() * y.numel()
+        total[1] += y.numel()
+    return total
+
+
+def validation_nll(
+    model: nn.Module,
+    data: PackedSequences,
+    windows: int = 0,
+    batch_size: int = 8,
+    precision: str = "fp32",
+) -> float:
+    """Mean next-token NLL (nats/token) of `model` on the first `windows` windows of `data` (0 = all),
+    exactly what the trainer's validation computes; the model is left in eval mode."""
+    if windows < 0 or batch_size < 1:
+        raise ValueError(f"need windows >= 0 and batch_size >= 1, got {windows} and {batch_size}")
+    device = next(model.parameters()).device
+    n = min(len(data), windows) if windows else len(data)
+    dtype = autocast_dtype(precision, device)
+    ctx = contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+    model.eval()
+    with ctx:
+        total = nll_sum(model, data, torch.arange(n), batch_size, device)
+    return (total[0] / total[1]).item()
 
 
 # ---------------------------------------------------------------------------------------------
