@@ -1,6 +1,12 @@
-"""A small continuous 2-D navigation task with several reward locations (gymnasium API).
+"""Environments gymnasium lacks: a small continuous 2-D navigation task, and the Atari pieces it does not ship.
 
-The GGPI experiment's continuous stand-in for the paper's deep-RL control task: a point in the unit
+Everything else is created through gymnasium ids: ``gymnasium.make_vec(id, n, vector_kwargs={"autoreset_mode":
+gymnasium.vector.AutoresetMode.SAME_STEP})`` or ``SyncVectorEnv`` / ``AsyncVectorEnv`` of ``gymnasium.make``,
+including MiniGrid (``import minigrid`` registers ``MiniGrid-*`` ids; their ``Dict`` observations go to
+:func:`foresight.rl.agents.train_ppo` as they are) and Atari (:func:`make_atari`; needs the optional ``ale-py``
+and ``opencv-python-headless``).
+
+Point navigation. The GGPI experiment's continuous stand-in for the paper's deep-RL control task: a point in the unit
 square moves a fixed step in one of ``num_actions`` compass directions, with Gaussian noise, and is
 clipped at the walls. The reward is paid on arrival, ``r(s') = Σ_g w_g exp(−|s' − c_g|² / 2σ²)``: one
 Gaussian bump per reward location, so a task is a weight vector ``w`` over fixed locations and its
@@ -146,4 +152,48 @@ class PointNavEnv(gym.Env):
         return nxt.numpy().astype(np.float32), r, False, self.steps >= self.max_steps, {}
 
 
-__all__ = ["BumpReward", "PointNavEnv", "compass_directions", "point_nav_step"]
+# ------------------------------------------------------------------------------------------------
+# Atari: the standard preprocessing (Mnih et al. 2015; cleanrl ppo_atari.py) from gymnasium's wrappers
+# ------------------------------------------------------------------------------------------------
+class FireResetEnv(gym.Wrapper):
+    """Press FIRE after every reset, for games that wait for it (cleanrl / SB3 ``FireResetEnv``; gymnasium has
+    no such wrapper). If FIRE ends the episode at once, reset again."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        meanings = env.unwrapped.get_action_meanings()
+        if len(meanings) < 3 or meanings[1] != "FIRE":
+            raise ValueError(f"FireResetEnv needs FIRE as action 1, got actions {meanings}")
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(**kwargs)
+        obs, _, term, trunc, info = self.env.step(1)
+        if term or trunc:
+            obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+def make_atari(env_id: str = "ALE/Breakout-v5", *, sticky_actions: float = 0.0, clip_rewards: bool = True) -> gym.Env:
+    """One Atari env with the standard stack: no-op starts (≤ 30), frame skip 4 with max-pooling of the last two
+    frames, 84x84 grey, FIRE on reset where the game needs it, episode statistics on the unclipped reward,
+    sign-clipped rewards, 4 stacked frames → ``uint8 [4, 84, 84]``.
+
+    ``sticky_actions`` is ALE's repeat-action probability (0 as in cleanrl's ``NoFrameskip-v4`` ids; Machado
+    et al. 2018 recommend 0.25). Not applied: cleanrl's ``EpisodicLifeEnv`` (a lost life as an episode end).
+    """
+    try:
+        import ale_py
+    except ImportError as e:  # pragma: no cover - optional dependency
+        raise ImportError("Atari needs the optional ale-py: pip install ale-py opencv-python-headless") from e
+    gym.register_envs(ale_py)
+    env = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_actions, full_action_space=False)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireResetEnv(env)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    if clip_rewards:
+        env = gym.wrappers.TransformReward(env, lambda r: float(np.sign(r)))
+    return gym.wrappers.FrameStackObservation(env, 4)
+
+
+__all__ = ["BumpReward", "FireResetEnv", "PointNavEnv", "compass_directions", "make_atari", "point_nav_step"]
