@@ -9,6 +9,7 @@ import torch
 from foresight.rl import agents as AG
 from foresight.rl import byol_explore as BE
 from foresight.rl import exploration as X
+from foresight.rl import rnd as RND
 from foresight.rl.gridworlds import GridVectorEnv
 
 torch.set_num_threads(1)
@@ -52,6 +53,7 @@ def test_each_bonus_runs_and_reports_coverage_as_a_count_and_a_fraction(bonus):
     expected_extras = {
         "none": set(),
         "count": set(),
+        "rnd": {"predictor_loss_first", "predictor_loss_last"},
         "byol": {"wm_loss_first", "wm_loss_last", "bonus_nonzero_last"},
         "svd": {"pseudo_count_spearman"},
     }[bonus]
@@ -70,10 +72,61 @@ def test_arms_pair_up_by_seed_a_zero_count_bonus_is_plain_ppo():
     that pays nothing trains exactly the agent plain PPO trains."""
     plain, zero, paying = (
         {k: v for k, v in _untimed(res).items() if k != "bonus"}
-        for res in (_arm("none"), _arm("count", count=X.CountBonusConfig(scale=0.0)), _arm("count"))
+        for res in (
+            _arm("none"),
+            _arm("count", count=X.CountBonusConfig(scale=0.0)),
+            _arm("count", count=X.CountBonusConfig(scale=1.0)),
+        )
     )
     assert plain == zero
     assert paying != plain  # and the comparison is not vacuous: a bonus that pays changes what is learned
+
+
+def test_make_bonus_hooks_builds_every_bonus_for_a_gymnasium_minigrid_env():
+    """The same names give hooks for a non-grid env: the count bonus then counts exact observations."""
+    import gymnasium as gym
+    import minigrid  # noqa: F401  (registers the MiniGrid ids)
+
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.make("MiniGrid-Empty-5x5-v0")] * 2, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    ppo = AG.PPOConfig(num_envs=2, num_steps=8, total_steps=16, minibatches=2)
+    kinds = {b: type(X.make_bonus_hooks(b, envs, ppo, byol=BYOL, svd=SVD)).__name__ for b in X.BONUSES}
+    assert kinds == {
+        "none": "ExplorationHooks",
+        "count": "ObservationCountBonus",
+        "rnd": "RNDHooks",
+        "byol": "BYOLExploreHooks",
+        "svd": "SVDBonusHooks",
+    }
+    for bonus in ("count", "rnd", "byol"):
+        hooks = X.make_bonus_hooks(bonus, envs, ppo, byol=BYOL)
+        _, res = AG.train_ppo(envs, ppo, hooks=hooks, seed=0)
+        assert res.env_steps == 16 and res.updates[0]["mean_bonus"] > 0
+
+
+def test_paired_improvement_by_hand():
+    base = [0.2, 0.2, 0.2, 0.2, 0.2]
+    assert X.paired_improvement([0.4, 0.4, 0.4, 0.2, 0.2], base, min_gain=0.1, win_frac=0.6)  # +0.12, 3/5 wins
+    assert not X.paired_improvement([0.4, 0.4, 0.2, 0.2, 0.2], base, min_gain=0.1, win_frac=0.6)  # 2/5 wins
+    assert not X.paired_improvement([1.0, 0.0, 0.0, 0.0, 0.0], base, min_gain=0.0, win_frac=0.2)  # mean not up
+    # with min_gain 0 the mean must still rise strictly, and ties are not wins
+    assert not X.paired_improvement(base, base, min_gain=0.0, win_frac=0.0)
+    assert X.paired_improvement([0.3, 0.2, 0.2, 0.2, 0.2], base, min_gain=0.0, win_frac=0.2)
+    assert not X.paired_improvement([0.3, 0.2, 0.2, 0.2, 0.2], base, min_gain=0.0, win_frac=0.4)
+    with pytest.raises(ValueError, match="paired non-empty 1-d sequences, got shapes"):
+        X.paired_improvement([1.0, 2.0], [1.0], 0.0, 0.5)
+    with pytest.raises(ValueError, match="win_frac must be in"):
+        X.paired_improvement([1.0], [0.0], 0.0, 1.5)
+
+
+def test_plot_arms_writes_the_curves_and_the_summary(tmp_path):
+    rows = [_arm("none", seed=s).to_dict() for s in (0, 1)]
+    names = X.plot_arms(lambda name: tmp_path / name, {"none": rows, "copy": rows}, prefix="c_", curves=("success",))
+    assert names == ["c_success.png", "c_summary.png"]
+    assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+    with pytest.raises(ValueError, match="curve 'reward' is not one of"):
+        X.plot_arms(lambda name: tmp_path / name, {"none": rows}, curves=("reward",))
 
 
 def test_window_means_by_hand():
@@ -110,8 +163,8 @@ def test_summarize_arm_and_mean_curve_on_hand_made_rows():
 
 def test_bad_inputs_raise_value_errors_naming_the_value():
     env = GridVectorEnv(PPO.num_envs, layout=TINY)
-    with pytest.raises(ValueError, match="bonus 'rnd' is not one of"):
-        X.run_exploration_arm(env, PPO, "rnd", seed=0)
+    with pytest.raises(ValueError, match="bonus 'icm' is not one of"):
+        X.run_exploration_arm(env, PPO, "icm", seed=0)
     with pytest.raises(ValueError, match="bonus 'ppo' is not one of"):
         X.make_bonus_hooks("ppo", env, PPO)
     with pytest.raises(ValueError, match="curve_points must be >= 1, got 0"):
@@ -122,3 +175,33 @@ def test_bad_inputs_raise_value_errors_naming_the_value():
         X.SVDBonusConfig(rank=0)
     with pytest.raises(ValueError, match="lr must be > 0, got 0.0"):
         X.SVDBonusConfig(lr=0.0)
+
+
+def test_running_mean_std_matches_the_moments_of_all_batches():
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 3, generator=g) * 2 + 1 for n in (5, 17, 1)]
+    rms = RND.RunningMeanStd((3,))
+    for b in batches:
+        rms.update(b)
+    x = torch.cat(batches).double()
+    torch.testing.assert_close(rms.mean, x.mean(0), atol=1e-4, rtol=1e-4)  # the 1e-4 prior count
+    torch.testing.assert_close(rms.var, x.var(0, unbiased=False), atol=1e-4, rtol=1e-4)
+
+
+def test_rnd_bonus_falls_on_familiar_observations_and_gets_its_own_value_head():
+    """PPO with RND on the tiny grid: a second (intrinsic) value head is trained, and after training the
+    predictor's error is lower on the cells the agent visited than on unseen one-hot patterns."""
+    env = GridVectorEnv(PPO.num_envs, layout=TINY, max_steps=12)
+    torch.manual_seed(0)
+    hooks = X.make_bonus_hooks("rnd", env, PPO, rnd=RND.RNDConfig(lr=1e-3, hidden=32, out_dim=16))
+    tracker_cells = []
+    agent, res = AG.train_ppo(env, PPO, hooks=hooks, seed=0, on_step=lambda s: tracker_cells.append(s.next_obs))
+    assert agent.int_value is not None and all("int_value_loss" in u for u in res.updates)
+    assert hooks.history[-1]["predictor_loss"] < hooks.history[0]["predictor_loss"]
+    seen = torch.unique(torch.cat(tracker_cells), dim=0)
+    unseen = torch.zeros(8, seen.shape[1])
+    unseen[:, 0] = 1.0  # row 0 is a wall row: the agent never observes it
+    unseen[torch.arange(8), 5 + torch.arange(8) % 7] = 1.0
+    assert hooks.prediction_error(seen).mean() < hooks.prediction_error(unseen).mean()
+    with pytest.raises(ValueError, match="update_proportion must be in"):
+        RND.RNDConfig(update_proportion=0.0)

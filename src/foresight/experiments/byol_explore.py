@@ -28,13 +28,18 @@ import numpy as np
 
 from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
-from foresight.core.report import plot_bars, plot_lines
 from foresight.core.run import Run
 from foresight.core.stats import paired_ci, wins_ties_losses
 from foresight.rl import agents as AG
 from foresight.rl import byol_explore as BE
 from foresight.rl import gridworlds as GW
-from foresight.rl.exploration import CountBonusConfig, mean_curve, run_exploration_arm, summarize_arm
+from foresight.rl.exploration import (
+    CountBonusConfig,
+    paired_improvement,
+    plot_arms,
+    run_exploration_arm,
+    summarize_arm,
+)
 
 ARMS = ("none", "byol", "count")  # "none": plain PPO, the baseline
 
@@ -137,10 +142,8 @@ def verdict(
     none_coverage_auc: Sequence[float],
 ) -> tuple[str, bool, bool]:
     """``(verdict, goal_holds, coverage_holds)`` by :data:`RULE` from per-seed numbers (index i: seed i)."""
-    bs, ps = np.asarray(byol_final_success, dtype=float), np.asarray(none_final_success, dtype=float)
-    bc, pc = np.asarray(byol_coverage_auc, dtype=float), np.asarray(none_coverage_auc, dtype=float)
-    goal = bool(bs.mean() - ps.mean() >= 0.1 and np.mean(bs > ps) >= 0.6)
-    cover = bool(bc.mean() > pc.mean() and np.mean(bc > pc) >= 0.6)
+    goal = paired_improvement(byol_final_success, none_final_success, min_gain=0.1, win_frac=0.6)
+    cover = paired_improvement(byol_coverage_auc, none_coverage_auc, min_gain=0.0, win_frac=0.6)
     v = "reproduced" if goal and cover else "partial" if goal or cover else "not reproduced"
     return v, goal, cover
 
@@ -211,23 +214,7 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, by_arm: dict[str, list[d
         metrics[f"paired_{key}_diff_ci95"] = paired_ci(b, p).to_dict()
         metrics[f"paired_{key}_wins_ties_losses"] = list(wins_ties_losses(b, p))
 
-    shown = ("final_success", "success_rate", "coverage_auc")
-    for name, key, title, ylabel in (
-        ("coverage", "curve_coverage", "distinct cells visited (all envs, cumulative)", "fraction of the free cells"),
-        ("success", "curve_success", "episode success rate per window", "success rate"),
-        ("return", "curve_return", "extrinsic episode return per window", "mean return"),
-    ):
-        curves = {f"{arm} (mean of {len(rows)} seeds)": mean_curve(rows, key) for arm, rows in by_arm.items()}
-        plot_lines(run.figure(f"{name}.png"), curves, title=title, xlabel="environment steps", ylabel=ylabel)
-    plot_bars(
-        run.figure("summary.png"),
-        ["success (last 20%)", "success (all)", "coverage AUC"],
-        {arm: [metrics[f"{arm}_{w}"] for w in shown] for arm in by_arm},
-        errors={arm: [metrics[f"{arm}_{w}_std"] for w in shown] for arm in by_arm},
-        title="four-room chain, equal env steps and seeds",
-        ylabel="fraction",
-    )
-    figures = ["coverage.png", "success.png", "return.png", "summary.png"]
+    figures = plot_arms(run.figure, by_arm, title="four-room chain, equal env steps and seeds")
 
     protocol = (
         f"{n} seeds (seed i derived from the run seed and 'seed=i', the same in every arm) x arms "

@@ -40,7 +40,14 @@ from foresight.rl import agents as AG
 from foresight.rl import gridworlds as GW
 from foresight.rl import mdp as M
 from foresight.rl import svd as V
-from foresight.rl.exploration import CountBonusConfig, SVDBonusConfig, mean_curve, run_exploration_arm, summarize_arm
+from foresight.rl.exploration import (
+    CountBonusConfig,
+    SVDBonusConfig,
+    paired_improvement,
+    plot_arms,
+    run_exploration_arm,
+    summarize_arm,
+)
 
 PARTS = ("a", "b", "c", "d")
 C_ARMS = ("none", "svd", "count")
@@ -362,10 +369,8 @@ def rule_c(
     none_coverage_auc: Sequence[float],
 ) -> str:
     """:data:`RULES` ``"c"`` on per-seed numbers, paired by seed (index i is seed i in both arms)."""
-    s, n = np.asarray(svd_success, dtype=float), np.asarray(none_success, dtype=float)
-    sc, nc = np.asarray(svd_coverage_auc, dtype=float), np.asarray(none_coverage_auc, dtype=float)
-    better_success = s.mean() - n.mean() >= 0.1 and np.mean(s > n) >= 0.6
-    better_cover = sc.mean() > nc.mean() and np.mean(sc > nc) >= 0.6
+    better_success = paired_improvement(svd_success, none_success, min_gain=0.1, win_frac=0.6)
+    better_cover = paired_improvement(svd_coverage_auc, none_coverage_auc, min_gain=0.0, win_frac=0.6)
     return "pass" if better_success and better_cover else "partial" if better_success or better_cover else "fail"
 
 
@@ -484,39 +489,20 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
 
     if "c" in results:
         by_arm = {arm: [results["c"][f"arm={arm}/seed={i}"] for i in range(n)] for arm in cfg.c_arms}
-        shown = ("success_rate", "final_success", "coverage_auc")
         for arm, rows in by_arm.items():
             metrics.update({f"c_{arm}_{key}": v for key, v in summarize_arm(rows).items()})
         if "svd" in by_arm:
             sp = [r["extras"]["pseudo_count_spearman"] for r in by_arm["svd"]]
             metrics["c_svd_pseudo_count_spearman"] = float(np.mean(sp))
         metrics["c_env_steps_per_second"] = float(np.mean([metrics[f"c_{a}_steps_per_second"] for a in by_arm]))
-        for name, key, title, ylabel in (
-            (
-                "success",
-                "curve_success",
-                "success rate vs environment steps",
-                f"episode success rate (mean of {n} seeds)",
-            ),
-            ("coverage", "curve_coverage", "distinct cells visited", "fraction of the 103 free cells"),
-        ):
-            curves = {arm: mean_curve(rows, key) for arm, rows in by_arm.items()}
-            plot_lines(
-                run.figure(f"c_exploration_{name}.png"),
-                curves,
-                title=f"(c) {title}",
-                xlabel="environment steps",
-                ylabel=ylabel,
-            )
-        plot_bars(
-            run.figure("c_exploration_summary.png"),
-            ["success (all episodes)", "success (last 20%)", "coverage AUC"],
-            {arm: [metrics[f"c_{arm}_{w}"] for w in shown] for arm in by_arm},
-            errors={arm: [metrics[f"c_{arm}_{w}_std"] for w in shown] for arm in by_arm},
+        figures += plot_arms(
+            run.figure,
+            by_arm,
+            prefix="c_exploration_",
+            curves=("success", "coverage"),
+            bars=("success_rate", "final_success", "coverage_auc"),
             title="(c) four-room chain, equal env steps",
-            ylabel="fraction",
         )
-        figures += ["c_exploration_success.png", "c_exploration_coverage.png", "c_exploration_summary.png"]
         if "svd" in by_arm and "none" in by_arm:
             svd, none = by_arm["svd"], by_arm["none"]
             subs["c"] = rule_c(

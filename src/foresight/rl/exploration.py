@@ -1,17 +1,22 @@
-"""One exploration arm: PPO on a sparse-reward gridworld with a chosen intrinsic bonus, measured the same way
-for every bonus.
+"""Exploration bonuses behind one interface, and one exploration arm measured the same way for every bonus.
 
-:func:`run_exploration_arm` is the unit the exploration experiments (``byol-explore``, ``svd-representations``
-part c) repeat over arms and seeds. The bonus is named by a string (:data:`BONUSES`):
+Every bonus is an :class:`~foresight.rl.agents.ExplorationHooks` that the same PPO
+(:func:`~foresight.rl.agents.train_ppo`) takes; :func:`make_bonus_hooks` builds one by name (:data:`BONUSES`)
+for any vector env (a :class:`~foresight.rl.gridworlds.GridVectorEnv`, MiniGrid, ...):
 
 - ``"none"``: plain PPO, the baseline every bonus is compared against;
-- ``"count"``: ``β / sqrt(n(s') + 1)`` from exact visit counts (:class:`~foresight.rl.agents.TabularCountBonus`),
-  an oracle reference that knows the state;
+- ``"count"``: ``β / sqrt(n(s') + 1)`` from exact visit counts: of the cell on a ``GridVectorEnv``
+  (:class:`~foresight.rl.agents.TabularCountBonus`, an oracle reference that knows the state), of the exact
+  observation elsewhere (:class:`~foresight.rl.agents.ObservationCountBonus`);
+- ``"rnd"``: Random Network Distillation (:class:`~foresight.rl.rnd.RNDHooks`), the standard baseline, with its
+  own non-episodic value head;
 - ``"byol"``: BYOL-Explore's world-model prediction error (:class:`~foresight.rl.byol_explore.BYOLExploreHooks`);
 - ``"svd"``: the SVD pseudo-count bonus ``β / sqrt(n̂(s') + 1)`` (:class:`~foresight.rl.svd.SVDExplorer` through
   :class:`~foresight.rl.agents.SVDBonusHooks`).
 
-Every arm reports the same :class:`ArmResult`: success and return over all episodes and over the last 20% of
+:func:`run_exploration_arm` (gridworlds) is the unit the exploration experiments (``byol-explore``,
+``svd-representations`` part c) repeat over arms and seeds; :func:`paired_improvement` is their shared
+verdict rule and :func:`plot_arms` their shared figures. Every arm reports the same :class:`ArmResult`: success and return over all episodes and over the last 20% of
 the steps, coverage (distinct cells visited, as a count and as a fraction of the free cells) at the end and
 on a curve, and the bonus's own diagnostics in ``extras``. The same ``seed`` gives the same environments,
 agent initialisation and action samples in every arm, so arms can be compared seed by seed.
@@ -19,22 +24,26 @@ agent initialisation and action samples in every arm, so arms can be compared se
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from foresight.core.config import Config
+from foresight.core.report import plot_bars, plot_lines
 from foresight.core.run import derive_seed
 from foresight.core.stats import mean_std
 from foresight.rl import agents as AG
 from foresight.rl import byol_explore as BE
+from foresight.rl import rnd as RND
 from foresight.rl import svd as V
 from foresight.rl.gridworlds import CoverageTracker, GridVectorEnv
 
-BONUSES = ("none", "count", "byol", "svd")
+BONUSES = ("none", "count", "rnd", "byol", "svd")
 FINAL_FRACTION = 0.2  # "final" success and return: episodes that ended in the last 20% of the env steps
 
 
@@ -109,21 +118,26 @@ def window_means(values: np.ndarray, end_steps: np.ndarray, points: np.ndarray) 
 
 def make_bonus_hooks(
     bonus: str,
-    env: GridVectorEnv,
+    env: gym.vector.VectorEnv,
     ppo: AG.PPOConfig,
     *,
     count: CountBonusConfig | None = None,
+    rnd: RND.RNDConfig | None = None,
     byol: BE.BYOLExploreConfig | None = None,
     svd: SVDBonusConfig | None = None,
 ) -> AG.ExplorationHooks:
     """The :class:`~foresight.rl.agents.ExplorationHooks` of ``bonus`` (its settings from the matching config,
-    defaults where None). Builds networks: seed torch first."""
+    defaults where None) for ``env``, any vector env. Builds networks: seed torch first."""
     obs_dim, _ = AG.space_encoder(env.single_observation_space)
     if bonus == "none":
         return AG.ExplorationHooks()
     if bonus == "count":
         count = count or CountBonusConfig()
-        return AG.TabularCountBonus(env.cell_index, env.free.size, scale=count.scale)
+        if isinstance(env, GridVectorEnv):
+            return AG.TabularCountBonus(env.cell_index, env.free.size, scale=count.scale)
+        return AG.ObservationCountBonus(scale=count.scale)
+    if bonus == "rnd":
+        return RND.RNDHooks(obs_dim, ppo.num_envs, rnd)
     if bonus == "byol":
         return BE.BYOLExploreHooks(
             obs_dim, int(env.single_action_space.n), ppo.num_envs, byol or BE.BYOLExploreConfig()
@@ -150,6 +164,7 @@ def run_exploration_arm(
     seed: int,
     curve_points: int = 10,
     count: CountBonusConfig | None = None,
+    rnd: RND.RNDConfig | None = None,
     byol: BE.BYOLExploreConfig | None = None,
     svd: SVDBonusConfig | None = None,
 ) -> ArmResult:
@@ -164,7 +179,7 @@ def run_exploration_arm(
     if curve_points < 1:
         raise ValueError(f"curve_points must be >= 1, got {curve_points}")
     torch.manual_seed(derive_seed(seed, f"bonus={bonus}"))  # the bonus's networks; train_ppo reseeds for the agent
-    hooks = make_bonus_hooks(bonus, env, ppo, count=count, byol=byol, svd=svd)
+    hooks = make_bonus_hooks(bonus, env, ppo, count=count, rnd=rnd, byol=byol, svd=svd)
     points = np.linspace(0, ppo.total_steps, curve_points + 1)[1:]
     tracker = CoverageTracker(env, points)
     agent, res = AG.train_ppo(env, ppo, hooks=hooks, seed=seed, on_step=tracker)
@@ -181,6 +196,9 @@ def run_exploration_arm(
         extras["wm_loss_first"] = hooks.history[0]["wm_loss"]
         extras["wm_loss_last"] = hooks.history[-1]["wm_loss"]
         extras["bonus_nonzero_last"] = hooks.history[-1]["bonus_nonzero"]
+    if isinstance(hooks, RND.RNDHooks) and hooks.history:
+        extras["predictor_loss_first"] = hooks.history[0]["predictor_loss"]
+        extras["predictor_loss_last"] = hooks.history[-1]["predictor_loss"]
     if isinstance(hooks, AG.SVDBonusHooks):
         extras["pseudo_count_spearman"] = _pseudo_count_spearman(env, hooks, agent, tracker)
     return ArmResult(
@@ -226,6 +244,60 @@ def mean_curve(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     return list(rows[0]["curve_steps"]), np.mean([r[key] for r in rows], 0).tolist()
 
 
+def paired_improvement(a: Sequence[float], b: Sequence[float], min_gain: float, win_frac: float) -> bool:
+    """Does arm ``a`` improve on arm ``b``, paired by seed (index i is seed i in both)? True iff the mean gain
+    ``mean(a) − mean(b)`` is positive and at least ``min_gain``, and ``a`` beats ``b`` strictly (ties, e.g.
+    both 0, are no evidence) in at least a ``win_frac`` share of the seeds."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"a and b must be paired non-empty 1-d sequences, got shapes {a.shape} and {b.shape}")
+    if not 0.0 <= win_frac <= 1.0:
+        raise ValueError(f"win_frac must be in [0, 1], got {win_frac}")
+    gain = a.mean() - b.mean()
+    return bool(gain > 0 and gain >= min_gain and np.mean(a > b) >= win_frac)
+
+
+CURVES = {  # name -> (ArmResult curve key, title, y label)
+    "coverage": ("curve_coverage", "distinct cells visited (all envs, cumulative)", "fraction of the free cells"),
+    "success": ("curve_success", "episode success rate per window", "success rate"),
+    "return": ("curve_return", "extrinsic episode return per window", "mean return"),
+}
+BAR_LABELS = {"final_success": "success (last 20%)", "success_rate": "success (all)", "coverage_auc": "coverage AUC"}
+
+
+def plot_arms(
+    figure: Callable[[str], Path],
+    by_arm: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    prefix: str = "",
+    curves: Sequence[str] = ("coverage", "success", "return"),
+    bars: Sequence[str] = ("final_success", "success_rate", "coverage_auc"),
+    title: str = "equal env steps and seeds",
+) -> list[str]:
+    """The exploration figures of arms over seeds (``by_arm``: arm -> its :meth:`ArmResult.to_dict` rows):
+    one line plot per name in ``curves`` (:data:`CURVES`, the mean over seeds) and a summary bar chart of the
+    ``bars`` keys (mean ± std over seeds). ``figure(name)`` gives the path to write (``Run.figure``); files are
+    ``<prefix><curve>.png`` and ``<prefix>summary.png``, returned in that order."""
+    names = []
+    for name in curves:
+        if name not in CURVES:
+            raise ValueError(f"curve {name!r} is not one of {list(CURVES)}")
+        key, curve_title, ylabel = CURVES[name]
+        lines = {f"{arm} (mean of {len(rows)} seeds)": mean_curve(rows, key) for arm, rows in by_arm.items()}
+        plot_lines(figure(f"{prefix}{name}.png"), lines, title=curve_title, xlabel="environment steps", ylabel=ylabel)
+        names.append(f"{prefix}{name}.png")
+    summaries = {arm: summarize_arm(rows) for arm, rows in by_arm.items()}
+    plot_bars(
+        figure(f"{prefix}summary.png"),
+        [BAR_LABELS.get(k, k) for k in bars],
+        {arm: [s[k] for k in bars] for arm, s in summaries.items()},
+        errors={arm: [s[f"{k}_std"] for k in bars] for arm, s in summaries.items()},
+        title=title,
+        ylabel="fraction",
+    )
+    return [*names, f"{prefix}summary.png"]
+
+
 def _pseudo_count_spearman(
     env: GridVectorEnv, hooks: AG.SVDBonusHooks, agent: AG.ActorCritic, tracker: CoverageTracker
 ) -> float:
@@ -248,6 +320,8 @@ __all__ = [
     "SVDBonusConfig",
     "make_bonus_hooks",
     "mean_curve",
+    "paired_improvement",
+    "plot_arms",
     "run_exploration_arm",
     "summarize_arm",
     "window_means",
