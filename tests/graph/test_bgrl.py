@@ -1,5 +1,6 @@
 """BGRL: losses, schedules, the Half-Hop-aware encoder, the step and the linear probe (no data files)."""
 
+import copy
 import math
 
 import pytest
@@ -21,6 +22,7 @@ from foresight.graph.bgrl import (
     ema_decay,
     linear_probe,
     lr_at,
+    prepare_view,
 )
 from foresight.graph.halfhop import half_hop
 from foresight.nn.ema import ema_update
@@ -110,6 +112,51 @@ def test_encoder_interpolating_after_the_first_weight_is_exact(sparse):
     assert view.hh_node_mask.any() and view.feature_mask.min() == 0
     inp = SparseFeatures.from_dense(x) if sparse else x
     torch.testing.assert_close(enc(inp, ei, view), reference_encoder_forward(enc, x, view), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_training_mode_half_hop_view_equals_the_materialised_graph(sparse):
+    """Batch norm in training mode (statistics over all N + M rows), outputs, gradients and running stats:
+    the commuted path (interpolate after the first weight, slow nodes appended) against half_hop on the raw
+    masked features followed by default GCNConv layers."""
+    x, ei = graph(n=40, e=220, seed=3)
+    torch.manual_seed(1)
+    enc = BGRLEncoder(12, (16, 8)).train()
+    ref = copy.deepcopy(enc)
+    for conv in ref.convs:
+        conv.normalize = conv.add_self_loops = True  # a default GCNConv on edge_index, the plain PyG way
+    view = draw_view(40, 12, ei, Augmentation(0.3, 0.2, 0.75, alpha=0.3))
+    assert view.hh_node_mask.any() and not view.hh_node_mask.all()
+    x_fast, x_ref = x.clone().requires_grad_(not sparse), x.clone().requires_grad_()
+    out = enc(SparseFeatures.from_dense(x) if sparse else x_fast, ei, view)  # [N, D]
+    aug = half_hop(x_ref * view.feature_mask, view.edge_index, alpha=view.alpha, node_mask=view.hh_node_mask)
+    h = aug.x  # [N + M, F] materialised slow-node features
+    for conv, norm, act in zip(ref.convs, ref.norms, ref.acts):
+        h = act(norm(conv(h, aug.edge_index)))
+    expected = h[~aug.slow_node_mask]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (expected * w).sum().backward()
+    # float32 rounding relative to the largest gradient (~10 here); a conv bias feeds a training-mode batch
+    # norm, which removes it, so its gradient is 0 up to that rounding
+    scale = max(float(q.grad.abs().max()) for q in ref.parameters())
+    for (name, p), q in zip(enc.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=2e-6 * scale, msg=name)
+    for (name, b), c in zip(enc.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=name)
+    if not sparse:
+        torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_prepared_view_gives_what_the_drawn_view_gives():
+    x, ei = graph()
+    torch.manual_seed(0)
+    enc = BGRLEncoder(12, (16, 8))
+    view = draw_view(30, 12, ei, Augmentation(0.3, 0.2, 0.6))
+    prepared = prepare_view(view, 30)
+    assert prepared.hh.total_nodes == prepared.adj.adj_t.size(0) > 30
+    torch.testing.assert_close(enc(x, None, prepared), enc(x, ei, view), rtol=0, atol=0)
 
 
 def test_sparse_features_matmul():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from foresight.graph.halfhop import HalfHop, HalfHopOutput, half_hop, original_nodes
+from foresight.graph.halfhop import HalfHop, HalfHopOutput, half_hop, half_hop_structure, original_nodes
 from foresight.graph.halfhop import half_hop_reference as reference
 
 PROPERTY = settings(max_examples=40, deadline=None)
@@ -504,3 +504,17 @@ def test_shallow_copy_semantics():
     snapshot = copy.copy(data)
     out = HalfHop()(data)
     assert out is not data and data.x is snapshot.x and data.edge_index is snapshot.edge_index
+
+
+def test_half_hop_structure_interpolates_like_half_hop_bit_for_bit():
+    """The feature-free layout + interpolation (used by NodeClassifier and BGRL) is half_hop's output."""
+    g = torch.Generator().manual_seed(5)
+    ei = torch.randint(0, 20, (2, 90), generator=g)
+    x = torch.randn(20, 7, generator=g)
+    mask = torch.rand(20, generator=g) < 0.6
+    out = half_hop(x, ei, alpha=0.3, node_mask=mask)
+    hh = half_hop_structure(ei, 20, mask)
+    assert torch.equal(hh.edge_index, out.edge_index) and hh.total_nodes == out.x.size(0)
+    assert torch.equal(hh.interpolate(x, 0.3), out.x)
+    with pytest.raises(ValueError, match="h has 19 rows, expected one per original node \\(20\\)"):
+        hh.interpolate(x[:19], 0.3)

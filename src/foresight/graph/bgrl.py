@@ -22,9 +22,17 @@ with an L2-regularised logistic regression on frozen embeddings (:func:`linear_p
 Half-Hop views. A view with Half-Hop is ``hh_alpha(T(G); p)``: features are masked and edges dropped
 first, then the remaining edges are half-hopped. Losses are computed on original nodes only.
 The first GCN layer multiplies features by its weight before propagating, so the interpolation is
-done after that product (:class:`BGRLEncoder`), which is exact: ``(a x_i + (1 - a) x_j) W =
-a x_i W + (1 - a) x_j W``. This keeps BGRL's architecture unchanged while the slow nodes cost D, not F,
-floats each.
+done after that product (:class:`BGRLEncoder`, with :class:`foresight.graph.halfhop.HalfHopStructure`,
+the helper the supervised :class:`foresight.graph.models.NodeClassifier` uses too), which is exact:
+``(a x_i + (1 - a) x_j) W = a x_i W + (1 - a) x_j W``. This keeps BGRL's architecture unchanged while the
+slow nodes cost D_1, not F, floats each. A view's graph (Half-Hop layout, normalised adjacency) is built
+once per step (:func:`prepare_view`) and shared by the online and the target encoder.
+
+What a Half-Hop view still costs. Batch norm takes its statistics over all N + M rows (as on a
+materialised half-hopped graph), so every slow node goes through both layers: with Computers' fd+ed view
+(~245k directed edges left, p = 0.75) M ~ 184k slow nodes against N = 13.7k, and the second layer's
+``[N + M, D_1] x [D_1, D_2]`` product alone is ~2x the FLOPs of the first layer's ``[N, F] x [F, D_1]``
+(``benchmarks/bgrl_epoch.py`` measures the epoch).
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
 
-from foresight.graph.halfhop import half_hop, original_nodes
-from foresight.graph.models import gcn_adj_t
+from foresight.graph.halfhop import HalfHopStructure, half_hop_structure
+from foresight.graph.models import SparseAdj, gcn_adj_t
 from foresight.nn.ema import make_target
 from foresight.nn.losses import byol_loss
 
@@ -48,6 +56,7 @@ __all__ = [
     "Augmentation",
     "BGRLEncoder",
     "LinearProbeResult",
+    "PreparedView",
     "SparseFeatures",
     "View",
     "bgrl_loss",
@@ -57,6 +66,7 @@ __all__ = [
     "ema_decay",
     "linear_probe",
     "lr_at",
+    "prepare_view",
 ]
 
 
@@ -144,6 +154,27 @@ def draw_view(num_nodes: int, num_features: int, edge_index: Tensor, aug: Augmen
     return View(edge_index, fmask, hh, aug.alpha)
 
 
+@dataclass(frozen=True)
+class PreparedView:
+    """A drawn :class:`View` with its graph built: what every encoder pass on that view reads."""
+
+    adj: SparseAdj  # GCN-normalised adjacency of the view's graph (N + M nodes with Half-Hop)
+    hh: HalfHopStructure | None  # slow-node layout, None without Half-Hop
+    feature_mask: Tensor | None  # [F] as in the View
+    alpha: float = 0.5
+
+
+def prepare_view(view: View, num_nodes: int) -> PreparedView:
+    """Build ``view``'s graph once: its Half-Hop layout (if any) and ``D^-1/2 (A + I) D^-1/2``."""
+    hh = None
+    edge_index = view.edge_index
+    if view.hh_node_mask is not None:
+        hh = half_hop_structure(edge_index, num_nodes, view.hh_node_mask)
+        edge_index = hh.edge_index
+    total = num_nodes if hh is None else hh.total_nodes
+    return PreparedView(gcn_adj_t(edge_index, total), hh, view.feature_mask, view.alpha)
+
+
 # -- networks ------------------------------------------------------------------------------------
 class BGRLEncoder(nn.Module):
     """BGRL's GCN encoder: ``[GCNConv -> BatchNorm -> PReLU]`` for every layer, the last one included.
@@ -179,32 +210,30 @@ class BGRLEncoder(nn.Module):
             norm.reset_parameters()
             act.reset_parameters()
 
-    def forward(self, x: Tensor | SparseFeatures, edge_index: Tensor, view: View | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor | SparseFeatures, edge_index: Tensor | None, view: View | PreparedView | None = None
+    ) -> Tensor:
         """``x`` [N, F] (dense or :class:`SparseFeatures`), ``edge_index`` [2, E] -> [N, D].
 
-        With a ``view``, its edges, feature mask and Half-Hop are used instead of ``edge_index``.
+        With a ``view`` (drawn, or already prepared by :func:`prepare_view`), its graph, feature mask and
+        Half-Hop are used and ``edge_index`` is not read.
         """
-        if view is not None:
-            edge_index = view.edge_index
-        first = self.convs[0]
-        weight = first.lin.weight.t()  # [F, D_1]
-        if view is not None and view.feature_mask is not None:
+        num_nodes = x.num_nodes if isinstance(x, SparseFeatures) else x.size(0)
+        if view is None:
+            view = PreparedView(gcn_adj_t(edge_index, num_nodes), None, None)
+        elif isinstance(view, View):
+            view = prepare_view(view, num_nodes)
+        weight = self.convs[0].lin.weight.t()  # [F, D_1]
+        if view.feature_mask is not None:
             weight = weight * view.feature_mask[:, None]
         h = x.matmul(weight) if isinstance(x, SparseFeatures) else x @ weight  # [N, D_1] = lin(x), no bias
-        num_nodes = h.size(0)
-        slow = None
-        if view is not None and view.hh_node_mask is not None:
-            aug = half_hop(h, edge_index, alpha=view.alpha, node_mask=view.hh_node_mask)
-            h, edge_index, slow = aug.x, aug.edge_index, aug.slow_node_mask  # [N + M, D_1]
-        adj = gcn_adj_t(edge_index, h.size(0))
+        if view.hh is not None:
+            h = view.hh.interpolate(h, view.alpha)  # [N + M, D_1]: slow rows interpolated after the weight
         for i, (conv, norm, act) in enumerate(zip(self.convs, self.norms, self.acts)):
             # GCNConv.forward with normalize=False: adj_t @ lin(h) + bias (lin of layer 0 is done above)
-            h = adj.matmul(h if i == 0 else conv.lin(h)) + conv.bias
-            h = act(norm(h))
-        if slow is not None:
-            h = original_nodes(h, slow)
-        assert h.size(0) == num_nodes
-        return h
+            h = view.adj.matmul(h if i == 0 else conv.lin(h)) + conv.bias
+            h = act(norm(h))  # batch norm over all N + M rows, as on the materialised graph
+        return h[:num_nodes]  # slow nodes are appended after the N original ones
 
 
 class Predictor(nn.Module):
@@ -288,8 +317,8 @@ def bgrl_step(
     :func:`ema_decay`) so that its schedule is explicit in the training loop.
     """
     n, f = (x.num_nodes, x.num_features) if isinstance(x, SparseFeatures) else x.shape
-    view_1 = draw_view(n, f, edge_index, aug_1)
-    view_2 = draw_view(n, f, edge_index, aug_2)
+    view_1 = prepare_view(draw_view(n, f, edge_index, aug_1), n)  # one graph per view, for both encoders
+    view_2 = prepare_view(draw_view(n, f, edge_index, aug_2), n)
     model.train()
     q_1 = model.predictor(model.online(x, edge_index, view_1))  # [N, D]
     q_2 = model.predictor(model.online(x, edge_index, view_2))

@@ -29,7 +29,15 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-__all__ = ["HalfHop", "HalfHopOutput", "half_hop", "half_hop_reference", "original_nodes"]
+__all__ = [
+    "HalfHop",
+    "HalfHopOutput",
+    "HalfHopStructure",
+    "half_hop",
+    "half_hop_reference",
+    "half_hop_structure",
+    "original_nodes",
+]
 
 # Slow-node features are written straight into the output; only the target term goes through a
 # scratch buffer, processed in at most _MAX_CHUNKS row blocks, so the buffer is at most
@@ -158,6 +166,57 @@ def half_hop(
         num_graphs=num_graphs,
     )
     return out
+
+
+@dataclass(frozen=True)
+class HalfHopStructure:
+    """The graph of :func:`half_hop` without its features, for models that interpolate hidden features.
+
+    Interpolation commutes with any affine map ``A``: ``A(a x_i + (1 - a) x_j) = a A(x_i) + (1 - a) A(x_j)``.
+    A model whose first operation on node features is linear (a GCN layer's ``X W``, an input encoder) can
+    therefore run it on the N original rows only and interpolate its output (:meth:`interpolate`): the slow
+    rows then cost the output width instead of the input width F, and the result equals the materialised
+    ``half_hop(x, ...)`` path up to float rounding. Built by :func:`half_hop_structure`.
+    """
+
+    edge_index: Tensor  # [2, K + L + 3M] half_hop's output edges (slow nodes are N .. N + M - 1)
+    num_nodes: int  # N original nodes
+    src: Tensor  # [M] source i of the half-hopped edge i -> j behind slow node N + m
+    dst: Tensor  # [M] its target j
+
+    @property
+    def num_slow(self) -> int:
+        return int(self.src.numel())
+
+    @property
+    def total_nodes(self) -> int:
+        return self.num_nodes + self.num_slow
+
+    def interpolate(self, h: Tensor, alpha: float) -> Tensor:
+        """``[N, *H] -> [N + M, *H]``: original rows, then ``alpha h_i + (1 - alpha) h_j`` per slow node.
+
+        The float ops are :func:`half_hop`'s (two scalar products, then a sum); ``index_select`` keeps the
+        backward a scatter-add (no sort).
+        """
+        if h.size(0) != self.num_nodes:
+            raise ValueError(f"h has {h.size(0)} rows, expected one per original node ({self.num_nodes})")
+        slow = alpha * h.index_select(0, self.src) + (1 - alpha) * h.index_select(0, self.dst)  # [M, *H]
+        return torch.cat([h, slow], dim=0)
+
+
+def half_hop_structure(edge_index: Tensor, num_nodes: int, node_mask: Tensor) -> HalfHopStructure:
+    """The edges and slow-node endpoints of ``half_hop(x, edge_index, node_mask=node_mask)`` for any ``x``.
+
+    ``node_mask`` [N] bool selects the half-hopped targets (draw it as ``torch.rand(N) < p`` to follow
+    :func:`half_hop`'s random stream). The endpoints are read from the documented output order
+    ``[kept, self-loops, src->slow (M), slow->dst (M), dst->slow (M)]``.
+    """
+    probe = torch.zeros(num_nodes, 1, device=edge_index.device)  # features are not needed, only the layout
+    out = half_hop(probe, edge_index, node_mask=node_mask)
+    m, e = out.x.size(0) - num_nodes, out.edge_index.size(1)
+    src = out.edge_index[0, e - 3 * m : e - 2 * m]  # i of i -> k
+    dst = out.edge_index[1, e - 2 * m : e - m]  # j of k -> j
+    return HalfHopStructure(out.edge_index, num_nodes, src, dst)
 
 
 def original_nodes(out: Tensor, slow_node_mask: Tensor) -> Tensor:

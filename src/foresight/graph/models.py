@@ -29,7 +29,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
 
-from foresight.graph.halfhop import half_hop, original_nodes
+from foresight.graph.halfhop import HalfHopStructure, half_hop, half_hop_structure, original_nodes
 
 __all__ = [
     "BACKBONES",
@@ -293,8 +293,7 @@ class PreparedGraph:
 
     graph: Any  # what the backbone's layers consume, for N + M nodes (GNN.graph output)
     num_nodes: int  # N original nodes
-    hop_src: Tensor | None = None  # [M] source of the half-hopped edge behind slow node N + m
-    hop_dst: Tensor | None = None  # [M] its target
+    hh: HalfHopStructure | None = None  # the half-hopped layout (slow-node endpoints), None without Half-Hop
 
 
 class NodeClassifier(nn.Module):
@@ -345,16 +344,8 @@ class NodeClassifier(nn.Module):
             return PreparedGraph(self.backbone.graph(edge_index, num_nodes), num_nodes)
         if node_mask is None:
             node_mask = torch.ones(num_nodes, dtype=torch.bool, device=edge_index.device)
-        probe = torch.zeros(num_nodes, 1, device=edge_index.device)  # features are not needed here
-        aug = half_hop(probe, edge_index, alpha=self.alpha, node_mask=node_mask)
-        m = int(aug.slow_node_mask.sum())
-        # half_hop's documented edge order ends with [src->slow (M), slow->dst (M), dst->slow (M)],
-        # slow node N + i belonging to the i-th half-hopped edge.
-        e = aug.edge_index.size(1)
-        hop_src = aug.edge_index[0, e - 3 * m : e - 2 * m]
-        hop_dst = aug.edge_index[1, e - 2 * m : e - m]
-        graph = self.backbone.graph(aug.edge_index, num_nodes + m)
-        return PreparedGraph(graph, num_nodes, hop_src, hop_dst)
+        hh = half_hop_structure(edge_index, num_nodes, node_mask)
+        return PreparedGraph(self.backbone.graph(hh.edge_index, hh.total_nodes), num_nodes, hh)
 
     def forward(
         self,
@@ -374,10 +365,8 @@ class NodeClassifier(nn.Module):
         if prepared is not None:
             if prepared.num_nodes != x.size(0):
                 raise ValueError(f"prepared graph has {prepared.num_nodes} nodes but x has {x.size(0)} rows")
-            if prepared.hop_src is not None:
-                a = self.alpha
-                h_slow = a * h[prepared.hop_src] + (1 - a) * h[prepared.hop_dst]  # [M, H], as in half_hop
-                h = torch.cat([h, h_slow], dim=0)  # [N + M, H]
+            if prepared.hh is not None:
+                h = prepared.hh.interpolate(h, self.alpha)  # [N + M, H], as half_hop would
             return self.backbone(h, None, graph=prepared.graph)[: x.size(0)]  # slow nodes come last
         if edge_index is None:
             raise ValueError("forward needs edge_index or prepared")
