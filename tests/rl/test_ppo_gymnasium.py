@@ -167,3 +167,17 @@ def test_cleanrl_parity_on_cartpole():
         finals.append(float(r[int(0.8 * len(r)) :].mean()))
     print("last-20% returns per seed:", finals)
     assert sum(f >= 200 for f in finals) >= 2, finals
+
+
+def test_ppo_runs_on_atari_with_the_nature_cnn():
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    from foresight.rl.envs import make_atari
+
+    envs = gym.vector.SyncVectorEnv([make_atari] * 2, autoreset_mode=SAME_STEP)
+    assert envs.single_observation_space.shape == EN.ATARI_SHAPE
+    cfg = AG.PPOConfig.atari(total_steps=2 * 16)
+    cfg = AG.PPOConfig(**{**cfg.to_dict(), "num_envs": 2, "num_steps": 16, "minibatches": 2, "epochs": 1})
+    agent, res = AG.train_ppo(envs, cfg, seed=0)
+    assert isinstance(agent.torso, EN.NatureCNN) and agent.critic_body is None  # one CNN for both heads
+    assert res.env_steps == 32 and np.isfinite(res.updates[0]["value_loss"])
