@@ -34,7 +34,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 reproduce: setup
-	$(BIN)/foresight reproduce --scale quick --out runs/reproduce-quick
+	$(BIN)/foresight reproduce --scale quick --jobs 2 --out runs/reproduce-quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

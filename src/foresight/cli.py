@@ -146,21 +146,69 @@ def _claim_reproduce_folder(out: Path, record: dict) -> fs.FolderLock:
     return fs.claim(out, "reproduce", resume=True, allow_finished=True)
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from foresight import experiments
-    from foresight.core.report import write_combined_report
+def _reproduce_one(name: str, module: str, run_dir: str, resume: bool, options: dict) -> bool:
+    """One experiment of ``reproduce`` into ``run_dir`` (resumed if it holds an unfinished run); False if it
+    failed, after recording the failure in its results.json (a rerun retries it). ``module`` registers it
+    when imported (a spawned worker starts with an empty registry)."""
+    import importlib
+
+    from foresight.core import registry
     from foresight.core.run import dumps
 
-    out = fs.check_out_path(args.out or Path("runs") / f"reproduce-{args.scale}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from foresight.core import registry
+    importlib.import_module(module)
+    exp = registry.get(name)
+    print(f"== {name} ({exp.system}) at scale {options['scale']}{' (resuming)' if resume else ''}", flush=True)
+    t0 = time.time()
+    try:
+        execute(exp, out=None if resume else run_dir, resume=run_dir if resume else None, **options)
+        print(f"== {name}: done in {time.time() - t0:.0f} s", flush=True)
+        return True
+    except Exception:  # one failing experiment must not hide the others' results
+        tb = traceback.format_exc()
+        print(tb, file=sys.stderr)
+        path = Path(run_dir)
+        if path.is_dir() and fs.read_marker(path) is not None:  # ours, unfinished: a rerun resumes it
+            error = {
+                "experiment": name,
+                "system": exp.system,
+                "paper": exp.paper,
+                "claim": exp.claim,
+                "scale": options["scale"],
+                "seed": options["seed"],
+                "verdict": "error",
+                "rule": "",
+                "metrics": {},
+                "wall_seconds": time.time() - t0,
+                "error": tb[-4000:],
+            }
+            fs.atomic_write_text(path / "results.json", dumps(error))
+        return False
 
-    known = sorted(set(experiments.catalogue()) | set(registry.experiments()))
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from foresight import experiments
+    from foresight.core import registry
+    from foresight.core.report import write_combined_report
+
+    out = fs.check_out_path(args.out or Path("runs") / f"reproduce-{args.scale}-{time.strftime('%Y%m%d-%H%M%S')}")
+    modules = {name: e.module for name, e in experiments.catalogue().items()}
+    modules |= {name: e.fn.__module__ for name, e in registry.experiments().items()}  # registered in-process
     names = args.only or list(experiments.catalogue())
     for name in names:
-        if name not in known:
-            raise KeyError(f"unknown experiment {name!r}; available: {', '.join(known)}")
+        if name not in modules:
+            raise KeyError(f"unknown experiment {name!r}; available: {', '.join(sorted(modules))}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1 (experiments run at once), got {args.jobs}")
     lock = _claim_reproduce_folder(out, {"scale": args.scale, "seed": args.seed})
-    dirs, failed = [], []
+    options = {
+        "scale": args.scale,
+        "seed": args.seed,
+        "device": args.device,
+        "data_dir": args.data_dir,
+        "progress": not args.no_progress and args.jobs == 1,  # bars of parallel runs would interleave
+        "threads": args.threads,
+    }
+    dirs, todo, failed = [], [], []
     try:
         for name in names:
             run_dir = out / name
@@ -171,41 +219,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             if marker is not None and marker["state"] == "finished" and (run_dir / "results.json").is_file():
                 print(f"== {name}: finished earlier, kept", flush=True)
                 continue
-            resume = str(run_dir) if marker is not None else None
-            exp = experiments.load(name)
-            print(f"== {name} ({exp.system}) at scale {args.scale}{' (resuming)' if resume else ''}", flush=True)
-            t0 = time.time()
-            try:
-                execute(
-                    exp,
-                    scale=args.scale,
-                    seed=args.seed,
-                    out=None if resume else str(run_dir),
-                    resume=resume,
-                    device=args.device,
-                    data_dir=args.data_dir,
-                    progress=not args.no_progress,
-                    threads=args.threads,
-                )
-            except Exception:  # one failing experiment must not hide the others' results
-                failed.append(name)
-                tb = traceback.format_exc()
-                print(tb, file=sys.stderr)
-                if run_dir.is_dir() and fs.read_marker(run_dir) is not None:  # ours, unfinished: a rerun resumes it
-                    error = {
-                        "experiment": name,
-                        "system": exp.system,
-                        "paper": exp.paper,
-                        "claim": exp.claim,
-                        "scale": args.scale,
-                        "seed": args.seed,
-                        "verdict": "error",
-                        "rule": "",
-                        "metrics": {},
-                        "wall_seconds": time.time() - t0,
-                        "error": tb[-4000:],
-                    }
-                    fs.atomic_write_text(run_dir / "results.json", dumps(error))
+            todo.append((name, modules[name], str(run_dir), marker is not None))
+        if args.jobs == 1:
+            failed = [job[0] for job in todo if not _reproduce_one(*job, options)]
+        else:  # each experiment in its own process (spawned: no torch state is shared), `jobs` at a time
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                done = {job[0]: pool.submit(_reproduce_one, *job, options) for job in todo}
+                failed = [name for name, future in done.items() if not future.result()]
         report = write_combined_report(dirs, out / "REPORT.md")
         print(f"wrote {report}")
         if failed:
@@ -288,6 +311,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default=None, help="folder (rerun the same command on it to continue)")
     sp.add_argument("--only", nargs="*", default=None, help="a subset of experiments")
+    sp.add_argument("--jobs", type=int, default=1, help="experiments run at once, each in its own process")
     common(sp)
     sp.set_defaults(fn=_cmd_reproduce)
 

@@ -36,6 +36,10 @@ def _echo(cfg: EchoConfig, run) -> Result:
     )
 
 
+for _n in (1, 2):  # two more, for the parallel reproduce test
+    experiment(name=f"test-echo-{_n}", system="Test", paper="none", claim="value is positive", config=EchoConfig)(_echo)
+
+
 def test_run_writes_results_and_report(tmp_path, capsys):
     out = tmp_path / "r"
     assert (
@@ -101,3 +105,20 @@ def test_list_and_data_commands(capsys):
     assert "test-echo" in capsys.readouterr().out
     assert cli.main(["data"]) == 0
     assert "search order" in capsys.readouterr().out
+
+
+def test_reproduce_runs_experiments_in_parallel_processes_with_the_same_results(tmp_path, capsys):
+    # registered in-process (by this module): the spawned workers find them by importing it
+    names = ["test-echo", "test-echo-1", "test-echo-2"]
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    assert cli.main(["reproduce", "--scale", "tiny", "--out", str(seq), "--only", *names, "--no-progress"]) == 0
+    args = ["reproduce", "--scale", "tiny", "--out", str(par), "--only", *names, "--no-progress", "--jobs", "2"]
+    assert cli.main(args) == 0
+    for name in names:
+        a, b = (json.loads((d / name / "results.json").read_text()) for d in (seq, par))
+        assert a["metrics"] == b["metrics"] and a["verdict"] == b["verdict"]
+    assert "test-echo-2" in (par / "REPORT.md").read_text()
+    assert cli.main(args) == 0  # a rerun keeps all three
+    assert capsys.readouterr().out.count("finished earlier, kept") == 3
+    assert cli.main([*args[:-1], "0"]) == 2
+    assert "--jobs must be >= 1 (experiments run at once), got 0" in capsys.readouterr().err
