@@ -1,4 +1,4 @@
-"""Gemma 2's own ablations (report §6, Tables 7-10), at toy scale, each arm on the same tokens and seeds.
+"""Gemma 2's own ablations (report §5, Tables 7-10), at toy scale, each arm on the same tokens and seeds.
 
 The Gemma 2 report backs four design choices with ablations (../shared/papers/gemma2.md, end; docs/gemma2.md,
 "Ablations"). Each is rerun here on one corpus with tiny Gemma 2 models (soft-caps, alternating local/global
@@ -223,7 +223,7 @@ def _mean_sd(values: Sequence[float]) -> str:
 @experiment(
     name="gemma2-ablations",
     system="Gemma 2",
-    paper="Gemma Team, Gemma 2: Improving Open Language Models at a Practical Size, 2024 (§6, Tables 7-10)",
+    paper="Gemma Team, Gemma 2: Improving Open Language Models at a Practical Size, 2024 (§5, Tables 7-10)",
     claim=(
         "Gemma 2's ablations: distillation beats training from scratch at every student size; shrinking the "
         "sliding window at inference barely moves perplexity; GQA matches MHA; deep beats wide at equal "
