@@ -14,6 +14,7 @@ does. The token tensor `generate` returns keeps every generated token, as HF `ge
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 # Finish reasons: a stop token or stop string, max_new_tokens, max_time.
@@ -69,6 +70,7 @@ class Reply:
         self.logprobs: list[TokenLogprob] = []
         self.text = ""  # released text (may still hold a stop string until `finish`)
         self._ends: list[int | None] = []  # len(text) once token i's bytes were released; None: pending
+        self._released = 0  # the first _released entries of _ends are set (a prefix, non-decreasing)
         self._prefix = self._read = 0  # decode offsets: ids[_prefix:_read] produced released text
         self.stop_at: int | None = None  # index in text where the matched stop string starts
         self.matched_stop: str | int | None = None
@@ -99,6 +101,7 @@ class Reply:
             if self._ends[i] is not None:
                 break
             self._ends[i] = len(self.text)
+        self._released = max(self._released, done)
 
     def _find_stop(self, before: int) -> bool:
         """Look for a stop string that ends in the text released since `before` (earliest start wins)."""
@@ -131,21 +134,22 @@ class Reply:
 
     def stable_tokens(self) -> int:
         """How many tokens lie wholly in `stable_text()`: a stream sends their logprobs with that text."""
-        return self._tokens_within(len(self.stable_text()))
+        return self._tokens_within(self.stable_length())
 
-    def _tokens_within(self, end: int) -> int:
-        n = 0
-        while n < len(self._ends) and self._ends[n] is not None and self._ends[n] <= end:
-            n += 1
-        return n
+    def _tokens_within(self, end: int) -> int:  # O(log n): a stream asks once per token
+        return bisect.bisect_right(self._ends, end, 0, self._released)
+
+    def stable_length(self) -> int:
+        """len(stable_text()), without copying the text."""
+        if self.stop_at is not None:
+            return self.stop_at
+        if self.finish_reason is not None:
+            return len(self.text)
+        return len(self.text) - _held_back(self.text, self.stop)
 
     def stable_text(self) -> str:
         """Text that can no longer change: for streaming. Holds back a tail that could begin a stop string."""
-        if self.stop_at is not None:
-            return self.text[: self.stop_at]
-        if self.finish_reason is not None:
-            return self.text
-        return self.text[: len(self.text) - _held_back(self.text, self.stop)]
+        return self.text[: self.stable_length()]
 
     def completion(self) -> Completion:
         n = self.kept_tokens()

@@ -378,10 +378,10 @@ class _Row:
             reason = TIME
         if reason is not None:
             self.reply.finish(reason)  # no-op after a stop token
-        text, n = self.reply.stable_text(), self.reply.stable_tokens()
+        end, n = self.reply.stable_length(), self.reply.stable_tokens()  # no copy of the whole text per token
         lps = self.reply.logprobs[self.sent_tokens : n] if self.config.logprobs is not None else None
-        self._out(text[self.sent_text :], [token], lps, reason)
-        self.sent_text, self.sent_tokens = len(text), max(n, self.sent_tokens)
+        self._out(self.reply.text[self.sent_text : end], [token], lps, reason)
+        self.sent_text, self.sent_tokens = end, max(n, self.sent_tokens)
 
     def _out(self, text: str, token_ids: list[int], lp, finish_reason: str | None, error: str | None = None) -> None:
         if finish_reason is not None:

@@ -167,8 +167,7 @@ def speculative_blocks(
                 d = sampler.choose(qi)
                 drafts.append(d)
                 q.append(qi)
-                if seen is not None:
-                    seen = seen.clone()
+                if seen is not None:  # our own copy (cloned above): update it in place
                     seen[torch.arange(B, device=device), d] = True
                 if i < k - 1:
                     logits = draft(d[:, None], cache=dcache, logits_to_keep=1).logits[:, -1]
@@ -182,7 +181,6 @@ def speculative_blocks(
         for j in range(k + 1):
             p.append(sampler.process(logits[:, j], seen))
             if seen is not None and j < k:
-                seen = seen.clone()
                 seen[torch.arange(B, device=device), d[:, j]] = True
         p = torch.stack(p, dim=1)  # [B, k + 1, V]
         # 3. Accept.
