@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from gemma2_testing import random_gemma2
 
 from foresight.lm import Gemma2, Gemma2Cache, Gemma2Config
+from foresight.lm.cache import PREFILL_CHUNK, prefill
 
 
 def _ids(B, T, seed=0, vocab=256):
@@ -71,6 +77,7 @@ def test_flex_backend_equals_eager_in_the_model(tiny_model):
     cache = tiny_model.make_cache(2, 16)
     eager_steps = [tiny_model(ids[:, :14], attention_mask=mask[:, :14], cache=cache).logits]
     eager_steps += [tiny_model(ids[:, t : t + 1], cache=cache).logits for t in range(14, 16)]
+    previous = tiny_model.attn_backend
     try:
         tiny_model.set_attn_backend("flex")
         flex_full = tiny_model(ids, attention_mask=mask).logits
@@ -78,7 +85,7 @@ def test_flex_backend_equals_eager_in_the_model(tiny_model):
         flex_steps = [tiny_model(ids[:, :14], attention_mask=mask[:, :14], cache=cache).logits]
         flex_steps += [tiny_model(ids[:, t : t + 1], cache=cache).logits for t in range(14, 16)]
     finally:
-        tiny_model.set_attn_backend("eager")
+        tiny_model.set_attn_backend(previous)
     real = mask.bool()
     assert (flex_full[real] - eager_full[real]).abs().max() <= 1e-4
     assert (torch.cat(flex_steps, 1)[real] - torch.cat(eager_steps, 1)[real]).abs().max() <= 1e-4
@@ -148,3 +155,102 @@ def test_frozen_static_cache_decodes_like_the_dynamic_one(tiny_model):
     assert cache.length == 0 and not cache.static and not cache.full_valid.any()
     again = tiny_model(ids[:, :12], attention_mask=mask[:, :12], cache=cache).logits
     torch.testing.assert_close(again, steps[0])
+
+
+# Two layers (sliding, global) with a window of 300 keys: long enough that chunks, tiles and the ring
+# all cut through windows, small enough for a one-shot eager reference at 3000 tokens.
+LONG = Gemma2Config.tiny(num_layers=2, sliding_window=300, max_position_embeddings=32_768)
+
+
+@torch.inference_mode()
+def test_blockwise_backend_equals_eager_in_the_model():
+    model = random_gemma2(LONG)
+    ids = _ids(2, 700, seed=8)
+    mask = torch.ones(2, 700, dtype=torch.long)
+    mask[1, :45] = 0
+    real = mask.bool()
+    model.set_attn_backend("eager")
+    eager = model(ids, attention_mask=mask).logits
+    model.set_attn_backend("blockwise")
+    blockwise = model(ids, attention_mask=mask).logits
+    assert (blockwise - eager).abs().max() <= 1e-4  # every row: padding queries match eager too
+    cache = model.make_cache(2, 700)
+    steps = [model(ids[:, :650], attention_mask=mask[:, :650], cache=cache).logits]
+    steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(650, 700)]
+    assert (torch.cat(steps, 1)[real] - eager[real]).abs().max() <= 1e-4
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("chunk", [1000, 777, PREFILL_CHUNK])
+def test_chunked_prefill_equals_the_one_shot_eager_forward_at_3000_tokens(chunk):
+    model = random_gemma2(LONG)
+    T = 3000
+    ids = _ids(2, T, seed=9)
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[0, :123] = 0  # a left-padded row
+    model.set_attn_backend("eager")
+    one_shot = model(ids, attention_mask=mask).logits  # [2, T, V]: the reference, T x T scores
+    model.set_attn_backend("auto")  # the default: blockwise tiles inside each chunk
+    every = prefill(model, ids, mask, chunk_size=chunk, logits_to_keep=0)
+    real = mask.bool()
+    diff = (every[real] - one_shot[real]).abs().max().item()
+    assert diff <= 1e-4, diff
+    # The last n logits may span chunks; a given cache is filled for decoding.
+    cache = model.make_cache(2, T + 1)
+    last = prefill(model, ids, mask, cache, chunk_size=chunk, logits_to_keep=chunk + 5)
+    torch.testing.assert_close(last, every[:, -(chunk + 5) :], rtol=0, atol=1e-5)
+    assert cache.length == T
+    nxt = model(_ids(2, 1, seed=10), cache=cache).logits[:, -1]
+    ref = model(torch.cat([ids, _ids(2, 1, seed=10)], 1), torch.cat([mask, torch.ones(2, 1).long()], 1))
+    assert (nxt - ref.logits[:, -1]).abs().max() <= 1e-4
+
+
+def test_prefill_arguments_are_checked(tiny_model):
+    cache = tiny_model.make_cache(1, 8)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
+        prefill(tiny_model, _ids(1, 8), cache=cache, chunk_size=0)
+    with pytest.raises(ValueError, match="logits_to_keep must be >= 0, got -1"):
+        prefill(tiny_model, _ids(1, 8), cache=cache, chunk_size=4, logits_to_keep=-1)
+
+
+# Peak RSS of the fresh interpreter: VmHWM (the high-water mark of this process's own memory map).
+# Not ru_maxrss: Linux carries the parent's high-water mark over fork + exec into the child's
+# ru_maxrss, so under pytest it reports the test runner's size, not the child's.
+PEAK_RSS_SCRIPT = """
+import re, sys, time, torch
+sys.path.insert(0, {tests!r})
+from gemma2_testing import random_gemma2
+from foresight.lm import Gemma2Config
+from foresight.lm.cache import prefill
+torch.set_num_threads(1)
+config = Gemma2Config.tiny(num_layers=2, hidden_size=128, intermediate_size=512, num_heads=4, num_kv_heads=2,
+                           head_dim=32, query_pre_attn_scalar=32.0, sliding_window=4096, max_position_embeddings=16384)
+model = random_gemma2(config, std=0.1)
+ids = torch.randint(3, 256, (1, 16384), generator=torch.Generator().manual_seed(0))
+def peak_kib():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+before = peak_kib()
+t = time.perf_counter()
+with torch.inference_mode():
+    logits = prefill(model, ids, cache=model.make_cache(1, 16384))
+seconds = time.perf_counter() - t
+assert torch.isfinite(logits).all()
+print(before, peak_kib(), seconds)  # KiB, KiB, s
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
+def test_peak_memory_of_a_16k_prefill_stays_under_1_5_gib():
+    """The whole process (interpreter, torch, model, cache, activations) peaks below 1.5 GiB (~9 s).
+
+    One-shot eager attention would need 2 x 4 heads x 16k x 16k fp32 scores (8 GiB) for the global layer.
+    """
+    tests = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_SCRIPT.format(tests=tests)], capture_output=True, text=True, env=env, check=True
+    )
+    before_kib, peak_kib, seconds = out.stdout.split()
+    peak_gib = int(peak_kib) / 2**20
+    print(f"16k prefill: peak RSS {peak_gib:.3f} GiB (before the prefill {int(before_kib) / 2**20:.3f}), {seconds} s")
+    assert peak_gib < 1.5

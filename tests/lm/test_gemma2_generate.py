@@ -67,6 +67,16 @@ def test_row_products_match_eager_greedy(monkeypatch, tmp_path):
     assert not torch.equal(logits, blas)  # the head product really took the reduction path
 
 
+def test_chunked_prefill_gives_the_one_shot_tokens():
+    """A prompt fed 3 tokens per prefill forward (past the window of 4, left-padded) decodes the same."""
+    model = random_gemma2(SMALL)
+    ids = torch.cat([PADDED, PADDED[:, 2:]], dim=1)  # [2, 12]
+    mask = torch.cat([PADDED_MASK, PADDED_MASK[:, 2:]], dim=1)
+    one_shot = generate(model, ids, mask, max_new_tokens=PAST_WINDOW, prefill_chunk=12)
+    assert torch.equal(generate(model, ids, mask, max_new_tokens=PAST_WINDOW, prefill_chunk=3), one_shot)
+    assert torch.equal(generate(model, ids, mask, max_new_tokens=PAST_WINDOW, prefill_chunk=5), one_shot)
+
+
 def test_seeded_sampling_is_reproducible(tiny_model):
     kw = dict(max_new_tokens=16, do_sample=True, temperature=1.5)
     a = generate(tiny_model, PROMPT, seed=1, **kw)

@@ -16,6 +16,7 @@ from foresight.lm.niah import (
     insert_needle,
     make_probe,
     plot_recall_grids,
+    position_nll,
     probe_overhead,
 )
 
@@ -231,3 +232,35 @@ def test_plot_recall_grids_writes_one_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
     with pytest.raises(ValueError, match="grids is empty"):
         plot_recall_grids(tmp_path / "none.png", {})
+
+
+def _char_models(vocab):
+    """A dense Gemma 2 and an MoE twin over the character vocabulary, window 16 (< the chunks below)."""
+    from foresight.lm.gemma2 import Gemma2, Gemma2Config
+    from foresight.lm.moe_lm import MoELM, MoELMConfig
+    from foresight.nn.moe import MoEConfig
+
+    base = Gemma2Config.tiny(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_layers=2, sliding_window=16
+    )
+    torch.manual_seed(0)
+    return Gemma2(base).eval(), MoELM(MoELMConfig(base=base, moe=MoEConfig(num_experts=4, top_k=2))).eval()
+
+
+def test_evaluator_and_position_nll_give_the_same_numbers_in_chunks():
+    vocab = CharVocab.for_corpus(HAY)
+    kw = dict(lengths=(150, 300), depths=(0.0, 100.0), needles=2, batch_size=4)
+    ids = torch.from_numpy(vocab.encode(HAY[:301]))[None].repeat(2, 1)  # [2, 301]
+    for model in _char_models(vocab):
+        one_shot = evaluate_niah(model, HAY, vocab, **kw)  # every probe fits the default chunk
+        chunked = evaluate_niah(model, HAY, vocab, prefill_chunk=37, **kw)  # 37 tokens per forward
+        np.testing.assert_array_equal(chunked.recall, one_shot.recall)
+        with torch.no_grad():
+            logits = model(ids).logits  # [2, 301, V]
+        want = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+        for chunk in (64, 300, 1000):  # chunks that cut the stream, end one short of it, hold all of it
+            got = position_nll(model, ids, chunk_size=chunk)
+            assert got.shape == (2, 300)
+            assert (got - want.view(2, 300)).abs().max() <= 1e-4, type(model).__name__
+    with pytest.raises(ValueError, match="need at least 2 tokens to score a next token, got 1"):
+        position_nll(model, ids[:, :1])

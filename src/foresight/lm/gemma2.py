@@ -300,12 +300,14 @@ class Gemma2Output:
 class Gemma2(nn.Module):
     """The Gemma 2 decoder-only language model.
 
-    `attn_backend` picks the attention implementation ("eager" reference, "flex"; "sdpa" refuses
-    Gemma 2's soft-cap). It can be changed later with `set_attn_backend`. HF checkpoints are read
-    and written by `foresight.lm.hf_io.load_pretrained` / `save_pretrained`.
+    `attn_backend` picks the attention implementation (`foresight.nn.attention`): "auto" (the
+    default: the exact blockwise kernel for long inference calls, the "eager" reference otherwise
+    and for training), "eager", "blockwise", "flex"; "sdpa" refuses Gemma 2's soft-cap. It can be
+    changed later with `set_attn_backend`. HF checkpoints are read and written by
+    `foresight.lm.hf_io.load_pretrained` / `save_pretrained`. Long prompts: `foresight.lm.cache.prefill`.
     """
 
-    def __init__(self, config: Gemma2Config, attn_backend: str = "eager"):
+    def __init__(self, config: Gemma2Config, attn_backend: str = "auto"):
         super().__init__()
         self.config = config
         self.set_attn_backend(attn_backend)
@@ -342,7 +344,7 @@ class Gemma2(nn.Module):
         if backend == "sdpa" and self.config.attn_logit_softcap is not None:
             raise ValueError(
                 f"attention backend 'sdpa' cannot apply attn_logit_softcap="
-                f"{self.config.attn_logit_softcap}; use 'eager' or 'flex'"
+                f"{self.config.attn_logit_softcap}; use 'auto', 'eager', 'blockwise' or 'flex'"
             )
         self.attn_backend = backend
 

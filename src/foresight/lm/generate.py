@@ -2,8 +2,9 @@
 
 Axis legend: B batch, T prompt length, N new tokens, V vocab.
 
-One prefill forward over the (left-padded) prompt fills a preallocated `Gemma2Cache`, then each
-step feeds one token per row with `logits_to_keep=1`. Rows that emit a stop token are finished:
+A chunked prefill over the (left-padded) prompt (`foresight.lm.cache.prefill`, `prefill_chunk`
+tokens per forward, so peak memory grows with T, not T^2) fills a preallocated `Gemma2Cache`, then
+each step feeds one token per row with `logits_to_keep=1`. Rows that emit a stop token are finished:
 they keep receiving `pad_token_id` (as HF `generate` does) until every row is finished. On CPU the
 B-row products of the decode steps use `foresight.lm.cpu_decode` where it measures faster
 (`row_products=False` keeps plain `F.linear`).
@@ -29,6 +30,7 @@ import torch
 
 from foresight.core.run import select_device
 from foresight.lm import generate_jsonl
+from foresight.lm.cache import PREFILL_CHUNK, prefill
 from foresight.lm.completion import LENGTH, STOP, TIME, Completion, Reply, TokenLogprob
 from foresight.lm.cpu_decode import disable_row_products, enable_row_products
 from foresight.lm.hf_io import auto_dtype, check_tokenizer_compatible, checkpoint_dtype, load_pretrained, parse_dtype
@@ -78,6 +80,7 @@ def generate_steps(
     pad_token_id: int | None = None,
     compile: bool = False,
     row_products: bool = True,
+    prefill_chunk: int = PREFILL_CHUNK,
     **options,
 ) -> Iterator[Step]:
     """Decode step by step; yield a `Step` per generated position (at most max_new_tokens of them).
@@ -97,6 +100,8 @@ def generate_steps(
     row_products=True (CPU only) switches the model's big B-row products to compiled reductions
     where they measure faster (`cpu_decode.enable_row_products`: in place, same parameters, timed
     once per machine and shape); False switches them back to `F.linear` (`disable_row_products`).
+
+    prefill_chunk: prompt tokens per prefill forward (`foresight.lm.cache.prefill`).
     """
     start = _clock()
     cfg = model.config
@@ -125,7 +130,7 @@ def generate_steps(
     if draft is not None:
         blocks = speculative_blocks(model, draft, input_ids, attention_mask, sampler, rows, N)
     else:
-        blocks = _plain_blocks(model, input_ids, attention_mask, sampler, rows, N, compile, row_products)
+        blocks = _plain_blocks(model, input_ids, attention_mask, sampler, rows, N, compile, row_products, prefill_chunk)
     for tokens, processed in blocks:  # [B, n] tokens and the processed logits [B, n, V] they came from
         for j in range(tokens.shape[1]):
             yield rows.emit(tokens[:, j], processed[:, j], _clock() - start)
@@ -144,7 +149,7 @@ def check_context(prompt_len: int, max_new_tokens: int, max_positions: int) -> N
         )
 
 
-def _plain_blocks(model, input_ids, attention_mask, sampler, rows, max_new_tokens, compile, row_products):
+def _plain_blocks(model, input_ids, attention_mask, sampler, rows, max_new_tokens, compile, row_products, chunk):
     """One token per forward: (tokens [B, 1], processed logits [B, 1, V]) per step."""
     B, T = input_ids.shape
     if compile:
@@ -154,7 +159,7 @@ def _plain_blocks(model, input_ids, attention_mask, sampler, rows, max_new_token
     else:
         cache = model.make_cache(B, T + max_new_tokens)
     # The prefill checks the prompt's token ids, before any time goes into measuring row products.
-    logits = model(input_ids, attention_mask, cache=cache, logits_to_keep=1).logits[:, -1]  # [B, V]
+    logits = prefill(model, input_ids, attention_mask, cache, chunk_size=chunk)[:, -1]  # [B, V]
     if input_ids.device.type == "cpu":
         if row_products:  # B-row products: BLAS or a compiled reduction, whichever is faster here
             enable_row_products(model, rows=B)
@@ -260,7 +265,7 @@ def generate_stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """Yield the next token of every row, [B] long, one step at a time (at most max_new_tokens).
 
     Arguments are those of `generate_steps` (a `GenerationConfig` or its fields as keywords, and
-    tokenizer, draft, generator, pad_token_id, compile, row_products).
+    tokenizer, draft, generator, pad_token_id, compile, row_products, prefill_chunk).
     """
     for step in generate_steps(model, input_ids, attention_mask, config, **kwargs):
         yield step.tokens
@@ -320,7 +325,7 @@ def generate(
     `config` and the keyword arguments are those of `generate_steps`: `GenerationConfig` fields
     (max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, stop,
     stop_token_ids, max_time, logprobs, seed), and tokenizer, draft, generator, pad_token_id,
-    compile, row_products. Every generated token is kept, a stop string's too (HF semantics;
+    compile, row_products, prefill_chunk. Every generated token is kept, a stop string's too (HF semantics;
     `complete` cuts it off). `streamer(tokens [B])` is called after each step.
     """
     out = [input_ids]

@@ -148,7 +148,7 @@ class MoELM(Gemma2):
     ``self.moe_config`` is the full MoELMConfig.
     """
 
-    def __init__(self, config: MoELMConfig, attn_backend: str = "eager"):
+    def __init__(self, config: MoELMConfig, attn_backend: str = "auto"):
         if not isinstance(config, MoELMConfig):
             raise ValueError(f"config must be a MoELMConfig, got {type(config).__name__}")
         super().__init__(config.base, attn_backend)  # the dense twin, initialised as Gemma2(config.base)

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from foresight.lm.cache import PREFILL_CHUNK, prefill, prefill_chunks
 from foresight.lm.distill import LMLoss
 from foresight.lm.moe_lm import MoELMOutput, router_stats
 
@@ -384,12 +385,14 @@ def evaluate_niah(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     progress: Callable | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
 ) -> NIAHResult:
     """Exact-match recall over ``lengths`` x ``depths`` with ``needles`` random probes per cell.
 
     Probes are drawn from ``text`` (use held-out text) with ``default_rng([seed, length, cell])``, so the
-    grid does not depend on the model, the batch size or the order of the lengths. ``model(ids,
-    logits_to_keep=n).logits`` must give the last n positions' logits (Gemma2, MoELM).
+    grid does not depend on the model, the batch size or the order of the lengths. The model is a Gemma2
+    or subclass (MoELM); probes longer than ``prefill_chunk`` go through it in chunks via a KV cache
+    (`foresight.lm.cache.prefill`), so memory grows linearly with the length.
     """
     if needles < 1:
         raise ValueError(f"needles must be >= 1, got {needles}")
@@ -409,12 +412,35 @@ def evaluate_niah(
         hits = []
         for s in range(0, len(probes), batch_size):
             ids = torch.from_numpy(np.stack([vocab.encode(p.text) for p in probes[s : s + batch_size]])).to(device)
-            logits = model(ids, logits_to_keep=answer_len + 1).logits  # [b, answer_len + 1, V]
+            logits = prefill(model, ids, chunk_size=prefill_chunk, logits_to_keep=answer_len + 1)  # [b, A + 1, V]
             hits.append(answer_exact_match(logits, ids, answer_len).cpu())
         hit = torch.cat(hits).numpy()
         for j in range(len(depths)):
             recall[i, j] = hit[np.asarray(where) == j].mean()
     return NIAHResult(tuple(int(L) for L in lengths), tuple(float(d) for d in depths), recall, needles)
+
+
+@torch.no_grad()
+def position_nll(model: torch.nn.Module, ids: torch.Tensor, *, chunk_size: int = PREFILL_CHUNK) -> torch.Tensor:
+    """Next-token NLL [B, T - 1] (nats) of every position of ids [B, T], the prompt fed in chunks.
+
+    Entry t is -log p(ids[:, t + 1] | ids[:, : t + 1]); its cumulative mean over t is Gemini 1.5's
+    "NLL by context position" curve. Chunks go through a KV cache (`foresight.lm.cache.prefill_chunks`),
+    so neither the scores nor the [T, V] logits of the whole stream are ever held at once.
+    """
+    model.eval()
+    B, T = ids.shape
+    if T < 2:
+        raise ValueError(f"need at least 2 tokens to score a next token, got {T}")
+    nll = torch.empty(B, T - 1)
+    cache = model.make_cache(B, T)
+    for start, end, logits in prefill_chunks(model, ids, None, cache, chunk_size=chunk_size, logits_to_keep=0):
+        n = min(end, T - 1) - start  # the last position has no target
+        if n > 0:
+            targets = ids[:, start + 1 : start + 1 + n]  # [B, n]
+            ce = F.cross_entropy(logits[:, :n].flatten(0, 1).float(), targets.flatten(), reduction="none")
+            nll[:, start : start + n] = ce.view(B, n).cpu()
+    return nll
 
 
 def plot_recall_grids(path, grids: dict[str, NIAHResult], trained_length: int | None = None) -> None:
