@@ -679,6 +679,38 @@ def load_gnn_benchmark(
     return LoadedGraph(data, _meta(name, data, source, files.used, split, True, notes))
 
 
+def planted_partition(
+    num_nodes: int = 300, num_classes: int = 3, num_features: int = 40, *, degree: float = 8.0, seed: int = 0
+) -> LoadedGraph:
+    """A small synthetic homophilic graph for smoke tests (no files): a stochastic block model.
+
+    Nodes get classes ``i % C``; an undirected edge joins two nodes of one class with probability
+    ``0.8 degree / (N / C)`` and of different classes with ``0.2 degree / (N - N / C)``. Features are
+    0/1 bags of words: each node switches on 8 words, 4 from its class's block of ``F / C`` and 4 at random.
+    Masks: :func:`random_splits` 10/10/80 (one split). Deterministic in ``seed``.
+    """
+    if num_nodes < 2 * num_classes or num_classes < 2 or num_features < num_classes:
+        raise ValueError(
+            f"need num_nodes >= 2 C, C >= 2 and F >= C, got N={num_nodes}, C={num_classes}, F={num_features}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(num_nodes) % num_classes
+    same = y[:, None] == y[None, :]  # [N, N]
+    size = num_nodes / num_classes
+    prob = torch.where(same, 0.8 * degree / size, 0.2 * degree / (num_nodes - size)).clamp(max=1.0)
+    upper = torch.triu(torch.rand(num_nodes, num_nodes, generator=g) < prob, diagonal=1)
+    edge_index = _finish_edges(upper.nonzero().t(), num_nodes, True)
+    block = num_features // num_classes
+    own = y[:, None] * block + torch.randint(0, block, (num_nodes, 4), generator=g)
+    noise = torch.randint(0, num_features, (num_nodes, 4), generator=g)
+    x = torch.zeros(num_nodes, num_features)
+    x.scatter_(1, torch.cat([own, noise], dim=1), 1.0)
+    data = Data(x=x, edge_index=edge_index, y=y, **random_splits(num_nodes, 1, seed=seed))
+    split = RANDOM_SPLIT_NOTE.format(train=0.1, val=0.1, test=0.8, num=1, seed=seed)
+    source = f"synthetic planted partition (N={num_nodes}, C={num_classes}, F={num_features}, seed={seed})"
+    return LoadedGraph(data, _meta("synthetic", data, source, [], split, True))
+
+
 def git_blob_sha1(path: str | Path) -> str:
     """``git hash-object`` of a file: sha1 over ``b"blob <size>\\0"`` + its bytes."""
     raw = Path(path).read_bytes()
@@ -748,6 +780,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, undirected: b
     """Any set of this module: Geom-GCN splits for the heterophilic and Planetoid sets (Planetoid ones
     always undirected), random 10/10/80 splits for Amazon/Coauthor, the official 20 for WikiCS."""
     key = _ALIASES.get(name.lower(), name.lower())
+    if key == "synthetic":
+        return planted_partition()
     if key in HOMOPHILIC:
         if not undirected:
             raise ValueError(f"{name} is only provided undirected (undirected=True)")
