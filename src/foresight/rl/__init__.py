@@ -3,6 +3,11 @@
 ``foresight.rl.mdp`` is the finite-MDP toolkit shared by the self-predictive (BYOL-Π), SVD
 representation and geometric-horizon-model systems; it is re-exported here. System modules such as
 ``foresight.rl.self_predictive`` are imported by their full path.
+
+Deep RL: ``foresight.rl.agents`` (PPO on gymnasium vector envs, the exploration-hook interface),
+``foresight.rl.encoders`` (MLP, MiniGrid and Atari observation bodies), ``foresight.rl.exploration`` (the
+bonuses by name: none, count, rnd, byol, svd), ``foresight.rl.rnd``, ``foresight.rl.byol_explore``,
+``foresight.rl.svd``; ``foresight.rl.envs`` holds only what gymnasium lacks.
 """
 
 from foresight.rl.mdp import (
