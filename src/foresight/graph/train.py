@@ -1,12 +1,18 @@
 """Graph training loops: supervised node classification (:func:`fit_node_classifier`) and BGRL
 self-supervised pretraining (:func:`pretrain_bgrl`).
 
-Supervised: full-batch, train on one split, select the best-validation epoch.
+Supervised: full-batch, train on one split, evaluate after every epoch, keep the test accuracy of the
+selected epoch. Two selection rules (``selection``):
 
-Model selection follows the Half-Hop paper's heterophilic protocol ("test accuracy at the best
-validation model"): after every epoch the model is evaluated, and the reported test accuracy is the
-one of the epoch with the highest validation accuracy (ties broken by the lower validation loss,
-then by the earlier epoch).
+- ``"best-val"``: the epoch with the highest validation accuracy (ties broken by the lower validation
+  loss, then by the earlier epoch); patience counts epochs since that epoch.
+- ``"geom-gcn"``: the rule of Pei et al.'s ``train_GCN.py`` (Geom-GCN, ICLR 2020), whose protocol the
+  Half-Hop paper follows on heterophilic graphs. The patience counter resets whenever the validation
+  accuracy is ``>=`` its running maximum *or* the validation loss ``<=`` its running minimum, and the kept
+  model is the last one where *both* held. With ``lr_decay=(factor, patience)`` the learning rate is
+  multiplied by ``factor`` when the validation loss has not improved for ``patience`` epochs
+  (``torch.optim.lr_scheduler.ReduceLROnPlateau`` with its defaults otherwise, stepped on the validation
+  loss after every epoch; Geom-GCN uses (0.8, 50)).
 
 Evaluation of a model with stochastic Half-Hop (``p < 1``) uses one fixed augmented graph, drawn with a
 ``torch.Generator`` seeded by ``eval_seed``: every epoch is then compared on the same graph, and the
@@ -15,14 +21,17 @@ global RNG (which drives training) is not touched by evaluation.
 BGRL pretraining (Thakoor et al., ICLR 2022; reference code nerdslab/bgrl): full-batch AdamW, one step
 per epoch, a linear warm-up then cosine decay of the learning rate (:func:`foresight.graph.bgrl.lr_at`)
 and the target's EMA decay rising from ``tau_base`` to 1 on a cosine (:func:`foresight.graph.bgrl.ema_decay`).
-It is resumable: every ``checkpoint_every`` epochs it hands a state (model, optimiser, epoch, history and
-the torch RNG that draws the views) to a callback, and a run started with that state ends exactly as the
-uninterrupted one. Saving it is the caller's business (an experiment passes ``run.save_checkpoint``).
+It is resumable: every ``checkpoint_every`` epochs, at an epoch boundary, it hands a state (model,
+optimiser, epoch, history) to a callback, and a run started with that state and the global RNG state of
+that moment ends exactly as the uninterrupted one. Saving both is the caller's business: ``Run``'s
+``save_checkpoint`` / ``load_checkpoint`` already save and restore every RNG with a state
+(``foresight.core.checkpoint.rng_state``), so the state here carries none of its own.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,11 +48,13 @@ from foresight.nn.ema import ema_update
 __all__ = [
     "BGRLTrainConfig",
     "BGRLTrainResult",
+    "EpochSelector",
     "FitResult",
     "accuracy",
     "fit_node_classifier",
     "keep_freed_memory",
     "pretrain_bgrl",
+    "row_normalise",
     "split_masks",
 ]
 
@@ -103,6 +114,49 @@ def split_masks(data: Data, split: int) -> tuple[Tensor, Tensor, Tensor]:
     return data.train_mask[:, split], data.val_mask[:, split], data.test_mask[:, split]
 
 
+SELECTIONS = ("best-val", "geom-gcn")
+
+
+def row_normalise(x: Tensor) -> Tensor:
+    """Features divided by their row sum, ``x_i / sum_f x_if`` (rows summing to 0 are left at 0).
+
+    Geom-GCN's ``preprocess_features`` (and PyG's ``NormalizeFeatures`` for non-negative features): the
+    row-normalised features of the Geom-GCN protocol. ``x`` [N, F] -> [N, F]; the input is not modified.
+    """
+    if x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a floating [N, F] tensor, got {x.dtype} of shape {tuple(x.shape)}")
+    rowsum = x.sum(dim=1, keepdim=True)  # [N, 1]
+    return torch.where(rowsum == 0, torch.zeros_like(x), x / rowsum.masked_fill(rowsum == 0, 1.0))
+
+
+class EpochSelector:
+    """The model-selection and patience rule of :func:`fit_node_classifier` (module docstring).
+
+    :meth:`update` is called once per epoch with that epoch's validation accuracy and loss and returns
+    ``(keep, progress)``: whether this epoch's model becomes the selected one, and whether the patience
+    counter resets.
+    """
+
+    def __init__(self, selection: str = "best-val") -> None:
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        self.selection = selection
+        self.best: tuple[float, float] | None = None  # best-val: (val_acc, -val_loss) of the selected epoch
+        self.max_acc, self.min_loss = -math.inf, math.inf  # geom-gcn: running maximum / minimum
+
+    def update(self, val_acc: float, val_loss: float) -> tuple[bool, bool]:
+        if self.selection == "best-val":
+            keep = self.best is None or (val_acc, -val_loss) > self.best
+            if keep:
+                self.best = (val_acc, -val_loss)
+            return keep, keep
+        # geom-gcn (train_GCN.py): either one improving (ties count) resets patience, both keep the model
+        progress = val_acc >= self.max_acc or val_loss <= self.min_loss
+        keep = val_acc >= self.max_acc and val_loss <= self.min_loss
+        self.max_acc, self.min_loss = max(self.max_acc, val_acc), min(self.min_loss, val_loss)
+        return keep, progress
+
+
 def fit_node_classifier(
     model: NodeClassifier,
     data: Data,
@@ -113,8 +167,14 @@ def fit_node_classifier(
     weight_decay: float,
     patience: int | None = None,
     eval_seed: int = 0,
+    selection: str = "best-val",
+    lr_decay: tuple[float, int] | None = None,
 ) -> FitResult:
     """Train ``model`` full-batch with Adam and cross-entropy on split ``split`` of ``data``.
+
+    Every epoch is one optimiser step on the training nodes, then one evaluation (``model.eval()``, no
+    gradient) that the selection rule, early stopping and the learning-rate schedule read (module
+    docstring). Nothing is skipped or evaluated less often: the protocol is the same at any size.
 
     Args:
         model: the classifier (Half-Hop, if any, is inside it and resampled every training step).
@@ -122,13 +182,19 @@ def fit_node_classifier(
         split: which mask column to use.
         epochs: maximum number of epochs (one optimiser step each).
         lr, weight_decay: Adam's learning rate and (L2) weight decay.
-        patience: stop after this many epochs without a new best validation model (None: never).
+        patience: stop after this many epochs without progress under ``selection`` (None: never).
         eval_seed: seed of the generator drawing the fixed evaluation graph when Half-Hop has p < 1.
+        selection: ``"best-val"`` or ``"geom-gcn"`` (module docstring).
+        lr_decay: ``(factor, patience)`` of a ``ReduceLROnPlateau`` on the validation loss, or None.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    train, val, test = split_masks(data, split)
+    selector = EpochSelector(selection)  # validates selection
+    if lr_decay is not None and not (0.0 < lr_decay[0] < 1.0 and int(lr_decay[1]) >= 0):
+        raise ValueError(f"lr_decay must be (factor in (0, 1), patience >= 0), got {lr_decay}")
+    train, val, test = (m.nonzero().view(-1) for m in split_masks(data, split))  # index tensors: cheaper
     x, edge_index, y = data.x, data.edge_index, data.y
+    y_train, y_val, y_test = y[train], y[val], y[test]
     n = data.num_nodes
     # Fixed graphs are preprocessed once (model.prepare); only p < 1 Half-Hop redraws every step.
     train_graph = None if model.stochastic else model.prepare(edge_index, n)
@@ -138,27 +204,36 @@ def fit_node_classifier(
         eval_mask = torch.rand(n, generator=gen, device=x.device) < model.p  # half_hop's draw
         eval_graph = model.prepare(edge_index, n, node_mask=eval_mask)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    best: tuple[float, float] | None = None  # (val_acc, -val_loss) of the selected epoch
+    scheduler = None
+    if lr_decay is not None:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=lr_decay[0], patience=int(lr_decay[1])
+        )
     result = FitResult(0, float("nan"), float("nan"), float("nan"), float("nan"), 0)
     since_best = 0
     for epoch in range(1, epochs + 1):
         model.train()
         optimizer.zero_grad(set_to_none=True)
         out = model(x, edge_index, prepared=train_graph)  # [N, C]; p < 1: a fresh Half-Hop draw
-        loss = F.cross_entropy(out[train], y[train])
+        loss = F.cross_entropy(out[train], y_train)
         loss.backward()
         optimizer.step()
 
         model.eval()
         with torch.no_grad():
             out = model(x, prepared=eval_graph)
-        val_loss = F.cross_entropy(out[val], y[val]).item()
-        key = (accuracy(out[val], y[val]), -val_loss)
-        if best is None or key > best:
-            best, since_best = key, 0
+        out_val = out[val]
+        val_loss = F.cross_entropy(out_val, y_val).item()
+        val_acc = accuracy(out_val, y_val)
+        if scheduler is not None:
+            scheduler.step(val_loss)
+        keep, progress = selector.update(val_acc, val_loss)
+        if keep:
             result = FitResult(
-                epoch, accuracy(out[train], y[train]), key[0], accuracy(out[test], y[test]), val_loss, epoch
+                epoch, accuracy(out[train], y_train), val_acc, accuracy(out[test], y_test), val_loss, epoch
             )
+        if progress:
+            since_best = 0
         else:
             since_best += 1
             if patience is not None and since_best >= patience:
@@ -207,19 +282,6 @@ class BGRLTrainResult:
         return self.history[-1][1]
 
 
-def _torch_rng(device: torch.device) -> dict[str, Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_torch_rng(state: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def pretrain_bgrl(
     model: BGRL,
     x: Tensor | SparseFeatures,
@@ -243,12 +305,13 @@ def pretrain_bgrl(
         aug_1, aug_2: the two views' augmentations.
         config: the schedule.
         resume: a state handed to ``on_checkpoint`` by an earlier (interrupted) call with the same arguments;
-            training continues from it, RNG included, and ends exactly as an uninterrupted call would.
+            training continues from it and ends exactly as an uninterrupted call would, provided the global
+            RNG is restored to what it was when the state was handed out (``Run.load_checkpoint`` does).
         on_checkpoint: called with that state after every ``checkpoint_every``-th epoch but the last, at an
-            epoch boundary (after all of that epoch's RNG use).
+            epoch boundary (after all of that epoch's RNG use): save the RNG with it (``Run.save_checkpoint``
+            does).
         progress: wraps the epoch iterator (e.g. a progress bar).
     """
-    device = edge_index.device
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start, result = 0, BGRLTrainResult()
     if resume is not None:
@@ -257,7 +320,6 @@ def pretrain_bgrl(
         optimizer.load_state_dict(copy.deepcopy(resume["optimizer"]))
         start = int(resume["epoch"])
         result.history = [(int(e), float(loss)) for e, loss in resume["history"]]
-        _set_torch_rng(resume["rng"], device)  # continue the view stream exactly where it stopped
     if not 0 <= start < config.epochs:
         raise ValueError(f"resume epoch must be in [0, {config.epochs}), got {start}")
     epochs: Iterable[int] = range(start, config.epochs)
@@ -276,7 +338,6 @@ def pretrain_bgrl(
                         "epoch": done,
                         **copy.deepcopy(state),  # a snapshot: the live tensors keep training
                         "history": [list(h) for h in result.history],
-                        "rng": _torch_rng(device),
                     }
                 )
     return result
