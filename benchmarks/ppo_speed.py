@@ -236,9 +236,9 @@ def probe(frames: int, ids: list[str]) -> dict:
     for env_id in ids:
         envs = gym.vector.SyncVectorEnv([lambda env_id=env_id: gym.make(env_id)] * 16, autoreset_mode=SAME_STEP)
         cfg = AG.PPOConfig.minigrid(total_steps=frames)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _, res = AG.train_ppo(envs, cfg, seed=0)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         succ, ends = np.asarray(res.episode_successes, float), np.asarray(res.episode_end_steps)
         last = ends > 0.8 * res.env_steps
         rets = np.asarray(res.episode_returns)
@@ -250,6 +250,7 @@ def probe(frames: int, ids: list[str]) -> dict:
             "return_last20": float(rets[last].mean()) if last.any() else 0.0,
             "first_success_frame": int(ends[succ > 0][0]) if succ.any() else -1,
             "frames_per_s_wall": res.env_steps / wall,
+            "frames_per_s_cpu": res.env_steps / cpu,
         }
         print(env_id, out[env_id], flush=True)
     return out
