@@ -362,10 +362,10 @@ def run(cfg: Gemma2AblationsConfig, run: Run) -> Result:
         title="Table 7: val NLL by student size (mean ± sd over seeds)",
         ylabel="validation NLL (nats/token)",
     )
-    ws = [w for w in windows.values()]
+    order = sorted(windows, key=windows.get)  # 1, W/4, W/2, W, global
     plot_lines(
         run.figure("window_at_inference.png"),
-        {f"seed {s}": (ws, [ppl[k][i] for k in windows]) for i, s in enumerate(cfg.seeds)},
+        {f"seed {s}": ([windows[k] for k in order], [ppl[k][i] for k in order]) for i, s in enumerate(cfg.seeds)},
         title=f"Table 10: val perplexity vs inference window (trained at W={W})",
         xlabel="sliding window of local layers at inference (keys)",
         ylabel="validation perplexity",
