@@ -105,19 +105,148 @@ def test_make_bonus_hooks_builds_every_bonus_for_a_gymnasium_minigrid_env():
         assert res.env_steps == 16 and res.updates[0]["mean_bonus"] > 0
 
 
-def test_paired_improvement_by_hand():
-    base = [0.2, 0.2, 0.2, 0.2, 0.2]
-    assert X.paired_improvement([0.4, 0.4, 0.4, 0.2, 0.2], base, min_gain=0.1, win_frac=0.6)  # +0.12, 3/5 wins
-    assert not X.paired_improvement([0.4, 0.4, 0.2, 0.2, 0.2], base, min_gain=0.1, win_frac=0.6)  # 2/5 wins
-    assert not X.paired_improvement([1.0, 0.0, 0.0, 0.0, 0.0], base, min_gain=0.0, win_frac=0.2)  # mean not up
-    # with min_gain 0 the mean must still rise strictly, and ties are not wins
-    assert not X.paired_improvement(base, base, min_gain=0.0, win_frac=0.0)
-    assert X.paired_improvement([0.3, 0.2, 0.2, 0.2, 0.2], base, min_gain=0.0, win_frac=0.2)
-    assert not X.paired_improvement([0.3, 0.2, 0.2, 0.2, 0.2], base, min_gain=0.0, win_frac=0.4)
-    with pytest.raises(ValueError, match="paired non-empty 1-d sequences, got shapes"):
-        X.paired_improvement([1.0, 2.0], [1.0], 0.0, 0.5)
-    with pytest.raises(ValueError, match="win_frac must be in"):
-        X.paired_improvement([1.0], [0.0], 0.0, 1.5)
+def _numbers(byol_success, none_success, rnd_success=None, byol_cover=(0.5,) * 5, none_cover=(0.5,) * 5):
+    arms = {
+        "byol": {"final_success": list(byol_success), "coverage_auc": list(byol_cover)},
+        "none": {"final_success": list(none_success), "coverage_auc": list(none_cover)},
+    }
+    if rnd_success is not None:
+        arms["rnd"] = {"final_success": list(rnd_success), "coverage_auc": [0.5] * len(rnd_success)}
+    return arms
+
+
+def test_ci_beats_reads_the_lower_end_of_the_paired_bootstrap_interval():
+    ok, ci = X.ci_beats([1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], 0.5)
+    assert ok and ci.method == "bootstrap" and ci.low == ci.high == ci.mean == 1.0
+    # the control wins: the rule fails
+    assert not X.ci_beats([0.0, 0.0, 0.1, 0.0], [1.0, 1.0, 1.0, 1.0], 0.0)[0]
+    # all ties: the interval is [0, 0], no evidence even at margin 0
+    ok, ci = X.ci_beats([0.0] * 5, [0.0] * 5, 0.0)
+    assert not ok and ci.low == ci.high == 0.0
+    # a mean gain carried by one seed of ten: the bootstrap interval reaches 0, the rule fails
+    assert not X.ci_beats([1.0] + [0.0] * 9, [0.0] * 10, 0.0)[0]
+    # a large, consistent gain that is below the margin fails; above it passes
+    assert not X.ci_beats([0.55] * 6, [0.5] * 6, 0.1)[0] and X.ci_beats([0.7] * 6, [0.5] * 6, 0.1)[0]
+    with pytest.raises(ValueError, match="paired values need equal lengths, got 2 and 1"):
+        X.ci_beats([1.0, 2.0], [1.0], 0.0)
+
+
+def test_exploration_verdict_needs_the_control_and_rnd_beaten_on_every_task():
+    solved, failed = [1.0, 0.9, 1.0, 0.8, 1.0], [0.0, 0.1, 0.0, 0.0, 0.0]
+    both = {"t1": _numbers(solved, failed, rnd_success=failed), "t2": _numbers(solved, failed, rnd_success=failed)}
+    verdict, details = X.exploration_verdict(both, "byol")
+    assert verdict == "reproduced" and details["t1"]["control"] and details["t2"]["rival"]
+    assert details["t1"]["control_ci"]["n"] == 5 and details["t1"]["control_ci"]["method"] == "bootstrap"
+    # RND does as well: the control is beaten, RND is not -> partial
+    assert X.exploration_verdict({"t1": _numbers(solved, failed, rnd_success=solved)}, "byol")[0] == "partial"
+    # no RND arm run: criterion (2) cannot hold
+    verdict, details = X.exploration_verdict({"t1": _numbers(solved, failed)}, "byol")
+    assert verdict == "partial" and details["t1"]["rival"] is False and details["t1"]["rival_ci"] is None
+    # one task of two solved: partial
+    mixed = {"t1": _numbers(solved, failed, rnd_success=failed), "t2": _numbers(failed, failed, rnd_success=failed)}
+    assert X.exploration_verdict(mixed, "byol")[0] == "partial"
+    # the no-bonus control wins: not reproduced
+    assert X.exploration_verdict({"t1": _numbers(failed, solved, rnd_success=failed)}, "byol")[0] == "not reproduced"
+    # ties everywhere (both 0): not reproduced
+    assert X.exploration_verdict({"t1": _numbers(failed, failed, rnd_success=failed)}, "byol")[0] == "not reproduced"
+    # better coverage only: partial (explores more, solves nothing more)
+    cover = _numbers(failed, failed, rnd_success=failed, byol_cover=[0.8, 0.7, 0.9, 0.8, 0.75])
+    verdict, details = X.exploration_verdict({"t1": cover}, "byol")
+    assert verdict == "partial" and details["t1"]["coverage"] and not details["t1"]["control"]
+    # a success gain below the margin does not count
+    small = _numbers([0.15] * 5, [0.1] * 5, rnd_success=[0.0] * 5)
+    assert X.exploration_verdict({"t1": small}, "byol")[0] == "not reproduced"
+    assert X.exploration_verdict({"t1": small}, "byol", X.ExplorationMargins(success=0.0))[0] == "reproduced"
+    with pytest.raises(ValueError, match="task 't1' has no 'byol' arm"):
+        X.exploration_verdict({"t1": {"none": {}}}, "byol")
+    with pytest.raises(ValueError, match="per_task is empty"):
+        X.exploration_verdict({}, "byol")
+    with pytest.raises(ValueError, match="margin success must be >= 0, got -0.1"):
+        X.ExplorationMargins(success=-0.1)
+
+
+def test_per_task_numbers_keeps_the_seed_order():
+    rows = [{"final_success": float(i), "coverage_auc": i / 10, "other": 1} for i in range(3)]
+    assert X.per_task_numbers({"t": {"none": rows}}) == {
+        "t": {"none": {"final_success": [0.0, 1.0, 2.0], "coverage_auc": [0.0, 0.1, 0.2]}}
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# MiniGrid: coverage from the simulator
+# ------------------------------------------------------------------------------------------------
+def _minigrid(env_id: str, **kw):
+    import gymnasium as gym
+    import minigrid  # noqa: F401  (registers the MiniGrid ids)
+
+    return X.MiniGridCoverage(gym.make(env_id, **kw))
+
+
+def test_minigrid_coverage_counts_the_agent_cells_of_each_episode():
+    env = _minigrid("MiniGrid-Empty-5x5-v0", max_steps=3)
+    env.reset(seed=0)
+    core = env.unwrapped
+    start = tuple(int(v) for v in core.agent_pos)
+    assert env.cells == {start} and env.rooms_reached() == 0  # Empty has no rooms
+    trace = [start]
+    for action in (core.actions.forward, core.actions.left, core.actions.forward):
+        _, _, term, trunc, _ = env.step(action)
+        trace.append(tuple(int(v) for v in core.agent_pos))
+    assert trunc and not term  # max_steps=3
+    assert env.finished == [(len(set(trace)), 0)]  # the episode's last cell counts
+    assert env.all_cells == set(trace)
+    env.reset(seed=1)
+    assert len(env.cells) == 1 and env.all_cells >= set(trace)
+
+
+def test_minigrid_coverage_counts_rooms_along_multiroom_and_in_a_room_grid():
+    env = _minigrid("MiniGrid-MultiRoom-N4-S5-v1")
+    env.reset(seed=0)
+    core = env.unwrapped
+    assert env.rooms_reached() == 1  # the agent starts in room 0
+    last = core.rooms[-1]
+    core.agent_pos = (last.top[0] + 1, last.top[1] + 1)  # an interior cell of the last room
+    env._visit()
+    assert env.rooms_reached() == len(core.rooms)  # the highest room index + 1
+    door = core.rooms[1].entryDoorPos
+    assert X._room_of(core, tuple(door)) is None  # a door is in no room's interior
+
+    corridor = _minigrid("MiniGrid-KeyCorridorS3R2-v0")
+    corridor.reset(seed=0)
+    assert corridor.rooms_reached() == 1
+    c = corridor.unwrapped
+    c.agent_pos = (1, 1)  # the top-left room
+    corridor._visit()
+    assert corridor.rooms_reached() == 2  # the agent starts in the middle column, (1, 1) is a side room
+
+
+def test_a_minigrid_exploration_arm_reports_coverage_and_rooms():
+    """A short real MiniGrid run: coverage is a fraction of the width x height grid and rooms are reported."""
+    env = X.make_exploration_env("MiniGrid-MultiRoom-N4-S5-v1", 4)
+    ppo = AG.PPOConfig(num_envs=4, num_steps=32, total_steps=512, minibatches=2, hidden=16, encoder="minigrid")
+    res = X.run_exploration_arm(env, ppo, "count", seed=0, curve_points=2)
+    assert res.num_states == 25 * 25 and 0 < res.visited_states <= res.num_states
+    assert res.coverage == res.visited_states / res.num_states and res.curve_visited[-1] == res.visited_states
+    assert {"episode_cells", "episode_rooms", "final_episode_rooms", "max_rooms"} <= set(res.extras)
+    # 128 steps per env, 80-step episodes: each env ended one
+    assert res.extras["max_rooms"] >= 1 and res.extras["episode_cells"] >= 1
+    again = X.run_exploration_arm(
+        X.make_exploration_env("MiniGrid-MultiRoom-N4-S5-v1", 4), ppo, "count", seed=0, curve_points=2
+    )
+    assert _untimed(again) == _untimed(res)
+
+
+def test_make_exploration_env_and_the_tracker_reject_what_they_cannot_measure():
+    import gymnasium as gym
+
+    assert isinstance(X.make_exploration_env(X.GRID_TASK, 2), GridVectorEnv)
+    with pytest.raises(ValueError, match="task 'CartPole-v1' is neither 'grid' nor a MiniGrid id"):
+        X.make_exploration_env("CartPole-v1", 2)
+    with pytest.raises(ValueError, match="num_envs must be >= 1, got 0"):
+        X.make_exploration_env(X.GRID_TASK, 0)
+    plain = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+    with pytest.raises(ValueError, match="needs a SyncVectorEnv of MiniGridCoverage-wrapped envs"):
+        X.MiniGridCoverageTracker(plain, [1.0])
 
 
 def test_plot_arms_writes_the_curves_and_the_summary(tmp_path):
