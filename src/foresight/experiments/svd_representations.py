@@ -6,16 +6,19 @@
 (b) The learned representation gives pseudo-counts: Spearman correlation of the estimate with the
     true visit counts of a replay drawn from a skewed visitation distribution on four-rooms, for the
     same MLP representation the exploration agent uses.
-(c) The pseudo-count bonus helps exploration: PPO on a four-room chain gridworld with sparse reward,
-    no bonus vs the SVD bonus vs a true-count bonus, at equal environment steps
-    (:func:`foresight.rl.exploration.run_exploration_arm`).
+(c) The pseudo-count bonus helps exploration: PPO with no bonus vs the SVD bonus vs RND (and, on the grid, the
+    true-count bonus) at equal frames, on MiniGrid's MultiRoom-N4-S5 and KeyCorridorS3R2 (egocentric 7x7 view:
+    partially observed) at ``full`` and on the home-made four-room chain gridworld at ``tiny`` / ``quick``; the same
+    sweep and rule as ``byol-explore`` (:func:`foresight.rl.exploration.exploration_sweep`,
+    :func:`foresight.rl.exploration.exploration_verdict`).
 (d) Partial observability: a GRU history encoder trained with the same loss against a short
     future of (action, observation) "tests" encodes the hidden state of a cued T-maze; a
-    last-observation encoder trained the same way cannot.
+    last-observation encoder trained the same way cannot, and neither can the untrained GRU.
 
-Each part is a function of (config, seed) returning per-seed numbers; ``run`` sweeps it over seeds (one
-checkpointed cell per seed, and per arm for (c)), draws the figures and judges each sub-claim by its rule
-(``rule_a`` … ``rule_d``). (b) and (d) also record the untrained network's numbers as a control.
+Each part is a function of (config, seed) returning per-seed numbers; ``run`` sweeps it over the explicit seed list
+(one checkpointed cell per seed, and per task and arm for (c)), draws the figures and judges each sub-claim by its
+rule (``rule_a`` … ``rule_d``). (b) and (d) must beat their untrained-network controls by stated margins, judged on
+paired bootstrap intervals over seeds. Pilots use seeds 100+ (``quick``: 100-104), the evaluation 0..N-1 (``full``).
 """
 
 from __future__ import annotations
@@ -35,23 +38,35 @@ from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
 from foresight.core.run import Run
-from foresight.core.stats import mean_std
+from foresight.core.stats import mean_std, paired_ci
 from foresight.rl import agents as AG
 from foresight.rl import gridworlds as GW
 from foresight.rl import mdp as M
 from foresight.rl import svd as V
 from foresight.rl.exploration import (
+    GRID_TASK,
     CountBonusConfig,
+    ExplorationMargins,
     SVDBonusConfig,
-    paired_improvement,
+    ci_beats,
+    exploration_rule_text,
+    exploration_sweep,
+    exploration_verdict,
+    make_exploration_env,
+    per_task_numbers,
     plot_arms,
     run_exploration_arm,
     summarize_arm,
 )
 
 PARTS = ("a", "b", "c", "d")
-C_ARMS = ("none", "svd", "count")
+C_ARMS = ("none", "svd", "rnd", "count")
+MINIGRID_TASKS = ("MiniGrid-MultiRoom-N4-S5-v1", "MiniGrid-KeyCorridorS3R2-v0")
+PILOT_SEEDS = tuple(range(100, 105))  # pilots and the quick scale; the evaluation uses 0..N-1
 C_CURVE_POINTS = 10  # coverage and success are read at 10 evenly spaced step counts (rule (c)'s AUC)
+B_MARGIN = 0.02  # (b): trained minus untrained Spearman must exceed this (lower end of the paired 95% interval)
+D_MARGIN = 0.1  # (d): history minus last-obs, and trained minus untrained history, hidden-state accuracy
+C_MARGINS = ExplorationMargins(success=0.1, rival=0.0, coverage=0.0)
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ class SVDRepresentationsConfig(Config):
     """Defaults are the ``full`` protocol. The paper's own hyper-parameters (DM-Lab agents) were not
     available, so these are this reproduction's choices, from the pilots noted beside them."""
 
-    seeds: int = 10  # seeds per sub-claim
+    seed_list: tuple[int, ...] = tuple(range(10))  # evaluation seeds of every sub-claim; pilots use 100+
     parts: tuple[str, ...] = PARTS  # which sub-claims to run
     # (a) subspace recovery on four-rooms, uniform policy (σ_4 = 0.986 vs σ_5 = 0.929: a clear gap at k = 4)
     a_rank: int = 4
@@ -76,18 +91,20 @@ class SVDRepresentationsConfig(Config):
     b_batch: int = 256
     b_lr: float = 1e-3
     b_bias: float = 0.3  # probability of down and of right (up and left get 0.5 - b_bias)
-    # (c) exploration with PPO on the four-room chain (gridworlds.MULTIROOM_LAYOUT)
-    c_total_steps: int = 200_000
-    c_num_envs: int = 32
+    # (c) exploration with PPO: MiniGrid (PPOConfig.minigrid) or the four-room chain (gridworlds.MULTIROOM_LAYOUT)
+    c_tasks: tuple[str, ...] = MINIGRID_TASKS  # GRID_TASK or MiniGrid ids
+    c_total_steps: int = 1_000_000  # frames per run
+    c_num_envs: int = 32  # grid PPO (MiniGrid: 16 envs x 128 steps)
     c_num_steps: int = 32
-    c_max_episode_steps: int = 200
+    c_max_episode_steps: int = 200  # grid episodes (MiniGrid: the env's own limit)
+    c_buffer_size: int = 100_000  # the SVD replay (FIFO); 0: every transition of the run
     c_bonus_scale: float = 0.03  # β in β / sqrt(n + 1), the same for the SVD and the true-count bonus
     c_rank: int = 64
     c_hidden: int = 128
     c_extra_steps: int = 16  # SVD steps on the representation after each PPO update
     c_svd_lr: float = 1e-3  # Adam learning rate of those extra steps
     c_share_torso: bool = False  # f as a head on the agent's torso instead of its own network
-    c_arms: tuple[str, ...] = C_ARMS
+    c_arms: tuple[str, ...] = ("none", "svd", "rnd")  # tiny / quick add the true-count reference "count"
     # (d) cued T-maze
     d_length: int = 5  # corridor cells between the cue and the junction
     d_episode_steps: int = 20
@@ -105,9 +122,11 @@ class SVDRepresentationsConfig(Config):
     @classmethod
     def preset(cls, scale: str) -> SVDRepresentationsConfig:
         scale = check_scale(scale)
+        grid = {"c_tasks": (GRID_TASK,), "c_arms": C_ARMS, "c_buffer_size": 0}
         if scale == "tiny":
             return cls(
-                seeds=2,
+                **grid,
+                seed_list=(200, 201),
                 a_steps=200,
                 a_eval_every=50,
                 b_samples=10_000,
@@ -125,7 +144,8 @@ class SVDRepresentationsConfig(Config):
             )
         if scale == "quick":
             return cls(
-                seeds=5,
+                **grid,
+                seed_list=PILOT_SEEDS,
                 a_steps=1500,
                 b_steps=1500,
                 b_samples=100_000,
@@ -138,7 +158,7 @@ class SVDRepresentationsConfig(Config):
 
     def validate(self) -> None:
         positive = (
-            "seeds a_rank a_steps a_batch a_eval_every a_hidden b_rank b_samples b_steps b_batch c_total_steps "
+            "a_rank a_steps a_batch a_eval_every a_hidden b_rank b_samples b_steps b_batch c_total_steps "
             "c_num_envs c_num_steps c_max_episode_steps c_rank c_hidden d_length d_episode_steps d_future d_rank "
             "d_hidden d_steps d_batch d_train_episodes d_test_episodes"
         ).split()
@@ -155,9 +175,25 @@ class SVDRepresentationsConfig(Config):
             raise ValueError(
                 f"c_bonus_scale and c_extra_steps must be >= 0, got {self.c_bonus_scale}, {self.c_extra_steps}"
             )
+        if not self.seed_list or len(set(self.seed_list)) != len(self.seed_list):
+            raise ValueError(f"seed_list must hold distinct seeds, got {self.seed_list}")
+        for task in self.c_tasks:
+            if task != GRID_TASK and not task.startswith("MiniGrid-"):
+                raise ValueError(f"task {task!r} is neither {GRID_TASK!r} nor a MiniGrid id ('MiniGrid-...')")
+        if "c" in self.parts and not {"none", "svd"} <= set(self.c_arms):
+            raise ValueError(f"c_arms must include 'none' and 'svd' (sub-claim (c) compares them), got {self.c_arms}")
         if not self.parts:
             raise ValueError("parts must name at least one of a, b, c, d")
         self.svd_bonus()  # validates the SVD bonus fields
+
+    @property
+    def seeds(self) -> int:
+        return len(self.seed_list)
+
+    def c_ppo(self, task: str) -> AG.PPOConfig:
+        if task == GRID_TASK:
+            return AG.PPOConfig(num_envs=self.c_num_envs, num_steps=self.c_num_steps, total_steps=self.c_total_steps)
+        return AG.PPOConfig.minigrid(self.c_total_steps)
 
     def svd_bonus(self) -> SVDBonusConfig:
         return SVDBonusConfig(
@@ -167,6 +203,7 @@ class SVDRepresentationsConfig(Config):
             extra_steps=self.c_extra_steps,
             lr=self.c_svd_lr,
             share_torso=self.c_share_torso,
+            buffer_size=self.c_buffer_size,
         )
 
 
@@ -281,10 +318,10 @@ def part_b(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
     return out
 
 
-def part_c(cfg: SVDRepresentationsConfig, seed: int, arm: str) -> dict[str, Any]:
-    """One PPO run on the four-room chain with the given bonus arm (``seed`` is shared by the arms)."""
-    env = GW.GridVectorEnv(cfg.c_num_envs, max_steps=cfg.c_max_episode_steps)
-    ppo = AG.PPOConfig(num_envs=cfg.c_num_envs, num_steps=cfg.c_num_steps, total_steps=cfg.c_total_steps)
+def part_c(cfg: SVDRepresentationsConfig, task: str, arm: str, seed: int) -> dict[str, Any]:
+    """One PPO run on ``task`` with the given bonus arm (``seed`` is shared by the arms)."""
+    ppo = cfg.c_ppo(task)
+    env = make_exploration_env(task, ppo.num_envs, max_steps=cfg.c_max_episode_steps if task == GRID_TASK else None)
     count = CountBonusConfig(scale=cfg.c_bonus_scale)
     res = run_exploration_arm(env, ppo, arm, seed=seed, curve_points=C_CURVE_POINTS, count=count, svd=cfg.svd_bonus())
     return res.to_dict()
@@ -338,16 +375,19 @@ def part_d(cfg: SVDRepresentationsConfig, seed: int) -> dict[str, Any]:
 RULES = {
     "a": "pass if the mean final alignment ‖U_kᵀQ‖²/k >= 0.99 for tabular factors and >= 0.95 for "
     "neural factors; partial if only the tabular one does",
-    "b": "pass if the mean Spearman(n̂, n) of the elliptical SVD pseudo-count over visited states >= 0.9 "
-    "and it is >= 0.8 in every seed; partial if the mean is >= 0.7",
-    "c": "pass if, against no bonus, the SVD bonus raises the success rate over all episodes by >= 0.1 "
-    "on the mean and in >= 60% of paired seeds, and raises the coverage AUC (distinct cells, "
-    "averaged over 10 checkpoints) on the mean and in >= 60% of paired seeds; partial if only one "
-    "of the two holds",
-    "d": "pass if the history probe's hidden-state accuracy beats the last-observation probe by >= 0.1 in "
-    "every seed; partial if it does so on the mean",
+    "b": "pass if the mean Spearman(n̂, n) of the trained elliptical SVD pseudo-count over visited states >= 0.9 "
+    f"and the 95% paired bootstrap interval over seeds of (trained − untrained network) Spearman has its lower "
+    f"end above {B_MARGIN}; partial if the trained mean >= 0.7 and that lower end is above 0; fail otherwise "
+    "(the untrained network's count is the control: the elliptical count of any features tracks visitation)",
+    "c": "the exploration rule of byol-explore with the SVD bonus: "
+    + exploration_rule_text("svd", C_MARGINS)
+    + "; reproduced -> pass, partial -> partial, not reproduced -> fail",
+    "d": f"pass if the 95% paired bootstrap intervals over seeds of (history − last-observation) and of (trained − "
+    f"untrained history encoder) held-out hidden-state probe accuracy both have lower ends above {D_MARGIN}; "
+    "partial if one of them does; fail otherwise",
 }
 SUB_TO_VERDICT = {"pass": "reproduced", "partial": "partial", "fail": "not reproduced"}
+VERDICT_TO_SUB = {v: k for k, v in SUB_TO_VERDICT.items()}
 
 
 def rule_a(tabular_alignment: Sequence[float], neural_alignment: Sequence[float]) -> str:
@@ -356,28 +396,31 @@ def rule_a(tabular_alignment: Sequence[float], neural_alignment: Sequence[float]
     return "pass" if tab >= 0.99 and neu >= 0.95 else "partial" if tab >= 0.99 else "fail"
 
 
-def rule_b(spearman_elliptical: Sequence[float]) -> str:
-    """:data:`RULES` ``"b"`` on the per-seed Spearman correlations of the elliptical pseudo-count."""
-    sp = np.asarray(spearman_elliptical, dtype=float)
-    return "pass" if sp.mean() >= 0.9 and sp.min() >= 0.8 else "partial" if sp.mean() >= 0.7 else "fail"
+def rule_b(spearman_trained: Sequence[float], spearman_untrained: Sequence[float]) -> str:
+    """:data:`RULES` ``"b"`` on the per-seed Spearman correlations of the elliptical pseudo-count (trained, and
+    the same network at init; index i is seed i in both)."""
+    mean = float(np.mean(spearman_trained))
+    ci_low = paired_ci(spearman_trained, spearman_untrained, method="bootstrap").low
+    if mean >= 0.9 and ci_low > B_MARGIN:
+        return "pass"
+    return "partial" if mean >= 0.7 and ci_low > 0 else "fail"
 
 
-def rule_c(
-    svd_success: Sequence[float],
-    none_success: Sequence[float],
-    svd_coverage_auc: Sequence[float],
-    none_coverage_auc: Sequence[float],
+def rule_c(per_task: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]) -> str:
+    """:data:`RULES` ``"c"``: ``per_task[task][arm]`` maps ``final_success`` and ``coverage_auc`` to per-seed
+    values (index i is seed i in every arm)."""
+    return VERDICT_TO_SUB[exploration_verdict(per_task, "svd", C_MARGINS)[0]]
+
+
+def rule_d(
+    history_hidden_acc: Sequence[float],
+    last_obs_hidden_acc: Sequence[float],
+    untrained_history_hidden_acc: Sequence[float],
 ) -> str:
-    """:data:`RULES` ``"c"`` on per-seed numbers, paired by seed (index i is seed i in both arms)."""
-    better_success = paired_improvement(svd_success, none_success, min_gain=0.1, win_frac=0.6)
-    better_cover = paired_improvement(svd_coverage_auc, none_coverage_auc, min_gain=0.0, win_frac=0.6)
-    return "pass" if better_success and better_cover else "partial" if better_success or better_cover else "fail"
-
-
-def rule_d(history_hidden_acc: Sequence[float], last_obs_hidden_acc: Sequence[float]) -> str:
     """:data:`RULES` ``"d"`` on the per-seed held-out hidden-state probe accuracies."""
-    gaps = np.asarray(history_hidden_acc, dtype=float) - np.asarray(last_obs_hidden_acc, dtype=float)
-    return "pass" if (gaps >= 0.1).all() else "partial" if gaps.mean() >= 0.1 else "fail"
+    over_last_obs, _ = ci_beats(history_hidden_acc, last_obs_hidden_acc, D_MARGIN)
+    over_untrained, _ = ci_beats(history_hidden_acc, untrained_history_hidden_acc, D_MARGIN)
+    return "pass" if over_last_obs and over_untrained else "partial" if over_last_obs or over_untrained else "fail"
 
 
 def overall_verdict(subs: Mapping[str, str]) -> str:
@@ -401,23 +444,27 @@ def overall_verdict(subs: Mapping[str, str]) -> str:
     threads=1,
 )
 def run(cfg: SVDRepresentationsConfig, run: Run) -> Result:
-    results: dict[str, dict[str, dict[str, Any]]] = {}
+    results: dict[str, Any] = {}
     for part in PARTS:
-        if part in cfg.parts:
-            arms = [f"arm={arm}/" for arm in cfg.c_arms] if part == "c" else [""]
-            cells = [f"{arm}seed={i}" for i in range(cfg.seeds) for arm in arms]
+        if part not in cfg.parts:
+            continue
+        if part == "c":  # part_c is looked up at call time (tests patch it)
+            results["c"] = exploration_sweep(
+                run, "part_c", cfg.c_tasks, cfg.c_arms, cfg.seed_list, lambda t, a, seed: part_c(cfg, t, a, seed)
+            )
+        else:
+            cells = [f"seed={s}" for s in cfg.seed_list]
             results[part] = run.sweep(f"part_{part}", cells, lambda cell, part=part: _cell(cfg, run, part, cell))
     return _report(cfg, run, results)
 
 
 def _cell(cfg: SVDRepresentationsConfig, run: Run, part: str, cell: str) -> dict[str, Any]:
-    """One (sub-claim, seed[, arm]) cell. (c)'s seed leaves the arm out: the arms pair up by seed."""
-    t0 = time.time()
-    fields = dict(kv.split("=") for kv in cell.split("/"))
-    seed = run.seed_for(f"{part}/seed={fields['seed']}")
+    """One (sub-claim, seed) cell of (a), (b) or (d)."""
+    t0, cpu = time.time(), time.process_time()
+    seed = run.seed_for(f"{part}/{cell}")
     parts = {"a": part_a, "b": part_b, "d": part_d}  # looked up at call time (tests patch them)
-    res = part_c(cfg, seed, fields["arm"]) if part == "c" else parts[part](cfg, seed)
-    res["seconds"] = time.time() - t0
+    res = parts[part](cfg, seed)
+    res["seconds"], res["cpu_seconds"] = time.time() - t0, time.process_time() - cpu
     run.log(part=part, cell=cell, **{k: v for k, v in res.items() if isinstance(v, int | float)})
     return res
 
@@ -429,7 +476,7 @@ def _put(metrics: dict[str, Any], key: str, values: Sequence[float]) -> None:
 def _put_all(metrics: dict[str, Any], prefix: str, rows: list[dict[str, Any]]) -> None:
     """Mean and std over seeds of every number the rows share (timings aside), as ``<prefix><key>[_std]``."""
     for key, value in rows[0].items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and key != "seconds":
+        if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("seconds", "cpu_seconds"):
             _put(metrics, f"{prefix}{key}", [r[key] for r in rows])
 
 
@@ -444,7 +491,7 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
         table.append({"sub-claim": f"({part}) {claim}", "numbers": numbers, "seeds": seeds, "sub-verdict": subs[part]})
 
     if "a" in results:
-        rows = [results["a"][f"seed={i}"] for i in range(n)]
+        rows = [results["a"][f"seed={s}"] for s in cfg.seed_list]
         series = {}
         for kind in ("tabular", "neural"):
             ang = np.mean([r[kind]["max_angle_deg"] for r in rows], 0)
@@ -466,7 +513,7 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
         row("a", "mini-batch loss finds the exact top-k singular subspace", numbers, n)
 
     if "b" in results:
-        rows = [results["b"][f"seed={i}"] for i in range(n)]
+        rows = [results["b"][f"seed={s}"] for s in cfg.seed_list]
         _put_all(metrics, "b_", rows)
         names = ("elliptical", "density_ratio", "norm_shortcut")
         plot_bars(
@@ -478,52 +525,76 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
             ylabel="Spearman ρ",
         )
         figures.append("b_pseudocounts.png")
-        subs["b"] = rule_b([r["spearman_elliptical"] for r in rows])
+        subs["b"] = rule_b([r["spearman_elliptical"] for r in rows], [r["untrained_spearman_elliptical"] for r in rows])
+        ci = paired_ci(
+            [r["spearman_elliptical"] for r in rows],
+            [r["untrained_spearman_elliptical"] for r in rows],
+            method="bootstrap",
+        )
+        metrics["b_trained_minus_untrained_ci95"] = ci.to_dict()
         numbers = (
             f"Spearman elliptical {metrics['b_spearman_elliptical']:.3f}±{metrics['b_spearman_elliptical_std']:.3f} "
             f"(rarest 25%: {metrics['b_spearman_low_elliptical']:.3f}; untrained network: "
-            f"{metrics['b_untrained_spearman_elliptical']:.3f}); density-ratio "
+            f"{metrics['b_untrained_spearman_elliptical']:.3f}; trained − untrained {ci.mean:+.3f} "
+            f"[{ci.low:+.3f}, {ci.high:+.3f}]); density-ratio "
             f"{metrics['b_spearman_density_ratio']:.3f}; norm shortcut {metrics['b_spearman_norm_shortcut']:.3f}"
         )
         row("b", "pseudo-counts from the representation track visit counts", numbers, n)
 
     if "c" in results:
-        by_arm = {arm: [results["c"][f"arm={arm}/seed={i}"] for i in range(n)] for arm in cfg.c_arms}
-        for arm, rows in by_arm.items():
-            metrics.update({f"c_{arm}_{key}": v for key, v in summarize_arm(rows).items()})
-        if "svd" in by_arm:
-            sp = [r["extras"]["pseudo_count_spearman"] for r in by_arm["svd"]]
-            metrics["c_svd_pseudo_count_spearman"] = float(np.mean(sp))
-        metrics["c_env_steps_per_second"] = float(np.mean([metrics[f"c_{a}_steps_per_second"] for a in by_arm]))
-        figures += plot_arms(
-            run.figure,
-            by_arm,
-            prefix="c_exploration_",
-            curves=("success", "coverage"),
-            bars=("success_rate", "final_success", "coverage_auc"),
-            title="(c) four-room chain, equal env steps",
-        )
-        if "svd" in by_arm and "none" in by_arm:
-            svd, none = by_arm["svd"], by_arm["none"]
-            subs["c"] = rule_c(
-                [r["success_rate"] for r in svd],
-                [r["success_rate"] for r in none],
-                [r["coverage_auc"] for r in svd],
-                [r["coverage_auc"] for r in none],
-            )
+        by_task = results["c"]
+        if {"svd", "none"} <= set(cfg.c_arms):
+            c_verdict, details = exploration_verdict(per_task_numbers(by_task), "svd", C_MARGINS)
+            subs["c"] = VERDICT_TO_SUB[c_verdict]
         else:
-            subs["c"] = "fail"  # the comparison the claim needs was not run
-        numbers = "; ".join(
-            f"{arm}: success {metrics[f'c_{arm}_success_rate']:.2f}±{metrics[f'c_{arm}_success_rate_std']:.2f} "
-            f"(last 20% {metrics[f'c_{arm}_final_success']:.2f}), goal found in "
-            f"{metrics[f'c_{arm}_found_goal_seeds']}/{n}, coverage AUC {metrics[f'c_{arm}_coverage_auc']:.2f}, "
-            f"{metrics[f'c_{arm}_steps_per_second']:.0f} env steps/s"
-            for arm in by_arm
-        )
-        row("c", "pseudo-count bonus improves exploration (PPO, equal env steps)", numbers, n)
+            subs["c"], details = "fail", {}  # the comparison the claim needs was not run
+        parts_text = []
+        for task, by_arm in by_task.items():
+            t = task.removeprefix("MiniGrid-")
+            for arm, rows in by_arm.items():
+                metrics.update({f"c_{t}_{arm}_{key}": v for key, v in summarize_arm(rows).items()})
+                metrics[f"c_{t}_{arm}_cpu_seconds_per_cell"] = float(np.mean([r["cpu_seconds"] for r in rows]))
+                if "final_episode_rooms" in rows[0]["extras"]:
+                    metrics[f"c_{t}_{arm}_final_episode_rooms"] = float(
+                        np.mean([r["extras"]["final_episode_rooms"] for r in rows])
+                    )
+            if "svd" in by_arm and "pseudo_count_spearman" in by_arm["svd"][0]["extras"]:
+                sp = [r["extras"]["pseudo_count_spearman"] for r in by_arm["svd"]]
+                metrics[f"c_{t}_svd_pseudo_count_spearman"] = float(np.mean(sp))
+            for crit in ("control", "rival", "coverage"):
+                if task in details:
+                    metrics[f"c_{t}_{crit}_criterion"] = details[task][crit]
+                    metrics[f"c_{t}_{crit}_ci95"] = details[task][f"{crit}_ci"]
+            figures += plot_arms(
+                run.figure,
+                by_arm,
+                prefix=f"c_{t}_",
+                curves=("success", "coverage"),
+                bars=("success_rate", "final_success", "coverage_auc"),
+                title=f"(c) {t}, equal frames",
+            )
+            arms_text = "; ".join(
+                f"{arm}: success (last 20%) {metrics[f'c_{t}_{arm}_final_success']:.2f}"
+                f"±{metrics[f'c_{t}_{arm}_final_success_std']:.2f}, goal found in "
+                f"{metrics[f'c_{t}_{arm}_found_goal_seeds']}/{n}, coverage AUC {metrics[f'c_{t}_{arm}_coverage_auc']:.2f}"
+                for arm in by_arm
+            )
+            ci_text = ""
+            if task in details:
+                ci = details[task]
+                ci_text = f" (svd − none success {ci['control_ci']['mean']:+.2f} [{ci['control_ci']['low']:+.2f}, "
+                ci_text += f"{ci['control_ci']['high']:+.2f}]"
+                if ci["rival_ci"] is not None:
+                    r = ci["rival_ci"]
+                    ci_text += f"; svd − rnd {r['mean']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
+                ci_text += ")"
+            parts_text.append(f"{t}, {cfg.c_total_steps} frames: {arms_text}{ci_text}")
+        rates = [metrics[k] for k in metrics if k.startswith("c_") and k.endswith("_steps_per_second")]
+        metrics["c_env_steps_per_second"] = float(np.mean(rates))
+        row("c", "pseudo-count bonus improves exploration (PPO, equal frames)", " | ".join(parts_text), n)
 
     if "d" in results:
-        rows = [results["d"][f"seed={i}"] for i in range(n)]
+        rows = [results["d"][f"seed={s}"] for s in cfg.seed_list]
         _put_all(metrics, "d_", rows)
         kinds = ("history", "last_obs")
         plot_bars(
@@ -535,12 +606,22 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
             ylabel="accuracy",
         )
         figures.append("d_pomdp_probe.png")
-        subs["d"] = rule_d([r["history_hidden_acc"] for r in rows], [r["last_obs_hidden_acc"] for r in rows])
+        hist, last, untrained = (
+            [r[k] for r in rows] for k in ("history_hidden_acc", "last_obs_hidden_acc", "untrained_history_hidden_acc")
+        )
+        subs["d"] = rule_d(hist, last, untrained)
+        d_last, d_untr = (paired_ci(hist, x, method="bootstrap") for x in (last, untrained))
+        metrics["d_history_minus_last_obs_ci95"], metrics["d_trained_minus_untrained_ci95"] = (
+            d_last.to_dict(),
+            d_untr.to_dict(),
+        )
         m = metrics
         numbers = (
             f"hidden-state acc history {m['d_history_hidden_acc']:.3f}±{m['d_history_hidden_acc_std']:.3f} vs last obs "
             f"{m['d_last_obs_hidden_acc']:.3f}±{m['d_last_obs_hidden_acc_std']:.3f} (untrained encoders: "
-            f"{m['d_untrained_history_hidden_acc']:.3f} vs {m['d_untrained_last_obs_hidden_acc']:.3f}); cue acc "
+            f"{m['d_untrained_history_hidden_acc']:.3f} vs {m['d_untrained_last_obs_hidden_acc']:.3f}); history − last "
+            f"obs {d_last.mean:+.3f} [{d_last.low:+.3f}, {d_last.high:+.3f}], trained − untrained history "
+            f"{d_untr.mean:+.3f} [{d_untr.low:+.3f}, {d_untr.high:+.3f}]; cue acc "
             f"{m['d_history_cue_acc']:.3f} vs {m['d_last_obs_cue_acc']:.3f}"
         )
         row("d", "history representation recovers the hidden state (POMDP)", numbers, n)
@@ -555,16 +636,18 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
         "otherwise partial."
     )
     protocol = (
-        f"{n} seeds per sub-claim (seed i of part p derived from the run seed and 'p/seed=i'; the arms of (c) "
-        f"share it). (a) four-rooms (104 states), uniform random policy, k={cfg.a_rank}, "
+        f"{n} seeds per sub-claim (seed i of part p derived from the run seed and 'p/seed=i'; (c) from 'seed=i', "
+        f"shared by its tasks and arms). (a) four-rooms (104 states), uniform random policy, k={cfg.a_rank}, "
         f"{cfg.a_steps} Adam steps on mini-batches of {cfg.a_batch} fresh sampled transitions (tabular, "
         f"and MLP factors on one-hot row⊕col). (b) four-rooms, policy biased down/right (p={cfg.b_bias}), "
         f"{cfg.b_samples} transitions from its stationary distribution; the exploration agent's SVD network "
-        f"(MLP, k={cfg.b_rank}) trained {cfg.b_steps} steps; Spearman over visited states. (c) PPO, "
-        f"{cfg.c_num_envs} envs x {cfg.c_num_steps} steps per update, {cfg.c_total_steps} env steps per run "
-        f"on the four-room chain gridworld (103 free cells, episodes of at most {cfg.c_max_episode_steps} "
-        f"steps); bonus beta/sqrt(n+1), beta={cfg.c_bonus_scale}, n from SVD pseudo-counts (k={cfg.c_rank}) "
-        f"or true counts. (d) cued T-maze, corridor {cfg.d_length}, random behaviour policy; GRU history f "
+        f"(MLP, k={cfg.b_rank}) trained {cfg.b_steps} steps; Spearman over visited states. (c) PPO on "
+        f"{', '.join(t.removeprefix('MiniGrid-') for t in cfg.c_tasks)} (grid: the four-room chain, 103 free "
+        f"cells, {cfg.c_num_envs} envs x {cfg.c_num_steps} steps, episodes of at most {cfg.c_max_episode_steps} "
+        f"steps; MiniGrid: PPOConfig.minigrid, 16 envs x 128 steps, egocentric view), {cfg.c_total_steps} frames "
+        f"per run, arms {', '.join(cfg.c_arms)}; bonus beta/sqrt(n+1), beta={cfg.c_bonus_scale}, n from SVD "
+        f"pseudo-counts (k={cfg.c_rank}, replay {cfg.c_buffer_size or 'all'} transitions) or true counts; RND with "
+        f"foresight.rl.rnd defaults. Seeds {list(cfg.seed_list)} (pilots 100+, evaluation 0..N-1). (d) cued T-maze, corridor {cfg.d_length}, random behaviour policy; GRU history f "
         f"vs MLP last-observation f, future tests of L={cfg.d_future} (action, observation) pairs, "
         f"k={cfg.d_rank}; ridge linear probes on held-out episodes."
     )
@@ -575,16 +658,15 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
         "elliptical count n(s) = 1/(f(s)^T (N E_d[f f^T])^-1 f(s)) = N d(s)/lev_k(s), exact at full rank; "
         "the density-ratio variant (second term over a fixed uniform mu, n = N mu(s) f(s)^T E_rho[g]) and "
         "the 'norm shortcut' 1/|f|^2 are reported for comparison. DM-Lab-30 / DM-Hard-8 are replaced by "
-        "small gridworlds (CPU budget). The exploration agent keeps the SVD representation in its own "
+        "small gridworlds and MiniGrid (CPU budget). The exploration agent keeps the SVD representation in its own "
         "network (c_share_torso=False; sharing the PPO torso gave worse counts and exploration in pilots); "
         "its SVD loss is added to every PPO minibatch loss and trained c_extra_steps more steps per update; "
         "C is recomputed from the replay after each update and gets each new arrival's f f^T in between "
         "(as LinUCB / E3B do). "
-        "beta, k, c_extra_steps and the budget were chosen in pilot runs on seeds 0-4. "
-        "Untrained-network controls (metrics b_untrained_*, d_untrained_*; not part of the rules): the "
-        "elliptical count of a randomly initialised network and linear probes of randomly initialised "
-        "encoders. Where they come close to the trained numbers, rules (b) and (d) do not show that training "
-        "with the SVD loss is what produces the effect."
+        "beta, k, c_extra_steps and the grid budget were chosen in pilot runs on the grid (raw seeds 0-4); they are "
+        "carried to MiniGrid unpiloted there. Untrained-network controls (metrics b_untrained_*, d_untrained_*) are "
+        "part of rules (b) and (d): the elliptical count of a randomly initialised network, and the linear probe of "
+        "a randomly initialised GRU history encoder."
     )
     verdict = overall_verdict(subs)
     return Result(verdict, rule, metrics=metrics, table=table, figures=figures, protocol=protocol, notes=notes)
