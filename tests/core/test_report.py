@@ -27,3 +27,14 @@ def test_a_run_report_renders_the_main_table_and_every_titled_table_in_order(tmp
 def test_markdown_table_formats_floats_and_is_empty_without_rows():
     assert markdown_table([]) == ""
     assert markdown_table([{"x": 0.123456, "y": float("nan")}]).splitlines()[-1] == "| 0.1235 | nan |"
+
+
+def test_a_resumed_run_reports_its_wall_time_over_all_sessions(tmp_path):
+    res = {"system": "S", "experiment": "e", "claim": "c", "verdict": "partial", "scale": "full", "seed": 0}
+    res |= {"wall_seconds": 336.0, "wall_seconds_total": 3241.6, "resumed": True}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    assert "**wall time:** 3241.6 s over all sessions (336.0 s in the last, resumed one)" in (
+        write_run_report(tmp_path).read_text()
+    )
+    (tmp_path / "results.json").write_text(json.dumps(res | {"resumed": False, "wall_seconds_total": 336.0}))
+    assert "**wall time:** 336.0 s\n" in write_run_report(tmp_path).read_text()

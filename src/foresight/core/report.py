@@ -44,6 +44,14 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _wall(res: dict[str, Any]) -> str:
+    """This session's wall time, and the total over every session when the run was resumed."""
+    total = res.get("wall_seconds_total")
+    if res.get("resumed") and total is not None and total > res["wall_seconds"]:
+        return f"{total:.1f} s over all sessions ({res['wall_seconds']:.1f} s in the last, resumed one)"
+    return f"{res['wall_seconds']:.1f} s"
+
+
 def _section(res: dict[str, Any], figures_prefix: str, level: str = "##") -> str:
     parts = [
         f"{level} {res['system']} — `{res['experiment']}`",
@@ -51,7 +59,7 @@ def _section(res: dict[str, Any], figures_prefix: str, level: str = "##") -> str
         f"**Paper:** {res.get('paper', '')}  ",
         f"**Claim:** {res['claim']}  ",
         f"**Verdict:** {VERDICT_MARK.get(res['verdict'], res['verdict'])} — rule: {res.get('rule', '')}  ",
-        f"**Scale:** {res['scale']} · **seed:** {res['seed']} · **wall time:** {res['wall_seconds']:.1f} s",
+        f"**Scale:** {res['scale']} · **seed:** {res['seed']} · **wall time:** {_wall(res)}",
         "",
     ]
     if res.get("protocol"):
