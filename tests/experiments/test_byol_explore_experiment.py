@@ -122,9 +122,9 @@ def test_verdict_rule_on_hand_made_numbers():
 
     def arms(byol, none, rnd, byol_cover=cover_lo):
         return {
-            "byol": {"final_success": byol, "coverage_auc": byol_cover},
-            "none": {"final_success": none, "coverage_auc": cover_lo},
-            "rnd": {"final_success": rnd, "coverage_auc": cover_lo},
+            "byol": {"final_success": byol, "coverage": byol_cover},
+            "none": {"final_success": none, "coverage": cover_lo},
+            "rnd": {"final_success": rnd, "coverage": cover_lo},
         }
 
     def verdict(*tasks):

@@ -176,7 +176,7 @@ def test_rule_b_needs_the_trained_count_to_beat_the_untrained_network_by_the_mar
 
 def _c_arms(svd, none, rnd, svd_cover=(0.5,) * 6):
     def arm(success, cover=(0.5,) * 6):
-        return {"final_success": list(success), "coverage_auc": list(cover)}
+        return {"final_success": list(success), "coverage": list(cover)}
 
     return {"svd": arm(svd, svd_cover), "none": arm(none), "rnd": arm(rnd)}
 

@@ -107,11 +107,11 @@ def test_make_bonus_hooks_builds_every_bonus_for_a_gymnasium_minigrid_env():
 
 def _numbers(byol_success, none_success, rnd_success=None, byol_cover=(0.5,) * 5, none_cover=(0.5,) * 5):
     arms = {
-        "byol": {"final_success": list(byol_success), "coverage_auc": list(byol_cover)},
-        "none": {"final_success": list(none_success), "coverage_auc": list(none_cover)},
+        "byol": {"final_success": list(byol_success), "coverage": list(byol_cover)},
+        "none": {"final_success": list(none_success), "coverage": list(none_cover)},
     }
     if rnd_success is not None:
-        arms["rnd"] = {"final_success": list(rnd_success), "coverage_auc": [0.5] * len(rnd_success)}
+        arms["rnd"] = {"final_success": list(rnd_success), "coverage": [0.5] * len(rnd_success)}
     return arms
 
 
@@ -165,10 +165,14 @@ def test_exploration_verdict_needs_the_control_and_rnd_beaten_on_every_task():
         X.ExplorationMargins(success=-0.1)
 
 
-def test_per_task_numbers_keeps_the_seed_order():
-    rows = [{"final_success": float(i), "coverage_auc": i / 10, "other": 1} for i in range(3)]
-    assert X.per_task_numbers({"t": {"none": rows}}) == {
-        "t": {"none": {"final_success": [0.0, 1.0, 2.0], "coverage_auc": [0.0, 0.1, 0.2]}}
+def test_per_task_numbers_keeps_the_seed_order_and_reads_the_coverage_of_each_env_kind():
+    grid = [{"final_success": float(i), "coverage_auc": i / 10, "extras": {}, "other": 1} for i in range(3)]
+    minigrid = [
+        {"final_success": 0.0, "coverage_auc": 0.8, "extras": {"final_episode_cells": 7.0 + i}} for i in range(3)
+    ]
+    assert X.per_task_numbers({"grid": {"none": grid}, "mg": {"none": minigrid}}) == {
+        "grid": {"none": {"final_success": [0.0, 1.0, 2.0], "coverage": [0.0, 0.1, 0.2]}},
+        "mg": {"none": {"final_success": [0.0, 0.0, 0.0], "coverage": [7.0, 8.0, 9.0]}},  # per-episode cells
     }
 
 

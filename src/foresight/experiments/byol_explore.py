@@ -191,7 +191,8 @@ def verdict(
     per_task: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], margins: ExplorationMargins
 ) -> tuple[str, dict[str, dict[str, Any]]]:
     """:func:`rule_text`'s verdict and its per-task criteria from per-seed numbers (``per_task[task][arm]``:
-    ``final_success`` and ``coverage_auc`` lists, index i the same seed in every arm)."""
+    ``final_success`` and ``coverage`` (:func:`foresight.rl.exploration.coverage_measure`) lists, index i the same
+    seed in every arm)."""
     return exploration_verdict(per_task, "byol", margins)
 
 
@@ -234,6 +235,8 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, by_task: dict[str, dict[
             rooms = [r["extras"].get("final_episode_rooms") for r in rows]
             if rooms[0] is not None:
                 metrics[f"{t}_{arm}_final_episode_rooms"] = float(np.mean(rooms))
+                cells = [r["extras"]["final_episode_cells"] for r in rows]
+                metrics[f"{t}_{arm}_final_episode_cells"] = float(np.mean(cells))
                 metrics[f"{t}_{arm}_max_rooms"] = float(np.max([r["extras"]["max_rooms"] for r in rows]))
             table.append(
                 {
@@ -246,6 +249,7 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, by_task: dict[str, dict[
                     "goal found": f"{m['found_goal_seeds']}/{len(rows)}",
                     "coverage": f"{m['coverage']:.2f}",
                     "coverage AUC": f"{m['coverage_auc']:.2f}±{m['coverage_auc_std']:.2f}",
+                    "cells / episode (last 20%)": "-" if rooms[0] is None else f"{np.mean(cells):.1f}",
                     "rooms / episode (last 20%)": "-" if rooms[0] is None else f"{np.mean(rooms):.2f}",
                     "byol − arm, success: 95% CI": "-" if arm == "byol" else _ci_text(by_arm, arm),
                     "CPU s / run": f"{metrics[f'{t}_{arm}_cpu_seconds_per_cell']:.0f}",
@@ -279,7 +283,8 @@ def _report(cfg: BYOLExploreExperimentConfig, run: Run, by_task: dict[str, dict[
         f"foresight.rl.rnd defaults (cleanrl ppo_rnd_envpool: MLP target/predictor, two value heads). Count: "
         f"beta/sqrt(n+1), beta={cfg.count_scale} (grid: exact cells; MiniGrid: exact observations). Coverage: "
         f"distinct agent cells over the run (MiniGrid: env.unwrapped.agent_pos, absolute coordinates), AUC over "
-        f"{cfg.curve_points} points; MiniGrid also rooms reached per episode."
+        f"{cfg.curve_points} points; on MiniGrid also distinct cells and rooms reached per episode (the rule's "
+        f"coverage there: cells per episode in the last 20%, as layouts change every episode)."
     )
     notes = (
         "DM-HARD-8 / Atari with V-MPO are replaced by MiniGrid (full) or a home-made gridworld (tiny, quick) and PPO "

@@ -407,7 +407,7 @@ def rule_b(spearman_trained: Sequence[float], spearman_untrained: Sequence[float
 
 
 def rule_c(per_task: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]) -> str:
-    """:data:`RULES` ``"c"``: ``per_task[task][arm]`` maps ``final_success`` and ``coverage_auc`` to per-seed
+    """:data:`RULES` ``"c"``: ``per_task[task][arm]`` maps ``final_success`` and ``coverage`` to per-seed
     values (index i is seed i in every arm)."""
     return VERDICT_TO_SUB[exploration_verdict(per_task, "svd", C_MARGINS)[0]]
 

@@ -449,7 +449,7 @@ class ExplorationMargins:
 
     success: float = 0.1  # last-20% success: bonus − no bonus must exceed this (the lower CI end)
     rival: float = 0.0  # last-20% success: bonus − RND must exceed this
-    coverage: float = 0.0  # coverage AUC: bonus − no bonus must exceed this
+    coverage: float = 0.0  # coverage (coverage_measure): bonus − no bonus must exceed this
 
     def __post_init__(self) -> None:
         for name in ("success", "rival", "coverage"):
@@ -462,7 +462,8 @@ def exploration_rule_text(bonus: str, margins: ExplorationMargins, control: str 
         f"paired by seed, on every task, 95% paired percentile-bootstrap intervals over the evaluation seeds: "
         f"(1) control: the last-20% success of {bonus} minus that of the no-bonus arm '{control}' has its lower "
         f"end above {margins.success}; (2) rival: {bonus} minus {rival} (last-20% success) has its lower end "
-        f"above {margins.rival}; (3) coverage: {bonus} minus '{control}' in coverage AUC has its lower end above "
+        f"above {margins.rival}; (3) coverage: {bonus} minus '{control}' in coverage (MiniGrid: distinct cells per "
+        f"episode in the last 20%; grid: coverage AUC of distinct cells over the run) has its lower end above "
         f"{margins.coverage}. Reproduced if (1) and (2) hold on every task; partial if (1) or (3) holds on at "
         f"least one task (the bonus explores better than no bonus, not shown better than {rival} everywhere); "
         f"not reproduced otherwise"
@@ -478,7 +479,7 @@ def exploration_verdict(
     rival: str = "rnd",
 ) -> tuple[str, dict[str, dict[str, Any]]]:
     """:func:`exploration_rule_text`'s rule. ``per_task[task][arm]`` maps ``"final_success"`` and
-    ``"coverage_auc"`` to per-seed values (index i is the same seed in every arm). A missing ``rival`` arm
+    ``"coverage"`` (:func:`coverage_measure`) to per-seed values (index i is the same seed in every arm). A missing ``rival`` arm
     fails criterion (2). Returns ``(verdict, {task: {criterion: bool, <criterion>_ci: Interval dict}})``."""
     if not per_task:
         raise ValueError("per_task is empty; need at least one task")
@@ -496,7 +497,7 @@ def exploration_verdict(
             d["rival"], d["rival_ci"] = ok, ci.to_dict()
         else:
             d["rival"], d["rival_ci"] = False, None
-        ok, ci = ci_beats(b["coverage_auc"], c["coverage_auc"], margins.coverage)
+        ok, ci = ci_beats(b["coverage"], c["coverage"], margins.coverage)
         d["coverage"], d["coverage_ci"] = ok, ci.to_dict()
         details[task] = d
     if all(d["control"] and d["rival"] for d in details.values()):
@@ -506,12 +507,25 @@ def exploration_verdict(
     return "not reproduced", details
 
 
+def coverage_measure(row: Mapping[str, Any]) -> float:
+    """The coverage the rule compares: on MiniGrid the distinct cells per episode in the last 20% of the frames
+    (``extras["final_episode_cells"]``: layouts change every episode, so cells over the run in absolute coordinates
+    saturate for every arm), on a :class:`GridVectorEnv` the coverage AUC of distinct cells over the run."""
+    return float(row["extras"].get("final_episode_cells", row["coverage_auc"]))
+
+
 def per_task_numbers(
     by_task: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
-    keys: Sequence[str] = ("final_success", "coverage_auc"),
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """:func:`exploration_sweep`'s rows reduced to what :func:`exploration_verdict` reads."""
-    return {t: {a: {k: [r[k] for r in rows] for k in keys} for a, rows in arms.items()} for t, arms in by_task.items()}
+    """:func:`exploration_sweep`'s rows reduced to what :func:`exploration_verdict` reads: ``final_success`` and
+    ``coverage`` (:func:`coverage_measure`) per seed."""
+    return {
+        t: {
+            a: {"final_success": [r["final_success"] for r in rows], "coverage": [coverage_measure(r) for r in rows]}
+            for a, rows in arms.items()
+        }
+        for t, arms in by_task.items()
+    }
 
 
 CURVES = {  # name -> (ArmResult curve key, title, y label)
@@ -576,6 +590,7 @@ __all__ = [
     "MiniGridCoverage",
     "MiniGridCoverageTracker",
     "ci_beats",
+    "coverage_measure",
     "exploration_rule_text",
     "exploration_sweep",
     "exploration_verdict",
