@@ -169,7 +169,10 @@ def test_switch_top1_softmax_gating_equals_per_token_loop_with_gradients():
     grads = torch.autograd.grad((out.hidden * g).sum(), [x, moe.router.weight, moe.gate_up_proj, moe.down_proj])
     ref_grads = torch.autograd.grad((ref * g).sum(), [x, moe.router.weight, moe.gate_up_proj, moe.down_proj])
     for got, want in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        # relative to the tensor's scale: a router-weight gradient is a sum over tokens whose terms cancel,
+        # so a small element carries the fp32 rounding of large terms (seen: 3.5e-6 on an element of 0.065,
+        # 4e-7 of the largest, ~9, on this CPU; below 1e-6 on the CI machine of an earlier session)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
 @pytest.mark.parametrize("gating", ["topk_softmax", "softmax"])
