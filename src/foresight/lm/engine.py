@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from foresight.lm.cache import Gemma2Cache
+from foresight.lm.cache import Gemma2Cache, prefill
 from foresight.lm.completion import LENGTH, STOP, TIME, Reply, TokenLogprob
 from foresight.lm.generate import check_context, default_stop_token_ids, left_pad
 from foresight.lm.sampling import GenerationConfig, History, Sampler, top_logprobs
@@ -231,7 +231,7 @@ class Engine:
         T = ids.shape[1]
         capacity = like.capacity if like is not None else T + max(r.config.max_new_tokens for r in requests)
         cache = self.model.make_cache(len(requests), capacity)
-        logits = self.model(ids, mask, cache=cache, logits_to_keep=1).logits[:, -1]  # [B, V]
+        logits = prefill(self.model, ids, mask, cache=cache)[:, -1]  # [B, V]; in chunks: O(chunk) memory
         self.stats.forwards += 1
         return _Batch([_Row(r, self) for r in requests], cache, logits, self)
 

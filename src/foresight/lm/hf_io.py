@@ -418,7 +418,7 @@ def load_pretrained(
     path: str | os.PathLike,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str = "cpu",
-    attn_backend: str = "eager",
+    attn_backend: str = "auto",
 ) -> Gemma2:
     """Build a `Gemma2` from an HF-layout directory.
 

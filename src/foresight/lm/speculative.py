@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import torch
 
-from foresight.lm.cache import SLIDING, Gemma2Cache
+from foresight.lm.cache import SLIDING, Gemma2Cache, prefill
 from foresight.lm.sampling import Sampler
 
 
@@ -153,7 +153,7 @@ def speculative_blocks(
     # Prefill all but the last prompt token: it is fed with the first round's drafts.
     if T > 1:
         for m, c in ((target, tcache), (draft, dcache)):
-            m(seq[:, : T - 1], valid[:, : T - 1], cache=c, logits_to_keep=1)
+            prefill(m, seq[:, : T - 1], valid[:, : T - 1], cache=c)  # in chunks: O(chunk) memory
     L, dlen, produced = T, T - 1, 0  # known tokens; tokens in the draft cache; tokens emitted
     while produced < max_new_tokens:
         k = min(K, max_new_tokens - produced - 1)  # the round emits at most k + 1 tokens
