@@ -20,8 +20,8 @@ reached per episode on MiniGrid.
 Seeds are explicit lists (``seed_list``): pilots use 100+ (``quick`` runs 100-104), the evaluation 0..N-1 (``full``:
 0-9), so pilot and evaluation seeds are disjoint. Scales (one torch thread): ``tiny`` the grid, 3 seeds x 2,048
 frames (CI); ``quick`` the grid, 5 pilot seeds x 100k frames; ``full`` 2 MiniGrid tasks x 4 arms x 10 seeds x 1M
-frames (PPOConfig.minigrid: 16 envs x 128 steps), measured at ~1.4k (byol) to ~2.9k (count) frames per CPU-second,
-about 10.5 CPU-hours (docs/byol_explore.md). The verdict rule is :func:`verdict` (paired bootstrap intervals,
+frames (PPOConfig.minigrid: 16 envs x 128 steps), measured at ~1.4k (byol) to ~3.0k (none) frames per CPU-second,
+about 9.9 CPU-hours (docs/byol_explore.md). The verdict rule is :func:`verdict` (paired bootstrap intervals,
 :func:`foresight.rl.exploration.exploration_verdict`), fixed before the evaluation seeds are run.
 """
 
