@@ -554,10 +554,9 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
             for arm, rows in by_arm.items():
                 metrics.update({f"c_{t}_{arm}_{key}": v for key, v in summarize_arm(rows).items()})
                 metrics[f"c_{t}_{arm}_cpu_seconds_per_cell"] = float(np.mean([r["cpu_seconds"] for r in rows]))
-                if "final_episode_rooms" in rows[0]["extras"]:
-                    metrics[f"c_{t}_{arm}_final_episode_rooms"] = float(
-                        np.mean([r["extras"]["final_episode_rooms"] for r in rows])
-                    )
+                for key in ("final_episode_cells", "final_episode_rooms"):  # MiniGrid only
+                    if key in rows[0]["extras"]:
+                        metrics[f"c_{t}_{arm}_{key}"] = float(np.mean([r["extras"][key] for r in rows]))
             if "svd" in by_arm and "pseudo_count_spearman" in by_arm["svd"][0]["extras"]:
                 sp = [r["extras"]["pseudo_count_spearman"] for r in by_arm["svd"]]
                 metrics[f"c_{t}_svd_pseudo_count_spearman"] = float(np.mean(sp))
@@ -577,6 +576,12 @@ def _report(cfg: SVDRepresentationsConfig, run: Run, results: dict[str, dict[str
                 f"{arm}: success (last 20%) {metrics[f'c_{t}_{arm}_final_success']:.2f}"
                 f"±{metrics[f'c_{t}_{arm}_final_success_std']:.2f}, goal found in "
                 f"{metrics[f'c_{t}_{arm}_found_goal_seeds']}/{n}, coverage AUC {metrics[f'c_{t}_{arm}_coverage_auc']:.2f}"
+                + (
+                    f", cells / rooms per episode (last 20%) {metrics[f'c_{t}_{arm}_final_episode_cells']:.1f} / "
+                    f"{metrics[f'c_{t}_{arm}_final_episode_rooms']:.2f}"
+                    if f"c_{t}_{arm}_final_episode_cells" in metrics
+                    else ""
+                )
                 for arm in by_arm
             )
             ci_text = ""
