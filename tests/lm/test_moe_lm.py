@@ -318,3 +318,25 @@ def test_compute_matched_twins_share_all_but_the_ffns_and_match_active_parameter
     assert not torch.equal(other.embed.weight, moe.embed.weight)
     with pytest.raises(ValueError, match="intermediate_size=64 must be a multiple of top_k=3"):
         MoELMConfig.compute_matched(dense_cfg, MoEConfig(num_experts=4, top_k=3))
+
+
+def test_set_rope_base_equals_a_model_built_with_that_base():
+    from foresight.lm.gemma2 import Gemma2
+    from foresight.lm.moe_lm import MoELM, set_rope_base
+
+    cfg = MoELMConfig.tiny()
+    torch.manual_seed(0)
+    moe = MoELM(cfg).eval()
+    ids = torch.randint(0, cfg.base.vocab_size, (2, 40))
+    before = moe(ids).logits
+    assert set_rope_base(moe, 1e5) is moe
+    assert moe.config.rope_theta == 1e5 and moe.moe_config.base.rope_theta == 1e5 and moe.rope.base == 1e5
+    twin = MoELM(cfg.replace(base=cfg.base.replace(rope_theta=1e5))).eval()
+    twin.load_state_dict(moe.state_dict())
+    after = moe(ids).logits
+    torch.testing.assert_close(after, twin(ids).logits, rtol=0, atol=0)
+    assert (after - before).abs().max() > 1e-4  # the base matters: positions rotate differently
+    dense = set_rope_base(Gemma2(cfg.base), 5e4)
+    assert dense.config.rope_theta == 5e4 and dense.rope.inv_freq.dtype == torch.float32
+    with pytest.raises(ValueError, match="RoPE base must be > 0, got -1"):
+        set_rope_base(dense, -1)

@@ -7,17 +7,25 @@ from foresight.lm.niah import (
     NEEDLE,
     QUESTION,
     CharVocab,
+    ContextStage,
     NeedleObjective,
     NeedleTrainingData,
     NIAHResult,
     answer_exact_match,
     answer_weighted_loss,
+    check_schedule,
+    cumulative_nll,
     evaluate_niah,
+    grid_probes,
     insert_needle,
+    longest_recalled,
     make_probe,
+    mean_grid,
+    plot_nll_by_position,
     plot_recall_grids,
     position_nll,
     probe_overhead,
+    shared_prefix_logits,
 )
 
 torch.set_num_threads(1)
@@ -264,3 +272,77 @@ def test_evaluator_and_position_nll_give_the_same_numbers_in_chunks():
             assert (got - want.view(2, 300)).abs().max() <= 1e-4, type(model).__name__
     with pytest.raises(ValueError, match="need at least 2 tokens to score a next token, got 1"):
         position_nll(model, ids[:, :1])
+
+
+def test_grid_probes_share_each_haystack_across_depths_with_a_fresh_word_per_depth():
+    depths = (0.0, 30.0, 70.0, 100.0)
+    grid = grid_probes(HAY, 300, depths, needles=3, word_len=5, seed=7)
+    assert len(grid) == 3 and all(len(row) == len(depths) for row in grid)
+    for row in grid:
+        assert all(len(p.text) == 300 for p in row)
+        starts = [p.needle_start for p in row]
+        assert starts == sorted(starts) and starts[0] == 0 and starts[-1] == 300 - probe_overhead(5)
+        longest = row[-1].text[: row[-1].needle_start]  # the whole haystack (depth 100)
+        assert all(p.text[: p.needle_start] == longest[: p.needle_start] for p in row)
+        assert len({p.word for p in row}) > 1  # the needle varies per query
+    assert grid_probes(HAY, 300, depths, 3, 5, seed=7) == grid  # deterministic by seed
+    assert grid_probes(HAY, 300, depths, 3, 5, seed=8) != grid
+
+
+def test_shared_prefix_cache_gives_the_logits_and_answers_of_prefilling_every_probe():
+    vocab = CharVocab.for_corpus(HAY)
+    probes = grid_probes(HAY, 300, (0.0, 25.0, 60.0, 100.0), needles=1, word_len=5, seed=3)[0]
+    for model in _char_models(vocab):
+        shared = shared_prefix_logits(model, probes, vocab, logits_to_keep=7, chunk_size=37)
+        for p, got in zip(probes, shared, strict=True):
+            ids = torch.from_numpy(vocab.encode(p.text))[None]
+            with torch.no_grad():
+                want = model(ids).logits[:, -7:]  # one forward of the whole probe
+            assert got.shape == want.shape and (got - want).abs().max() <= 1e-4, type(model).__name__
+        kw = dict(lengths=(150, 300), depths=(0.0, 50.0, 100.0), needles=2, prefill_chunk=37)
+        a = evaluate_niah(model, HAY, vocab, share_prefix=True, **kw)
+        b = evaluate_niah(model, HAY, vocab, share_prefix=False, **kw)
+        np.testing.assert_array_equal(a.recall, b.recall)
+    other = grid_probes(HAY, 300, (50.0,), needles=2, word_len=5, seed=3)
+    with pytest.raises(ValueError, match="do not share one haystack"):
+        shared_prefix_logits(model, [other[0][0], other[1][0]], vocab, logits_to_keep=7)
+
+
+def test_longest_recalled_and_mean_grid():
+    g = NIAHResult((128, 256, 512, 1024), (0.0, 100.0), np.array([[1, 1], [1, 0.99], [1, 0.5], [1, 1.0]]), 2)
+    assert longest_recalled(g, 0.99) == 256  # 512 misses a cell; 1024 passes but lies beyond the gap
+    assert longest_recalled(g, 0.4) == 1024
+    bad = NIAHResult((128, 256), (0.0, 100.0), np.array([[0.98, 1.0], [1.0, 1.0]]), 2)
+    assert longest_recalled(bad, 0.99) == 0  # the shortest length already misses the bar
+    m = mean_grid([g, NIAHResult(g.lengths, g.depths, np.zeros((4, 2)), 3)])
+    assert m.needles == 5 and m.recall[0].tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="grids differ"):
+        mean_grid([g, bad])
+    with pytest.raises(ValueError, match="grids is empty"):
+        mean_grid([])
+
+
+def test_cumulative_nll_and_its_figure(tmp_path):
+    nll = np.array([[3.0, 1.0, 2.0], [1.0, 1.0, 0.0]])  # mean over streams: 2, 1, 1
+    np.testing.assert_allclose(cumulative_nll(nll), [2.0, 1.5, 4 / 3])
+    with pytest.raises(ValueError, match=r"nll must be \[streams, positions\]"):
+        cumulative_nll(np.zeros(3))
+    path = tmp_path / "nll.png"
+    plot_nll_by_position(path, {"MoE": cumulative_nll(nll), "dense": np.ones(3)}, trained_length=2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="curves is empty"):
+        plot_nll_by_position(tmp_path / "none.png", {})
+
+
+def test_context_schedule_validation():
+    with pytest.raises(ValueError, match="ContextStage.seq_len must be >= 1, got 0"):
+        ContextStage(0, 10, 4)
+    with pytest.raises(ValueError, match="ContextStage.rope_base must be > 0"):
+        ContextStage(128, 10, 4, rope_base=0.0)
+    check_schedule([ContextStage(128, 10, 4), ContextStage(512, 5, 1, rope_base=1e5)])
+    with pytest.raises(ValueError, match="shortens the context or lowers the RoPE base"):
+        check_schedule([ContextStage(512, 10, 4), ContextStage(128, 5, 1)])
+    with pytest.raises(ValueError, match="shortens the context or lowers the RoPE base"):
+        check_schedule([ContextStage(128, 10, 4, rope_base=1e5), ContextStage(512, 5, 1)])
+    with pytest.raises(ValueError, match="needs at least one ContextStage"):
+        check_schedule([])

@@ -46,6 +46,7 @@ from foresight.lm.distill import LMLoss, next_token_loss
 from foresight.lm.gemma2 import Gemma2, Gemma2Block, Gemma2Config
 from foresight.nn.attention import AttentionMask
 from foresight.nn.moe import MoEConfig, MoEOutput, SparseMoE
+from foresight.nn.rope import RotaryEmbedding
 
 # ---------------------------------------------------------------------------------------------
 # Config
@@ -355,3 +356,29 @@ def expert_load_stats(model: MoELM, batches: Iterable[torch.Tensor], buckets: in
         "buckets": P,
         "tokens": tokens,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Context extension
+# ---------------------------------------------------------------------------------------------
+
+
+def set_rope_base(model: Gemma2, base: float) -> Gemma2:
+    """Give ``model`` (a Gemma2 or MoELM) the RoPE base ``base`` in place, for a long-context training stage.
+
+    Raising the base lowers every rotary frequency ``base^(-2j/E)``, so positions far beyond the short
+    stage's context rotate the low-frequency pairs by angles the short stage already saw ("adjusted base
+    frequency", Xiong et al. 2023, arXiv 2309.16039; Code Llama's 10k -> 1M). The weights are unchanged;
+    ``model.config.rope_theta`` (and the MoE's ``moe_config.base``) record the new base, so a checkpoint's
+    saved config rebuilds the same model. Returns ``model``.
+    """
+    if not base > 0:
+        raise ValueError(f"RoPE base must be > 0, got {base!r}")
+    if model.config.rope_theta == base:
+        return model
+    device = model.rope.inv_freq.device
+    model.rope = RotaryEmbedding(model.config.head_dim, float(base)).to(device)
+    model.config = model.config.replace(rope_theta=float(base))
+    if isinstance(model, MoELM):
+        model.moe_config = model.moe_config.replace(base=model.config)
+    return model

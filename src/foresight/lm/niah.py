@@ -40,6 +40,7 @@ lowercase letters (`CharVocab.for_corpus`).
 
 from __future__ import annotations
 
+import copy
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ QUESTION = "\nWhat is the secret word? The secret word is "
 ANSWER = "{word}."
 WORD_ALPHABET = string.ascii_lowercase
 DEFAULT_DEPTHS = tuple(float(d) for d in range(0, 101, 10))  # 0, 10, ..., 100 (%)
+GEMINI_DEPTHS = tuple(100.0 * i / 7 for i in range(8))  # 0, 14.3, ..., 100 (%): the report's Figure 8 rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +319,69 @@ class NeedleObjective:
 
 
 # ---------------------------------------------------------------------------------------------
+# Context extension
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContextStage:
+    """One stage of a context-extension schedule: ``steps`` steps of ``batch_size`` windows of ``seq_len``
+    characters with RoPE base ``rope_base``."""
+
+    seq_len: int
+    steps: int
+    batch_size: int
+    rope_base: float = 10_000.0
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ContextStage.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.rope_base > 0:
+            raise ValueError(f"ContextStage.rope_base must be > 0, got {self.rope_base}")
+
+
+def check_schedule(stages: Sequence[ContextStage]) -> None:
+    """A schedule is non-empty and never shortens the context or lowers the RoPE base."""
+    if not stages:
+        raise ValueError("a context schedule needs at least one ContextStage")
+    for a, b in zip(stages, stages[1:], strict=False):
+        if b.seq_len < a.seq_len or b.rope_base < a.rope_base:
+            raise ValueError(f"stage {b} shortens the context or lowers the RoPE base of {a}")
+
+
+def train_context_schedule(
+    run,
+    name: str,
+    model: torch.nn.Module,
+    stages: Sequence[ContextStage],
+    setup: Callable[[int, ContextStage], tuple],
+) -> tuple[torch.nn.Module, list[list[dict]]]:
+    """Short context first, then longer: one resumable `foresight.lm.train.train_phase` per stage.
+
+    Stage ``i`` is the phase ``f"{name}-stage{i}"`` of ``run``: it sets the stage's RoPE base
+    (`foresight.lm.moe_lm.set_rope_base`) and continues training the model the previous stage left, with
+    ``setup(i, stage) -> (TrainConfig, train data, val data or None, objective)``. A finished stage is read
+    back from its checkpoint, an interrupted one resumes, so a killed schedule ends with the numbers of an
+    uninterrupted one. Returns (the model, each stage's validation history).
+    """
+    from foresight.lm.moe_lm import set_rope_base
+    from foresight.lm.train import train_phase
+
+    check_schedule(stages)
+    histories = []
+    for i, stage in enumerate(stages):
+        set_rope_base(model, stage.rope_base)
+        tcfg, train, val, objective = setup(i, stage)
+        if tcfg.steps != stage.steps or tcfg.batch_size != stage.batch_size or train.seq_len != stage.seq_len:
+            raise ValueError(f"setup({i}) returned steps/batch/seq_len that disagree with {stage}")
+        config = getattr(model, "moe_config", model.config)
+        model, history = train_phase(run, f"{name}-stage{i}", model, tcfg, train, val, objective, model_config=config)
+        histories.append(history)
+    return model, histories
+
+
+# ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
 
@@ -371,6 +436,70 @@ class NIAHResult:
         return cls(tuple(int(L) for L in d["lengths"]), tuple(float(x) for x in d["depths"]), recall, int(d["needles"]))
 
 
+def grid_probes(
+    text: str, length: int, depths: Sequence[float], needles: int, word_len: int, seed: int
+) -> list[list[Probe]]:
+    """The probes of one grid length: ``needles`` haystacks, each probed at every depth.
+
+    Haystack ``n`` is ``text[offset_n : offset_n + H]`` with ``rng = default_rng([seed, length, n])``
+    drawing its offset and then one fresh word per depth (the needle varies per query, as in the report).
+    The probes of one haystack share its text up to the needle, so their KV cache can be shared
+    (`shared_prefix_logits`). Returns ``[needles][len(depths)]`` probes.
+    """
+    H = length - probe_overhead(word_len)
+    if len(text) < H + 1:
+        raise ValueError(f"source of {len(text)} characters is too short for a {length}-character probe")
+    out = []
+    for n in range(needles):
+        rng = np.random.default_rng([seed, int(length), n])
+        offset = int(rng.integers(0, len(text) - H + 1))
+        out.append([make_probe(text, offset, int(length), float(d), random_word(rng, word_len)) for d in depths])
+    return out
+
+
+@torch.no_grad()
+def shared_prefix_logits(
+    model: torch.nn.Module,
+    probes: Sequence[Probe],
+    vocab: CharVocab,
+    *,
+    logits_to_keep: int,
+    chunk_size: int = PREFILL_CHUNK,
+) -> list[torch.Tensor]:
+    """Logits [1, logits_to_keep, V] of each probe's last positions, the haystack before the needles
+    prefilled once.
+
+    The probes must share their text up to each needle (one haystack at several depths, `grid_probes`).
+    In order of needle position: extend one KV cache with the haystack up to the next needle, copy it,
+    and run that probe's remainder (needle, rest of the haystack, question, answer) through the copy. The
+    haystack is fed once instead of once per depth: with depths spread evenly over [0, 100] % that is
+    ~(D / 2 + 1) instead of D probe-lengths of tokens. Equal to prefilling each probe from scratch up to
+    float rounding (tested).
+    """
+    if not probes:
+        raise ValueError("probes is empty; give at least one Probe")
+    order = sorted(range(len(probes)), key=lambda i: probes[i].needle_start)
+    last = probes[order[-1]]
+    prefix = last.text[: last.needle_start]
+    for p in probes:
+        if p.text[: p.needle_start] != prefix[: p.needle_start]:
+            raise ValueError("probes do not share one haystack before their needles (use grid_probes)")
+    device = next(model.parameters()).device
+    prefix_ids = torch.from_numpy(vocab.encode(prefix))[None].to(device)  # [1, P]
+    cache = model.make_cache(1, max(len(p.text) for p in probes))
+    done, out = 0, [None] * len(probes)
+    for i in order:
+        start = probes[i].needle_start
+        if start > done:  # extend the shared cache with the haystack up to this needle
+            for _ in prefill_chunks(model, prefix_ids[:, done:start], None, cache, chunk_size=chunk_size):
+                pass
+            done = start
+        rest = torch.from_numpy(vocab.encode(probes[i].text[start:]))[None].to(device)  # [1, L - start]
+        branch = copy.deepcopy(cache)
+        out[i] = prefill(model, rest, cache=branch, chunk_size=chunk_size, logits_to_keep=logits_to_keep)
+    return out
+
+
 @torch.no_grad()
 def evaluate_niah(
     model: torch.nn.Module,
@@ -386,13 +515,17 @@ def evaluate_niah(
     device: torch.device | str = "cpu",
     progress: Callable | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
+    share_prefix: bool | None = None,
 ) -> NIAHResult:
-    """Exact-match recall over ``lengths`` x ``depths`` with ``needles`` random probes per cell.
+    """Exact-match recall over ``lengths`` x ``depths``: ``needles`` haystacks per length, each probed at
+    every depth (`grid_probes`).
 
-    Probes are drawn from ``text`` (use held-out text) with ``default_rng([seed, length, cell])``, so the
+    Probes are drawn from ``text`` (use held-out text) with ``default_rng([seed, length, haystack])``, so the
     grid does not depend on the model, the batch size or the order of the lengths. The model is a Gemma2
-    or subclass (MoELM); probes longer than ``prefill_chunk`` go through it in chunks via a KV cache
-    (`foresight.lm.cache.prefill`), so memory grows linearly with the length.
+    or subclass (MoELM). ``share_prefix``: prefill each haystack once up to its needles and branch the KV
+    cache per depth (`shared_prefix_logits`, one stream at a time); False: batches of ``batch_size``
+    whole probes, each prefilled in chunks of ``prefill_chunk``; None (default): sharing for lengths
+    above ``prefill_chunk``, where a probe no longer fits one forward. Both give the same answers.
     """
     if needles < 1:
         raise ValueError(f"needles must be >= 1, got {needles}")
@@ -400,24 +533,51 @@ def evaluate_niah(
         raise ValueError(f"need at least one length and one depth, got {list(lengths)} and {list(depths)}")
     model.eval()
     answer_len = len(ANSWER.format(word="x" * word_len))
+    keep = answer_len + 1
     recall = np.zeros((len(lengths), len(depths)))
     it = progress(lengths, desc="NIAH lengths") if progress is not None else lengths
     for i, length in enumerate(it):
-        probes, where = [], []
-        for j, depth in enumerate(depths):
-            rng = np.random.default_rng([seed, int(length), j])
-            for _ in range(needles):
-                probes.append(random_probe(rng, text, int(length), float(depth), word_len))
-                where.append(j)
-        hits = []
-        for s in range(0, len(probes), batch_size):
-            ids = torch.from_numpy(np.stack([vocab.encode(p.text) for p in probes[s : s + batch_size]])).to(device)
-            logits = prefill(model, ids, chunk_size=prefill_chunk, logits_to_keep=answer_len + 1)  # [b, A + 1, V]
-            hits.append(answer_exact_match(logits, ids, answer_len).cpu())
-        hit = torch.cat(hits).numpy()
-        for j in range(len(depths)):
-            recall[i, j] = hit[np.asarray(where) == j].mean()
+        grid = grid_probes(text, int(length), depths, needles, word_len, seed)  # [needles][depths]
+        hit = np.zeros((needles, len(depths)), dtype=bool)
+        if share_prefix or (share_prefix is None and length > prefill_chunk):
+            for n, probes in enumerate(grid):
+                logits = shared_prefix_logits(model, probes, vocab, logits_to_keep=keep, chunk_size=prefill_chunk)
+                for j, (p, lg) in enumerate(zip(probes, logits, strict=True)):
+                    ids = torch.from_numpy(vocab.encode(p.text[-keep:]))[None].to(lg.device)
+                    hit[n, j] = bool(answer_exact_match(lg, ids, answer_len)[0])
+        else:
+            flat = [p for probes in grid for p in probes]
+            hits = []
+            for s in range(0, len(flat), batch_size):
+                ids = torch.from_numpy(np.stack([vocab.encode(p.text) for p in flat[s : s + batch_size]])).to(device)
+                logits = prefill(model, ids, chunk_size=prefill_chunk, logits_to_keep=keep)  # [b, A + 1, V]
+                hits.append(answer_exact_match(logits, ids, answer_len).cpu())
+            hit = torch.cat(hits).numpy().reshape(needles, len(depths))
+        recall[i] = hit.mean(0)
     return NIAHResult(tuple(int(L) for L in lengths), tuple(float(d) for d in depths), recall, needles)
+
+
+def longest_recalled(grid: NIAHResult, bar: float) -> int:
+    """The longest context L such that every (length <= L, depth) cell has recall >= ``bar``; 0 if the
+    shortest length already misses it."""
+    best = 0
+    for L, row in sorted(zip(grid.lengths, grid.recall, strict=True)):
+        if row.min() < bar:
+            break
+        best = L
+    return best
+
+
+def mean_grid(grids: Sequence[NIAHResult]) -> NIAHResult:
+    """Recall averaged over grids of the same lengths and depths (e.g. seeds); needles add up."""
+    if not grids:
+        raise ValueError("grids is empty; give at least one NIAHResult")
+    g0 = grids[0]
+    for g in grids:
+        if (g.lengths, g.depths) != (g0.lengths, g0.depths):
+            raise ValueError(f"grids differ: {g.lengths} x {g.depths} vs {g0.lengths} x {g0.depths}")
+    recall = np.mean([g.recall for g in grids], axis=0)
+    return NIAHResult(g0.lengths, g0.depths, recall, sum(g.needles for g in grids))
 
 
 @torch.no_grad()
@@ -441,6 +601,42 @@ def position_nll(model: torch.nn.Module, ids: torch.Tensor, *, chunk_size: int =
             ce = F.cross_entropy(logits[:, :n].flatten(0, 1).float(), targets.flatten(), reduction="none")
             nll[:, start : start + n] = ce.view(B, n).cpu()
     return nll
+
+
+def cumulative_nll(nll: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Gemini 1.5's "cumulative average NLL by token position": entry t is the mean of the NLL at
+    positions 0..t, averaged over the streams. ``nll`` [B, T] (e.g. `position_nll`) -> [T] float64."""
+    a = np.asarray(nll, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError(f"nll must be [streams, positions] with positions >= 1, got shape {a.shape}")
+    return np.cumsum(a.mean(0)) / np.arange(1, a.shape[1] + 1)
+
+
+def plot_nll_by_position(path, curves: dict[str, np.ndarray], trained_length: int | None = None) -> None:
+    """Cumulative-average NLL against token position on a log axis (Gemini 1.5, "continued improvement in
+    next-token prediction"), one line per model; a dotted line marks ``trained_length``. Saves a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        raise ValueError("curves is empty; give at least one {label: cumulative NLL}")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, y in curves.items():
+        y = np.asarray(y, dtype=np.float64)
+        ax.plot(np.arange(1, y.size + 1), y, label=label)
+    if trained_length is not None:
+        ax.axvline(trained_length, color="grey", linestyle=":", label=f"trained context ({trained_length})")
+    ax.set_xscale("log")
+    ax.set(
+        title="Cumulative average NLL by token position",
+        xlabel="token position (characters)",
+        ylabel="cumulative mean NLL (nats/char)",
+    )
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_recall_grids(path, grids: dict[str, NIAHResult], trained_length: int | None = None) -> None:
