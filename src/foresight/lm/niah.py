@@ -33,6 +33,14 @@ gradient; the second term gives retrieval a weight of its own, as synthetic-retr
 (loss on the answers). ``answer_weight = 0`` is plain next-character training. `NeedleObjective` is
 that loss for the Trainer (dense or MoE model).
 
+Evaluation (`evaluate_niah`): a grid of context lengths x depths; per length, ``needles`` haystacks,
+each probed at every depth with a fresh word (`grid_probes`). The probes of one haystack are equal up to
+their needle, so the haystack before the needles is prefilled once and its KV cache copied per depth
+(`shared_prefix_logits`). `position_nll` / `cumulative_nll` / `plot_nll_by_position` give the NLL by
+context position, `plot_recall_grids` the heatmap, `longest_recalled` the longest context at a recall
+bar. Context extension (`ContextStage`, `train_context_schedule`): short windows first, then longer with
+a raised RoPE base, each stage a resumable training phase.
+
 The tinyshakespeare alphabet (65 characters) has one digit and no guarantee of every letter in every
 context, so the vocabulary is the corpus characters plus the characters of the templates and
 lowercase letters (`CharVocab.for_corpus`).
@@ -651,13 +659,13 @@ def plot_recall_grids(path, grids: dict[str, NIAHResult], trained_length: int | 
 
     if not grids:
         raise ValueError("grids is empty; give at least one {label: NIAHResult}")
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(5.2 * len(grids), 4.4), squeeze=False, layout="constrained")
     for ax, (label, g) in zip(axes[0], grids.items(), strict=True):
         recall = g.recall.T  # [depths, lengths]
         im = ax.imshow(recall, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
         beyond = [trained_length is not None and L > trained_length for L in g.lengths]
         ax.set_xticks(range(len(g.lengths)), [f"{L}{'*' if b else ''}" for L, b in zip(g.lengths, beyond, strict=True)])
-        ax.set_yticks(range(len(g.depths)), [f"{d:g}" for d in g.depths])
+        ax.set_yticks(range(len(g.depths)), [f"{d:.0f}" for d in g.depths])
         for (i, j), v in np.ndenumerate(recall):
             ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=6)
         xlabel = "context length (chars" + ("; * = beyond training)" if trained_length is not None else ")")
