@@ -155,11 +155,11 @@ def _reproduce_one(name: str, module: str, run_dir: str, resume: bool, options: 
     from foresight.core import registry
     from foresight.core.run import dumps
 
-    importlib.import_module(module)
-    exp = registry.get(name)
-    print(f"== {name} ({exp.system}) at scale {options['scale']}{' (resuming)' if resume else ''}", flush=True)
-    t0 = time.time()
+    t0, exp = time.time(), None
     try:
+        importlib.import_module(module)  # inside the try: a module that fails to import is one failed experiment
+        exp = registry.get(name)
+        print(f"== {name} ({exp.system}) at scale {options['scale']}{' (resuming)' if resume else ''}", flush=True)
         execute(exp, out=None if resume else run_dir, resume=run_dir if resume else None, **options)
         print(f"== {name}: done in {time.time() - t0:.0f} s", flush=True)
         return True
@@ -170,9 +170,7 @@ def _reproduce_one(name: str, module: str, run_dir: str, resume: bool, options: 
         if path.is_dir() and fs.read_marker(path) is not None:  # ours, unfinished: a rerun resumes it
             error = {
                 "experiment": name,
-                "system": exp.system,
-                "paper": exp.paper,
-                "claim": exp.claim,
+                **{k: getattr(exp, k, "") for k in ("system", "paper", "claim")},
                 "scale": options["scale"],
                 "seed": options["seed"],
                 "verdict": "error",
@@ -222,11 +220,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             todo.append((name, modules[name], str(run_dir), marker is not None))
         if args.jobs == 1:
             failed = [job[0] for job in todo if not _reproduce_one(*job, options)]
-        else:  # each experiment in its own process (spawned: no torch state is shared), `jobs` at a time
+        else:  # each experiment in its own spawned process, `jobs` at a time
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            # a fresh process per experiment: no module or torch state carries over from the one before
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.jobs, mp_context=spawn, max_tasks_per_child=1) as pool:
                 done = {job[0]: pool.submit(_reproduce_one, *job, options) for job in todo}
                 failed = [name for name, future in done.items() if not future.result()]
         report = write_combined_report(dirs, out / "REPORT.md")

@@ -122,3 +122,10 @@ def test_reproduce_runs_experiments_in_parallel_processes_with_the_same_results(
     assert capsys.readouterr().out.count("finished earlier, kept") == 3
     assert cli.main([*args[:-1], "0"]) == 2
     assert "--jobs must be >= 1 (experiments run at once), got 0" in capsys.readouterr().err
+
+
+def test_an_experiment_whose_module_fails_to_import_is_one_failure_not_the_end_of_reproduce(tmp_path, capsys):
+    options = {"scale": "tiny", "seed": 0, "device": None, "data_dir": None, "progress": False, "threads": None}
+    assert cli._reproduce_one("broken", "no_such_module_for_this_test", str(tmp_path / "b"), False, options) is False
+    assert "No module named 'no_such_module_for_this_test'" in capsys.readouterr().err
+    assert cli._reproduce_one("test-echo", __name__, str(tmp_path / "e"), False, options) is True
