@@ -14,7 +14,8 @@ layers, GQA), every arm trained on the same windows in the same order from the s
 4. Table 9, deep vs wide at equal parameter count (within 2 %).
 The GQA arm of (3) is the deep arm of (4), and (2) evaluates the deep arm, so each seed trains
 1 + 2 x 3 students + 3 twins; the teacher is trained once. Verdict rules are pure functions below, fixed
-before the evaluation run; the quick scale's seeds (100-102) were the pilot and are disjoint from full's (0-4).
+before the evaluation run; the pilot ran at the quick scale's seeds (100-102, then with 393k/65k/131k teacher/student/twin
+tokens; quick was shortened afterwards to fit make reproduce), disjoint from full's (0-4).
 Phases: teacher, then <arm>-s<seed> per training (checkpointed; ``--resume`` continues).
 """
 
@@ -103,7 +104,15 @@ class Gemma2AblationsConfig(Config):
                 param_tolerance=0.05,
             )
         if scale == "quick":
-            return cls(seeds=(100, 101, 102), teacher_tokens=393_216, student_tokens=65_536, twin_tokens=131_072)
+            # the pilot (seeds disjoint from full's) and part of make reproduce: ~3 CPU-minutes
+            return cls(
+                seeds=(100, 101, 102),
+                teacher_tokens=262_144,
+                student_tokens=49_152,
+                twin_tokens=65_536,
+                eval_batches=4,
+                eval_windows=128,
+            )
         return cls()
 
     def validate(self) -> None:
