@@ -29,7 +29,7 @@ from foresight.core.config import Config, check_scale
 from foresight.core.registry import Result, experiment
 from foresight.core.report import plot_bars, plot_lines
 from foresight.core.run import Run, seed_everything
-from foresight.core.stats import Interval, mean_std, paired_ci
+from foresight.core.stats import Interval, mean_std, paired_ci, t_interval
 from foresight.experiments.gemma2_distillation import load_data, train_config
 
 # The paper's numbers (../shared/papers/gemma2.md): metric, arms, values.
@@ -172,7 +172,7 @@ def distillation_rule(ntp: dict[str, Sequence[float]], kd: dict[str, Sequence[fl
 
 def window_rule(changes: dict[str, Sequence[float]], margin: float) -> tuple[str, dict]:
     """``changes``: per-seed relative perplexity change vs the trained window, keys "W/2", "W/4", "1"."""
-    cis = {k: paired_ci(v, [0.0] * len(v)) for k, v in changes.items()}
+    cis = {k: t_interval(v) for k, v in changes.items()}
     if not cis["1"].low > margin:  # the window does not matter to these models: the test cannot fail
         return "not reproduced", cis
     small = [cis[k].high <= margin for k in ("W/2", "W/4")]
@@ -284,14 +284,18 @@ def run(cfg: Gemma2AblationsConfig, run: Run) -> Result:
         "deep (MHA)": mha_twin(deep_cfg),
         "wide (GQA)": match_parameters(deep_cfg, cfg.wide_layers, count_parameters(deep_cfg), cfg.param_tolerance),
     }
+    slugs = {
+        "deep (GQA)": ("deep", "deep_gqa"),
+        "deep (MHA)": ("deep-mha", "deep_mha"),
+        "wide (GQA)": ("wide", "wide_gqa"),
+    }
     W = cfg.seq_len // 2
     windows = {"W": W, "W/2": W // 2, "W/4": W // 4, "1": 1, "global": cfg.seq_len}
     twin_nll = {arm: [] for arm in twins}
     window_nll = {k: [] for k in windows}
     for seed in cfg.seeds:
         for arm, mcfg in twins.items():
-            slug = arm.split()[0] + ("-mha" if "MHA" in arm else "")
-            model, _ = train(f"{slug}-s{seed}", mcfg, cfg.twin_tokens, cfg.twin_lr, seed)
+            model, _ = train(f"{slugs[arm][0]}-s{seed}", mcfg, cfg.twin_tokens, cfg.twin_lr, seed)
             twin_nll[arm].append(nll(model))
             if arm == "deep (GQA)":
                 for k, w in windows.items():
@@ -300,8 +304,7 @@ def run(cfg: Gemma2AblationsConfig, run: Run) -> Result:
     # -- verdicts ---------------------------------------------------------------------------------
     v_kd, kd_cis = distillation_rule(ntp, kdl)
     ppl = {k: [perplexity(x) for x in v] for k, v in window_nll.items()}
-    changes = {k: [p / p0 - 1 for p, p0 in zip(ppl[k], ppl["W"], strict=True)] for k in ("W/2", "W/4", "1")}
-    changes["global"] = [p / p0 - 1 for p, p0 in zip(ppl["global"], ppl["W"], strict=True)]
+    changes = {k: [p / p0 - 1 for p, p0 in zip(ppl[k], ppl["W"], strict=True)] for k in windows if k != "W"}
     v_win, win_cis = window_rule({k: changes[k] for k in ("W/2", "W/4", "1")}, cfg.window_margin)
     v_gqa, gqa_ci = gqa_rule(twin_nll["deep (GQA)"], twin_nll["deep (MHA)"], cfg.gqa_margin)
     v_depth, depth_ci = depth_rule(twin_nll["wide (GQA)"], twin_nll["deep (GQA)"])
@@ -327,7 +330,7 @@ def run(cfg: Gemma2AblationsConfig, run: Run) -> Result:
         {
             "window at inference": f"{k} = {w}" + (" (trained)" if k == "W" else " (control)" if k == "1" else ""),
             "val ppl (mean ± sd)": _mean_sd(ppl[k]),
-            "relative change vs W, 95% CI": "" if k == "W" else _fmt_ci(paired_ci(changes[k], [0.0] * n), 100, "%"),
+            "relative change vs W, 95% CI": "" if k == "W" else _fmt_ci(t_interval(changes[k]), 100, "%"),
             "paper (9B, window: ppl)": paper_win.get(k, ""),
         }
         for k, w in windows.items()
@@ -398,8 +401,8 @@ def run(cfg: Gemma2AblationsConfig, run: Run) -> Result:
         **{f"ntp_minus_kd_{s}": ci.to_dict() for s, ci in kd_cis.items()},
         **{f"window_ppl_{k}": v for k, v in ppl.items()},
         **{f"window_change_{k}": ci.to_dict() for k, ci in win_cis.items()},
-        **{f"val_nll_{a.split()[0]}_{a.split()[1][1:-1].lower()}": v for a, v in twin_nll.items()},
-        **{f"params_{a.split()[0]}_{a.split()[1][1:-1].lower()}": p for a, p in params.items()},
+        **{f"val_nll_{slugs[a][1]}": v for a, v in twin_nll.items()},
+        **{f"params_{slugs[a][1]}": p for a, p in params.items()},
         "gqa_minus_mha": gqa_ci.to_dict(),
         "wide_minus_deep": depth_ci.to_dict(),
         "corpus": corpus,

@@ -17,8 +17,6 @@ twins can be checked before anything is trained:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from foresight.lm.cache import SLIDING
@@ -108,10 +106,3 @@ def kv_cache_bytes(cfg: Gemma2Config, tokens: int, batch_size: int = 1, dtype: t
     per_token = 2 * batch_size * cfg.num_kv_heads * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
     kept = sum(min(tokens, cfg.sliding_window) if t == SLIDING else tokens for t in cfg.layer_types)
     return per_token * kept
-
-
-def relative_change(new: float, old: float) -> float:
-    """(new - old) / old, e.g. of perplexities; `old` must be positive and finite."""
-    if not (math.isfinite(old) and old > 0):
-        raise ValueError(f"relative change needs a positive finite reference, got {old}")
-    return (new - old) / old
