@@ -336,26 +336,33 @@ def run(cfg: Gemma2AblationsConfig, run: Run) -> Result:
         for k, w in windows.items()
     ]
     params = {arm: count_parameters(c) for arm, c in twins.items()}
-    t89 = [
-        {
-            "model": arm,
-            "layers × width (F)": f"{c.num_layers} × {c.hidden_size} ({c.intermediate_size})",
-            "heads / kv heads": f"{c.num_heads} / {c.num_kv_heads}",
-            "params": params[arm],
-            "KV cache at T (bf16 bytes)": kv_cache_bytes(c, cfg.seq_len),
-            "val NLL (mean ± sd)": _mean_sd(twin_nll[arm]),
-            "val ppl": perplexity(mean_std(twin_nll[arm])[0]),
-            "paper (9B, avg of 4 benchmarks)": {"deep (GQA)": "GQA 50.8, deep 52.0", "deep (MHA)": "MHA 50.3"}.get(
-                arm, "wide 50.8"
-            ),
-        }
-        for arm, c in twins.items()
-    ]
+    paper_arm = {
+        "deep (GQA)": ("GQA 50.8", "deep 52.0"),
+        "deep (MHA)": ("MHA 50.3", ""),
+        "wide (GQA)": ("", "wide 50.8"),
+    }
+
+    def arm_rows(arms: Sequence[str], paper_col: int) -> list[dict]:
+        return [
+            {
+                "model": arm,
+                "layers × width (F)": f"{twins[arm].num_layers} × {twins[arm].hidden_size} ({twins[arm].intermediate_size})",
+                "heads / kv heads": f"{twins[arm].num_heads} / {twins[arm].num_kv_heads}",
+                "params": params[arm],
+                "KV cache at T (bf16 bytes)": kv_cache_bytes(twins[arm], cfg.seq_len),
+                "val NLL (mean ± sd)": _mean_sd(twin_nll[arm]),
+                "val ppl": perplexity(mean_std(twin_nll[arm])[0]),
+                "paper (9B, avg of 4 benchmarks)": paper_arm[arm][paper_col],
+            }
+            for arm in arms
+        ]
+
+    t8, t9 = arm_rows(["deep (GQA)", "deep (MHA)"], 0), arm_rows(["deep (GQA)", "wide (GQA)"], 1)
     tables = {
         f"Table 7 — distillation vs from scratch across student sizes ({verdicts['distillation']})": t7,
+        f"Table 8 — GQA vs MHA at equal width and depth ({v_gqa}: GQA - MHA NLL {gqa_ci})": t8,
+        f"Table 9 — deep vs wide at equal parameters ({v_depth}: wide - deep NLL {depth_ci})": t9,
         f"Table 10 — sliding window at inference, deep GQA model ({verdicts['window']})": t10,
-        f"Tables 8 and 9 — GQA vs MHA ({v_gqa}: GQA - MHA NLL {gqa_ci}) and deep vs wide ({v_depth}: "
-        f"wide - deep NLL {depth_ci})": t89,
     }
 
     # -- figures ----------------------------------------------------------------------------------
@@ -382,15 +389,18 @@ def run(cfg: Gemma2AblationsConfig, run: Run) -> Result:
         xlabel="sliding window of local layers at inference (keys)",
         ylabel="validation perplexity",
     )
-    arms = list(twins)
-    plot_bars(
-        run.figure("gqa_mha_deep_wide.png"),
-        arms,
-        {"val NLL": [mean_std(twin_nll[a])[0] for a in arms]},
-        errors={"val NLL": [mean_std(twin_nll[a])[1] for a in arms]},
-        title="Tables 8-9: GQA vs MHA, deep vs wide (mean ± sd over seeds)",
-        ylabel="validation NLL (nats/token)",
-    )
+    for fig, arms, title in (
+        ("gqa_vs_mha.png", ["deep (GQA)", "deep (MHA)"], "Table 8: GQA vs MHA, 6 layers x 64"),
+        ("deep_vs_wide.png", ["deep (GQA)", "wide (GQA)"], "Table 9: deep vs wide at equal parameters"),
+    ):
+        plot_bars(
+            run.figure(fig),
+            arms,
+            {"val NLL": [mean_std(twin_nll[a])[0] for a in arms]},
+            errors={"val NLL": [mean_std(twin_nll[a])[1] for a in arms]},
+            title=f"{title} (mean ± sd over seeds)",
+            ylabel="validation NLL (nats/token)",
+        )
 
     metrics = {
         **{f"verdict_{k}": v for k, v in verdicts.items()},
@@ -443,7 +453,7 @@ def run(cfg: Gemma2AblationsConfig, run: Run) -> Result:
         rule=RULE,
         metrics=metrics,
         tables=tables,
-        figures=["distillation_by_size.png", "window_at_inference.png", "gqa_mha_deep_wide.png"],
+        figures=["distillation_by_size.png", "gqa_vs_mha.png", "deep_vs_wide.png", "window_at_inference.png"],
         protocol=protocol,
         notes=notes,
     )
